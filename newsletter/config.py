@@ -1,0 +1,203 @@
+"""Settings: one typed object, from ``config/newsletter.toml`` overridden by the environment.
+
+Precedence, lowest first: built-in defaults, the TOML file (``NEWSLETTER_CONFIG`` or
+``config/newsletter.toml``), then ``NEWSLETTER_*`` environment variables. A top-level key
+``inbox`` is overridden by ``NEWSLETTER_INBOX``; a key ``from_address`` in the ``[mail]`` table
+by ``NEWSLETTER_MAIL_FROM_ADDRESS``. Secrets (the SMTP password) are read from the
+environment only and never from the file.
+
+Everything is validated at start-up: an unknown key or a bad value raises
+:class:`~newsletter.errors.ConfigError` naming the key and where it came from, so a typo in
+the file stops the run instead of silently using a default.
+
+Relative paths are resolved against the current working directory (the project checkout in
+the quick start); the database URL's SQLite path likewise.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from newsletter.domain import SiteInfo
+from newsletter.errors import ConfigError
+
+ENV_PREFIX = "NEWSLETTER_"
+DEFAULT_CONFIG = Path("config/newsletter.toml")
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MailSettings(_Section):
+    mailer: Literal["outbox"] = "outbox"
+    from_address: str = "digest@papers.example.org"
+    from_name: str = "Paper Digest"
+    list_id: str = "daily.papers.example.org"
+
+    @field_validator("from_address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if "@" not in value or value.startswith("@") or value.endswith("@") or any(
+            c.isspace() for c in value
+        ):
+            raise ValueError("must be an email address such as digest@example.org")
+        return value
+
+
+class RankingSettings(_Section):
+    title_boost: float = Field(2.0, gt=0)
+    k1: float = Field(1.2, gt=0)
+    b: float = Field(0.75, ge=0, le=1)
+    default_max_papers: int = Field(10, ge=1, le=500)
+    default_min_score: float = Field(1.0, ge=0)
+
+
+class Settings(_Section):
+    """The whole configuration. See README "Configuration reference" for each key."""
+
+    name: str = "Paper Digest"
+    database_url: str = "sqlite:///var/newsletter.db"
+    inbox: Path = Path("seeds")
+    outbox_dir: Path = Path("var/outbox")
+    feeds_dir: Path = Path("var/feeds")
+    subscribers_file: Path | None = Path("config/subscribers.toml")
+    templates_dir: Path = PROJECT_ROOT / "templates"
+    base_url: str = "http://127.0.0.1:8080"
+    timezone: str = "UTC"
+    candidate_window_days: int = Field(7, ge=1, le=365)
+    paper_url_template: str = "https://arxiv.org/search/?query={title}&searchtype=title"
+    max_digest_bytes: int = Field(50 * 1024 * 1024, ge=1)
+    mail: MailSettings = MailSettings()
+    ranking: RankingSettings = RankingSettings()
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, value: str) -> str:
+        check_timezone(value)
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("database_url")
+    @classmethod
+    def _db(cls, value: str) -> str:
+        if not value.startswith(("sqlite:", "postgresql:", "postgresql+psycopg:")):
+            raise ValueError(
+                "must be a SQLAlchemy URL: sqlite:///path/to.db or postgresql+psycopg://user@host/db"
+            )
+        return value
+
+    @field_validator("paper_url_template")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        if "{title}" not in value:
+            raise ValueError("must contain {title}, replaced by the URL-quoted paper title")
+        return value
+
+    @property
+    def site(self) -> SiteInfo:
+        return SiteInfo(
+            name=self.name,
+            from_address=self.mail.from_address,
+            from_name=self.mail.from_name,
+            base_url=self.base_url,
+            list_id=self.mail.list_id,
+            paper_url_template=self.paper_url_template,
+        )
+
+
+def check_timezone(value: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown timezone {value!r}: use an IANA name such as Europe/Berlin or UTC"
+        ) from None
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Map NEWSLETTER_KEY / NEWSLETTER_SECTION_KEY variables onto the settings tree."""
+    overrides: dict[str, Any] = {}
+    sections: dict[str, type[_Section]] = {"mail": MailSettings, "ranking": RankingSettings}
+    for var, value in environ.items():
+        if not var.startswith(ENV_PREFIX) or var == ENV_PREFIX + "CONFIG":
+            continue
+        key = var[len(ENV_PREFIX) :].lower()
+        for section, model in sections.items():
+            if key.startswith(section + "_") and key[len(section) + 1 :] in model.model_fields:
+                overrides.setdefault(section, {})[key[len(section) + 1 :]] = value
+                break
+        else:
+            if key in Settings.model_fields and key not in sections:
+                overrides[key] = value
+            # Other NEWSLETTER_* variables (secrets such as NEWSLETTER_SMTP_PASSWORD, test
+            # switches) are read where they are used, not here.
+    return overrides
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_settings(
+    path: Path | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Read, merge and validate the settings; raise ConfigError naming any bad key."""
+    environ = os.environ if environ is None else environ
+    explicit = path is not None or ENV_PREFIX + "CONFIG" in environ
+    config_path = path or Path(environ.get(ENV_PREFIX + "CONFIG", str(DEFAULT_CONFIG)))
+    data: dict[str, Any] = {}
+    if config_path.exists():
+        try:
+            data = tomllib.loads(config_path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{config_path}: not valid TOML: {exc}") from None
+    elif explicit:
+        raise ConfigError(
+            f"config file {config_path} does not exist: fix NEWSLETTER_CONFIG or --config"
+        )
+    env = _env_overrides(environ)
+    try:
+        return Settings.model_validate(_merge(data, env))
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            key = ".".join(str(p) for p in loc)
+            env_var = ENV_PREFIX + "_".join(str(p) for p in loc).upper()
+            source = f"environment {env_var}" if _in_env(loc, env) else str(config_path)
+            if err["type"] == "extra_forbidden":
+                problems.append(f"unknown key {key!r} in {source}: remove it or fix its spelling")
+            else:
+                msg = err["msg"].removeprefix("Value error, ")
+                problems.append(f"bad value for {key!r} in {source}: {msg}")
+        raise ConfigError("; ".join(problems)) from None
+
+
+def _in_env(loc: tuple[Any, ...], env: Mapping[str, Any]) -> bool:
+    node: Any = env
+    for part in loc:
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True

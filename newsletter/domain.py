@@ -1,0 +1,272 @@
+"""The values that flow between stages.
+
+Stages (ingest, store, rank, render, feeds, deliver) exchange these frozen dataclasses and
+nothing else: no ORM rows, no sessions. That keeps every stage testable on plain values and
+lets a stage run alone from the CLI.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from dataclasses import dataclass, field
+from datetime import date, datetime, time
+from urllib.parse import quote_plus
+
+
+# --------------------------------------------------------------------------- ingest
+
+
+@dataclass(frozen=True)
+class ParsedPaper:
+    """One paper entry as a parser read it from a digest file."""
+
+    title: str
+    abstract: str = ""
+    authors: tuple[str, ...] = ()
+    author_count: int | None = None
+    published: date | None = None
+    upvotes: int | None = None
+    arxiv_id: str | None = None
+    url: str | None = None
+    line: int | None = None  # 1-based line of the entry's title, for error messages
+
+
+@dataclass(frozen=True)
+class ParsedDigest:
+    """What a parser made of one digest file."""
+
+    format: str  # e.g. "hf-text"
+    papers: tuple[ParsedPaper, ...]
+    digest_date: date | None = None  # the page's own date when the file states one
+
+
+# --------------------------------------------------------------------------- store
+
+
+@dataclass(frozen=True)
+class Paper:
+    """A stored paper: one row per distinct paper, whatever number of digests listed it."""
+
+    id: int
+    key: str  # identity: "arxiv:2509.04664" or "title:<normalized title>"
+    title: str
+    abstract: str
+    authors: tuple[str, ...]
+    author_count: int | None
+    published: date | None
+    upvotes: int | None
+    arxiv_id: str | None
+    url: str | None
+    first_seen_at: datetime  # timezone-aware, UTC
+
+    @property
+    def guid(self) -> str:
+        """A feed id that never changes for this paper (derived from its identity)."""
+        digest = hashlib.sha256(self.key.encode("utf-8")).hexdigest()[:24]
+        return f"urn:newsletter:paper:{digest}"
+
+    @property
+    def n_authors(self) -> int | None:
+        return len(self.authors) if self.authors else self.author_count
+
+
+class SubscriberStatus(str, enum.Enum):
+    PENDING = "pending"
+    ACTIVE = "active"
+    UNSUBSCRIBED = "unsubscribed"
+
+
+@dataclass(frozen=True)
+class Subscriber:
+    id: int
+    email: str
+    name: str
+    timezone: str  # IANA name, e.g. "Europe/Berlin"
+    send_at: time  # local time of day
+    weekdays: tuple[int, ...]  # 0=Monday..6=Sunday; empty = daily
+    profile: str  # profile text in the documented syntax
+    max_papers: int
+    min_score: float
+    send_when_empty: bool
+    status: SubscriberStatus
+    token: str  # secret, URL-safe, >= 128 bits: unsubscribe, private feed, web view
+
+
+# --------------------------------------------------------------------------- rank
+
+
+@dataclass(frozen=True)
+class ProfileTerm:
+    """One term of a profile: a word or a quoted phrase."""
+
+    text: str  # as the subscriber wrote it, without weight or prefixes
+    stems: tuple[str, ...]  # analyzed form: one stem per word; a phrase has several
+    weight: float = 1.0
+    title_only: bool = False
+    exclude: bool = False
+
+
+@dataclass(frozen=True)
+class Profile:
+    terms: tuple[ProfileTerm, ...]
+
+    @property
+    def positive(self) -> tuple[ProfileTerm, ...]:
+        return tuple(t for t in self.terms if not t.exclude)
+
+    @property
+    def exclusions(self) -> tuple[ProfileTerm, ...]:
+        return tuple(t for t in self.terms if t.exclude)
+
+
+@dataclass(frozen=True)
+class Reason:
+    """Why a paper was selected: one matched term, where, and how much it added."""
+
+    term: str
+    where: str  # "title" or "abstract"
+    contribution: float
+
+
+@dataclass(frozen=True)
+class ScoredPaper:
+    paper: Paper
+    score: float
+    reasons: tuple[Reason, ...]
+
+
+# --------------------------------------------------------------------------- issue / render
+
+
+class IssueState(str, enum.Enum):
+    PLANNED = "planned"
+    RENDERED = "rendered"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class SiteInfo:
+    """Who sends, and where the web side lives: everything links and headers are built from."""
+
+    name: str  # newsletter name, e.g. "Paper Digest"
+    from_address: str
+    from_name: str
+    base_url: str  # e.g. "https://papers.example.org" (no trailing slash)
+    list_id: str  # e.g. "papers.example.org"
+    paper_url_template: str  # used when a paper has no link of its own; "{title}" is replaced
+
+    def paper_url(self, paper: Paper) -> str:
+        if paper.url:
+            return paper.url
+        if paper.arxiv_id:
+            return f"https://arxiv.org/abs/{paper.arxiv_id}"
+        return self.paper_url_template.replace("{title}", quote_plus(paper.title))
+
+    def unsubscribe_url(self, subscriber: Subscriber) -> str:
+        return f"{self.base_url}/unsubscribe/{subscriber.token}"
+
+    def preferences_url(self, subscriber: Subscriber) -> str:
+        return f"{self.base_url}/preferences/{subscriber.token}"
+
+    def issue_url(self, subscriber: Subscriber, slot_date: date) -> str:
+        return f"{self.base_url}/issues/{subscriber.token}/{slot_date.isoformat()}"
+
+    def feed_url(self, subscriber: Subscriber | None, kind: str) -> str:
+        """kind is "atom" or "rss"; None is the global feed."""
+        if subscriber is None:
+            return f"{self.base_url}/feeds/all.{kind}"
+        return f"{self.base_url}/feeds/{subscriber.token}.{kind}"
+
+    @property
+    def domain(self) -> str:
+        return self.from_address.rsplit("@", 1)[-1]
+
+    def message_id(self, subscriber: Subscriber, slot_date: date) -> str:
+        """Deterministic: a resend of the same slot carries the same Message-ID."""
+        seed = f"{subscriber.id}:{subscriber.email}:{slot_date.isoformat()}".encode()
+        return f"<issue-{hashlib.sha256(seed).hexdigest()[:32]}@{self.domain}>"
+
+
+@dataclass(frozen=True)
+class IssueContent:
+    """One subscriber's issue for one slot, ready to render."""
+
+    subscriber: Subscriber
+    slot_date: date
+    papers: tuple[ScoredPaper, ...]
+    profile: Profile
+    created_at: datetime  # timezone-aware; the email's Date header
+
+
+@dataclass(frozen=True)
+class RenderedIssue:
+    subject: str
+    html: str  # the full HTML part, CSS inlined
+    text: str  # the text/plain part
+    message: bytes  # the complete RFC 5322 message, as delivered
+    message_id: str
+
+
+@dataclass(frozen=True)
+class FeedItem:
+    """One feed entry: a paper, when it entered this feed, and (per-subscriber) why."""
+
+    paper: Paper
+    when: datetime  # timezone-aware
+    reasons: tuple[Reason, ...] = field(default=())
+    score: float | None = None
+
+
+# --------------------------------------------------------------------------- records (store)
+
+
+@dataclass(frozen=True)
+class SubscriberSpec:
+    """A validated subscriber as given by config, CLI, CSV or the web (no id, no token yet)."""
+
+    email: str
+    name: str = ""
+    timezone: str = "UTC"
+    send_at: time = time(7, 0)
+    weekdays: tuple[int, ...] = ()
+    profile: str = ""
+    max_papers: int = 10
+    min_score: float = 1.0
+    send_when_empty: bool = False
+
+
+@dataclass(frozen=True)
+class DigestRecord:
+    """A digest file as ingest saw it: ingested with its counts, or quarantined with a reason."""
+
+    id: int
+    path: str
+    content_hash: str
+    size: int
+    state: str  # "ingested" | "quarantined"
+    format: str | None
+    reason: str | None
+    entries: int
+    papers_new: int
+    papers_merged: int
+    digest_date: date | None
+    seen_at: datetime
+
+
+@dataclass(frozen=True)
+class IssueRecord:
+    id: int
+    subscriber_id: int
+    slot_date: date
+    state: IssueState
+    attempts: int
+    last_reply: str | None
+    next_retry_at: datetime | None
+    message_id: str | None
+    subject: str | None
+    created_at: datetime
+    sent_at: datetime | None
+    paper_ids: tuple[int, ...]

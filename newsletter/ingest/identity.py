@@ -1,0 +1,37 @@
+"""Paper identity: the arXiv id without version when known, else a normalized title key.
+
+Two entries are the same paper when their keys are equal. The title key ignores case,
+punctuation, white space, Unicode form, hyphenation (pre-training = pretraining) and LaTeX
+markup (``E$^{2}$GAN`` = ``E2GAN``), because digests copy titles with all of those varying.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from newsletter.domain import ParsedPaper
+
+_ARXIV_ID = re.compile(r"(?:arxiv:)?(\d{4}\.\d{4,5}|[a-z\-]+(?:\.[A-Z]{2})?/\d{7})(?:v\d+)?$", re.I)
+_LATEX_COMMAND = re.compile(r"\\[a-zA-Z]+")
+_NOT_WORD = re.compile(r"[\W_]+")
+
+
+def normalize_arxiv_id(raw: str) -> str | None:
+    """``arXiv:2509.04664v2`` -> ``2509.04664``; None when it is not an arXiv id."""
+    match = _ARXIV_ID.match(raw.strip())
+    return match.group(1).lower() if match else None
+
+
+def title_key(title: str) -> str:
+    text = unicodedata.normalize("NFKC", title)
+    text = _LATEX_COMMAND.sub("", text)
+    return _NOT_WORD.sub("", text.casefold())
+
+
+def paper_key(paper: ParsedPaper) -> str:
+    if paper.arxiv_id:
+        arxiv = normalize_arxiv_id(paper.arxiv_id)
+        if arxiv:
+            return f"arxiv:{arxiv}"
+    return f"title:{title_key(paper.title)}"

@@ -1,0 +1,556 @@
+"""Storage: the only module that talks to SQLAlchemy.
+
+Every public method opens one short session (one unit of work), commits or rolls back, and
+returns frozen dataclasses from :mod:`newsletter.domain`, never ORM rows. SQLite (WAL,
+busy_timeout, foreign keys on) is the embedded default; PostgreSQL (psycopg 3) is selected by
+URL. Inserts that may repeat use the dialect's ``INSERT … ON CONFLICT DO NOTHING``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date, datetime, time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, func, inspect, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from newsletter.domain import (
+    DigestRecord,
+    FeedItem,
+    IssueRecord,
+    IssueState,
+    Paper,
+    ParsedPaper,
+    Reason,
+    ScoredPaper,
+    Subscriber,
+    SubscriberSpec,
+    SubscriberStatus,
+)
+from newsletter.errors import StorageError
+from newsletter.store.schema import (
+    Base,
+    DigestFileRow,
+    IssuePaperRow,
+    IssueRow,
+    PaperRow,
+    SentLogRow,
+    SubscriberRow,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Store", "KeyedPaper", "MergeCounts", "new_token"]
+
+
+def new_token() -> str:
+    """A URL-safe secret of 192 bits (unsubscribe links, private feeds, web view)."""
+    return secrets.token_urlsafe(24)
+
+
+@dataclass(frozen=True)
+class KeyedPaper:
+    """A parsed paper with its identity key, ready to store."""
+
+    key: str
+    paper: ParsedPaper
+
+
+@dataclass(frozen=True)
+class MergeCounts:
+    new: int
+    merged: int
+
+
+def normalize_url(url: str) -> str:
+    """Turn ``postgresql://`` into ``postgresql+psycopg://`` so psycopg 3 is the driver."""
+    if url.startswith("postgresql://"):
+        return "postgresql+psycopg://" + url[len("postgresql://") :]
+    return url
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        url = normalize_url(url)
+        parsed = make_url(url)
+        self.url = url
+        self.dialect = parsed.get_backend_name()
+        kwargs: dict[str, Any] = {}
+        if self.dialect == "sqlite":
+            database = parsed.database
+            if database and database != ":memory:":
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"timeout": 30}
+        self.engine: Engine = create_engine(url, **kwargs)
+        if self.dialect == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def migrate(self) -> str:
+        """Apply Alembic migrations up to head; return the resulting revision."""
+        from alembic import command
+        from alembic.config import Config
+        from alembic.runtime.migration import MigrationContext
+
+        import newsletter.migrations as migrations
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(Path(migrations.__file__).parent))
+        try:
+            with self.engine.begin() as conn:
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+            with self.engine.connect() as conn:
+                revision = MigrationContext.configure(conn).get_current_revision()
+        except OperationalError as exc:
+            raise StorageError(
+                f"cannot open database {self.engine.url.render_as_string(hide_password=True)}: "
+                f"{exc.orig}. Check database_url / NEWSLETTER_DATABASE_URL."
+            ) from None
+        return revision or ""
+
+    def table_names(self) -> list[str]:
+        return sorted(inspect(self.engine).get_table_names())
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _session(self) -> Iterator[Session]:
+        with self._sessions.begin() as session:
+            yield session
+
+    def _insert(self, table: Any) -> Any:
+        return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
+
+    # ------------------------------------------------------------------ digests
+
+    def find_digest(self, content_hash: str) -> DigestRecord | None:
+        with self._session() as s:
+            row = s.scalar(select(DigestFileRow).where(DigestFileRow.content_hash == content_hash))
+            return _digest(row) if row else None
+
+    def record_digest(
+        self,
+        *,
+        path: str,
+        content_hash: str,
+        size: int,
+        seen_at: datetime,
+        format: str | None = None,
+        papers: Sequence[KeyedPaper] = (),
+        digest_date: date | None = None,
+        reason: str | None = None,
+    ) -> DigestRecord:
+        """Store an ingested file and its papers, or a quarantined one, in one transaction."""
+        with self._session() as s:
+            counts = MergeCounts(0, 0)
+            if reason is None:
+                counts = self._merge_papers(s, papers, seen_at)
+            row = DigestFileRow(
+                content_hash=content_hash,
+                path=path,
+                size=size,
+                state="quarantined" if reason else "ingested",
+                format=format,
+                reason=reason,
+                entries=len(papers),
+                papers_new=counts.new,
+                papers_merged=counts.merged,
+                digest_date=digest_date,
+                seen_at=seen_at,
+            )
+            s.add(row)
+            s.flush()
+            return _digest(row)
+
+    def list_digests(self, state: str | None = None) -> list[DigestRecord]:
+        with self._session() as s:
+            query = select(DigestFileRow).order_by(DigestFileRow.seen_at, DigestFileRow.id)
+            if state:
+                query = query.where(DigestFileRow.state == state)
+            return [_digest(r) for r in s.scalars(query)]
+
+    # ------------------------------------------------------------------ papers
+
+    def _merge_papers(
+        self, s: Session, papers: Sequence[KeyedPaper], seen_at: datetime
+    ) -> MergeCounts:
+        """Insert unseen papers; merge known ones keeping the richer value of each field."""
+        merged_in_file: dict[str, ParsedPaper] = {}
+        for kp in papers:
+            prior = merged_in_file.get(kp.key)
+            merged_in_file[kp.key] = _richer(prior, kp.paper) if prior else kp.paper
+        keys = list(merged_in_file)
+        existing: dict[str, PaperRow] = {}
+        for chunk in _chunks(keys, 500):
+            for row in s.scalars(select(PaperRow).where(PaperRow.key.in_(chunk))):
+                existing[row.key] = row
+        new = merged = 0
+        for key, parsed in merged_in_file.items():
+            row = existing.get(key)
+            if row is None:
+                values = _paper_values(parsed)
+                s.execute(
+                    self._insert(PaperRow)
+                    .values(key=key, first_seen_at=seen_at, updated_at=seen_at, **values)
+                    .on_conflict_do_nothing(index_elements=["key"])
+                )
+                new += 1
+            else:
+                current = _parsed_from_row(row)
+                richer = _richer(current, parsed)
+                if richer != current:
+                    for name, value in _paper_values(richer).items():
+                        setattr(row, name, value)
+                    row.updated_at = seen_at
+                merged += 1
+        return MergeCounts(new, merged)
+
+    def count_papers(self) -> int:
+        with self._session() as s:
+            return int(s.scalar(select(func.count()).select_from(PaperRow)) or 0)
+
+    def papers(self, *, seen_since: datetime | None = None) -> list[Paper]:
+        with self._session() as s:
+            query = select(PaperRow).order_by(PaperRow.id)
+            if seen_since is not None:
+                query = query.where(PaperRow.first_seen_at >= seen_since)
+            return [_paper(r) for r in s.scalars(query)]
+
+    def papers_by_id(self, ids: Iterable[int]) -> dict[int, Paper]:
+        with self._session() as s:
+            out: dict[int, Paper] = {}
+            for chunk in _chunks(list(ids), 500):
+                for r in s.scalars(select(PaperRow).where(PaperRow.id.in_(chunk))):
+                    out[r.id] = _paper(r)
+            return out
+
+    # ------------------------------------------------------------------ subscribers
+
+    def upsert_subscriber(
+        self, spec: SubscriberSpec, *, source: str, now: datetime, update: bool = True,
+        status: SubscriberStatus = SubscriberStatus.ACTIVE,
+    ) -> tuple[Subscriber, bool]:
+        """Insert a subscriber, or update the settings of an existing one (never its status:
+        an unsubscribe must stick whatever the config file says). Returns (subscriber, created)."""
+        with self._session() as s:
+            row = s.scalar(select(SubscriberRow).where(SubscriberRow.email == spec.email))
+            created = row is None
+            if row is None:
+                row = SubscriberRow(
+                    email=spec.email, status=status.value, token=new_token(), source=source,
+                    created_at=now,
+                )
+                s.add(row)
+            elif not update:
+                return _subscriber(row), False
+            changed = _apply_spec(row, spec)
+            if created or changed:
+                row.updated_at = now
+            s.flush()
+            return _subscriber(row), created
+
+    def subscriber(self, email: str) -> Subscriber | None:
+        with self._session() as s:
+            row = s.scalar(select(SubscriberRow).where(SubscriberRow.email == email.lower()))
+            return _subscriber(row) if row else None
+
+    def subscribers(self, status: SubscriberStatus | None = None) -> list[Subscriber]:
+        with self._session() as s:
+            query = select(SubscriberRow).order_by(SubscriberRow.id)
+            if status is not None:
+                query = query.where(SubscriberRow.status == status.value)
+            return [_subscriber(r) for r in s.scalars(query)]
+
+    def set_subscriber_status(self, email: str, status: SubscriberStatus, now: datetime) -> bool:
+        with self._session() as s:
+            result = s.execute(
+                update(SubscriberRow)
+                .where(SubscriberRow.email == email.lower())
+                .values(status=status.value, updated_at=now)
+            )
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------------ issues
+
+    def sent_paper_ids(self, subscriber_id: int) -> set[int]:
+        with self._session() as s:
+            return set(
+                s.scalars(select(SentLogRow.paper_id).where(SentLogRow.subscriber_id == subscriber_id))
+            )
+
+    def issue(self, subscriber_id: int, slot_date: date) -> IssueRecord | None:
+        with self._session() as s:
+            row = s.scalar(
+                select(IssueRow).where(
+                    IssueRow.subscriber_id == subscriber_id, IssueRow.slot_date == slot_date
+                )
+            )
+            return _issue(s, row) if row else None
+
+    def issues(self, *, states: Sequence[IssueState] | None = None) -> list[IssueRecord]:
+        with self._session() as s:
+            query = select(IssueRow).order_by(IssueRow.id)
+            if states:
+                query = query.where(IssueRow.state.in_([st.value for st in states]))
+            return [_issue(s, r) for r in s.scalars(query)]
+
+    def plan_issue(
+        self, subscriber_id: int, slot_date: date, papers: Sequence[ScoredPaper], now: datetime
+    ) -> IssueRecord | None:
+        """Create the slot's issue in state planned; None if the slot already has one."""
+        with self._session() as s:
+            result = s.execute(
+                self._insert(IssueRow)
+                .values(
+                    subscriber_id=subscriber_id, slot_date=slot_date,
+                    state=IssueState.PLANNED.value, attempts=0, created_at=now,
+                )
+                .on_conflict_do_nothing(index_elements=["subscriber_id", "slot_date"])
+                .returning(IssueRow.id)
+            )
+            issue_id = result.scalar()
+            if issue_id is None:
+                return None
+            for position, sp in enumerate(papers, start=1):
+                s.add(
+                    IssuePaperRow(
+                        issue_id=issue_id, paper_id=sp.paper.id, position=position,
+                        score=sp.score,
+                        reasons=json.dumps([[r.term, r.where, r.contribution] for r in sp.reasons]),
+                    )
+                )
+            s.flush()
+            row = s.get(IssueRow, issue_id)
+            assert row is not None
+            return _issue(s, row)
+
+    def issue_papers(self, issue_id: int) -> list[ScoredPaper]:
+        with self._session() as s:
+            rows = s.execute(
+                select(IssuePaperRow, PaperRow)
+                .join(PaperRow, PaperRow.id == IssuePaperRow.paper_id)
+                .where(IssuePaperRow.issue_id == issue_id)
+                .order_by(IssuePaperRow.position)
+            ).all()
+            return [
+                ScoredPaper(paper=_paper(p), score=ip.score, reasons=_reasons(ip.reasons))
+                for ip, p in rows
+            ]
+
+    def mark_rendered(
+        self, issue_id: int, *, subject: str, html: str, message: bytes, message_id: str
+    ) -> None:
+        with self._session() as s:
+            row = s.get(IssueRow, issue_id)
+            assert row is not None
+            row.subject, row.html, row.message, row.message_id = subject, html, message, message_id
+            row.state = IssueState.RENDERED.value
+
+    def rendered_message(self, issue_id: int) -> bytes | None:
+        with self._session() as s:
+            return s.scalar(select(IssueRow.message).where(IssueRow.id == issue_id))
+
+    def mark_sending(self, issue_id: int) -> None:
+        with self._session() as s:
+            s.execute(
+                update(IssueRow).where(IssueRow.id == issue_id)
+                .values(state=IssueState.SENDING.value, attempts=IssueRow.attempts + 1)
+            )
+
+    def mark_sent(self, issue_id: int, *, sent_at: datetime, reply: str | None = None) -> None:
+        """Mark sent and write the sent log in the same transaction."""
+        with self._session() as s:
+            row = s.get(IssueRow, issue_id)
+            assert row is not None
+            row.state, row.sent_at, row.last_reply = IssueState.SENT.value, sent_at, reply
+            row.next_retry_at = None
+            paper_ids = s.scalars(
+                select(IssuePaperRow.paper_id).where(IssuePaperRow.issue_id == issue_id)
+            ).all()
+            if paper_ids:
+                s.execute(
+                    self._insert(SentLogRow)
+                    .values([
+                        {"subscriber_id": row.subscriber_id, "paper_id": pid,
+                         "issue_id": issue_id, "sent_at": sent_at}
+                        for pid in paper_ids
+                    ])
+                    .on_conflict_do_nothing(index_elements=["subscriber_id", "paper_id"])
+                )
+
+    def mark_failed(
+        self, issue_id: int, *, reply: str, next_retry_at: datetime | None = None
+    ) -> None:
+        """Record a failure; with next_retry_at the issue stays due (rendered), else failed."""
+        with self._session() as s:
+            row = s.get(IssueRow, issue_id)
+            assert row is not None
+            row.last_reply = reply
+            row.next_retry_at = next_retry_at
+            row.state = (IssueState.RENDERED if next_retry_at else IssueState.FAILED).value
+
+    # ------------------------------------------------------------------ feeds
+
+    def global_feed_items(self) -> list[FeedItem]:
+        """Every paper, dated the moment it was first seen."""
+        return [FeedItem(paper=p, when=p.first_seen_at) for p in self.papers()]
+
+    def subscriber_feed_items(self, subscriber_id: int) -> list[FeedItem]:
+        """The papers of this subscriber's sent issues, dated when the issue was sent."""
+        with self._session() as s:
+            rows = s.execute(
+                select(IssuePaperRow, PaperRow, IssueRow.sent_at)
+                .join(IssueRow, IssueRow.id == IssuePaperRow.issue_id)
+                .join(PaperRow, PaperRow.id == IssuePaperRow.paper_id)
+                .where(
+                    IssueRow.subscriber_id == subscriber_id,
+                    IssueRow.state == IssueState.SENT.value,
+                )
+                .order_by(IssueRow.slot_date, IssuePaperRow.position)
+            ).all()
+            return [
+                FeedItem(paper=_paper(p), when=sent_at, reasons=_reasons(ip.reasons), score=ip.score)
+                for ip, p, sent_at in rows
+                if sent_at is not None
+            ]
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _richer(old: ParsedPaper, new: ParsedPaper) -> ParsedPaper:
+    """Field by field, keep the richer value; an empty value never overwrites a real one."""
+
+    def longer(a: str, b: str) -> str:
+        return b if len(b.strip()) > len(a.strip()) else a
+
+    def first(a: Any, b: Any) -> Any:
+        return a if a not in (None, "", ()) else b
+
+    return ParsedPaper(
+        title=old.title or new.title,
+        abstract=longer(old.abstract, new.abstract),
+        authors=new.authors if len(new.authors) > len(old.authors) else old.authors,
+        author_count=max(
+            (c for c in (old.author_count, new.author_count) if c is not None), default=None
+        ),
+        published=first(old.published, new.published),
+        upvotes=max((u for u in (old.upvotes, new.upvotes) if u is not None), default=None),
+        arxiv_id=first(old.arxiv_id, new.arxiv_id),
+        url=first(old.url, new.url),
+    )
+
+
+def _paper_values(p: ParsedPaper) -> dict[str, Any]:
+    return {
+        "title": p.title,
+        "abstract": p.abstract,
+        "authors": json.dumps(list(p.authors), ensure_ascii=False),
+        "author_count": p.author_count,
+        "published": p.published,
+        "upvotes": p.upvotes,
+        "arxiv_id": p.arxiv_id,
+        "url": p.url,
+    }
+
+
+def _parsed_from_row(r: PaperRow) -> ParsedPaper:
+    return ParsedPaper(
+        title=r.title, abstract=r.abstract, authors=tuple(json.loads(r.authors or "[]")),
+        author_count=r.author_count, published=r.published, upvotes=r.upvotes,
+        arxiv_id=r.arxiv_id, url=r.url,
+    )
+
+
+def _paper(r: PaperRow) -> Paper:
+    return Paper(
+        id=r.id, key=r.key, title=r.title, abstract=r.abstract,
+        authors=tuple(json.loads(r.authors or "[]")), author_count=r.author_count,
+        published=r.published, upvotes=r.upvotes, arxiv_id=r.arxiv_id, url=r.url,
+        first_seen_at=r.first_seen_at,
+    )
+
+
+def _reasons(raw: str) -> tuple[Reason, ...]:
+    return tuple(Reason(term=t, where=w, contribution=float(c)) for t, w, c in json.loads(raw))
+
+
+def _digest(r: DigestFileRow) -> DigestRecord:
+    return DigestRecord(
+        id=r.id, path=r.path, content_hash=r.content_hash, size=r.size, state=r.state,
+        format=r.format, reason=r.reason, entries=r.entries, papers_new=r.papers_new,
+        papers_merged=r.papers_merged, digest_date=r.digest_date, seen_at=r.seen_at,
+    )
+
+
+def _apply_spec(row: SubscriberRow, spec: SubscriberSpec) -> bool:
+    values = {
+        "name": spec.name,
+        "timezone": spec.timezone,
+        "send_at": spec.send_at.strftime("%H:%M"),
+        "weekdays": ",".join(str(d) for d in spec.weekdays),
+        "profile": spec.profile,
+        "max_papers": spec.max_papers,
+        "min_score": spec.min_score,
+        "send_when_empty": spec.send_when_empty,
+    }
+    changed = False
+    for name, value in values.items():
+        if getattr(row, name, None) != value:
+            setattr(row, name, value)
+            changed = True
+    return changed
+
+
+def _subscriber(r: SubscriberRow) -> Subscriber:
+    hour, minute = (int(x) for x in r.send_at.split(":"))
+    return Subscriber(
+        id=r.id, email=r.email, name=r.name, timezone=r.timezone, send_at=time(hour, minute),
+        weekdays=tuple(int(d) for d in r.weekdays.split(",") if d), profile=r.profile,
+        max_papers=r.max_papers, min_score=r.min_score, send_when_empty=r.send_when_empty,
+        status=SubscriberStatus(r.status), token=r.token,
+    )
+
+
+def _issue(s: Session, r: IssueRow) -> IssueRecord:
+    paper_ids = tuple(
+        s.scalars(
+            select(IssuePaperRow.paper_id)
+            .where(IssuePaperRow.issue_id == r.id)
+            .order_by(IssuePaperRow.position)
+        )
+    )
+    return IssueRecord(
+        id=r.id, subscriber_id=r.subscriber_id, slot_date=r.slot_date, state=IssueState(r.state),
+        attempts=r.attempts, last_reply=r.last_reply, next_retry_at=r.next_retry_at,
+        message_id=r.message_id, subject=r.subject, created_at=r.created_at, sent_at=r.sent_at,
+        paper_ids=paper_ids,
+    )

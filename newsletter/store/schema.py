@@ -1,0 +1,159 @@
+"""Tables. Only :mod:`newsletter.store` imports this module.
+
+Every change to these classes needs an Alembic migration in ``newsletter/migrations``;
+``tests/test_store.py`` checks that the migrated schema matches these models.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Date,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware datetimes in, UTC-aware datetimes out, on every backend.
+
+    SQLite has no timezone type and hands back naive values; PostgreSQL's timestamptz
+    returns them in the session's zone. Normalizing here means no caller ever compares a
+    naive datetime with an aware one.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if not isinstance(value, datetime) or value.tzinfo is None:
+            raise ValueError(f"naive or non-datetime value stored: {value!r}")
+        return value.astimezone(timezone.utc)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class DigestFileRow(Base):
+    """One digest file as seen by ingest, identified by the hash of its bytes."""
+
+    __tablename__ = "digest_files"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    content_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    path: Mapped[str] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16))  # ingested | quarantined
+    format: Mapped[str | None] = mapped_column(String(32))
+    reason: Mapped[str | None] = mapped_column(Text)
+    entries: Mapped[int] = mapped_column(Integer, default=0)
+    papers_new: Mapped[int] = mapped_column(Integer, default=0)
+    papers_merged: Mapped[int] = mapped_column(Integer, default=0)
+    digest_date: Mapped[date | None] = mapped_column(Date)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class PaperRow(Base):
+    __tablename__ = "papers"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(512), unique=True)
+    arxiv_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    title: Mapped[str] = mapped_column(Text)
+    abstract: Mapped[str] = mapped_column(Text, default="")
+    authors: Mapped[str] = mapped_column(Text, default="")  # JSON list of names
+    author_count: Mapped[int | None] = mapped_column(Integer)
+    published: Mapped[date | None] = mapped_column(Date)
+    upvotes: Mapped[int | None] = mapped_column(Integer)
+    url: Mapped[str | None] = mapped_column(Text)
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class SubscriberRow(Base):
+    __tablename__ = "subscribers"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    name: Mapped[str] = mapped_column(Text, default="")
+    timezone: Mapped[str] = mapped_column(String(64))
+    send_at: Mapped[str] = mapped_column(String(5))  # HH:MM local time
+    weekdays: Mapped[str] = mapped_column(String(32), default="")  # "0,3"; empty = daily
+    profile: Mapped[str] = mapped_column(Text)
+    max_papers: Mapped[int] = mapped_column(Integer)
+    min_score: Mapped[float] = mapped_column(Float)
+    send_when_empty: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[str] = mapped_column(String(16))
+    token: Mapped[str] = mapped_column(String(64), unique=True)
+    source: Mapped[str] = mapped_column(String(16))  # config | cli | csv | web
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class IssueRow(Base):
+    """One slot's issue. Its state machine lives here, so a crash never loses or doubles one."""
+
+    __tablename__ = "issues"
+    __table_args__ = (UniqueConstraint("subscriber_id", "slot_date"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id"), index=True)
+    slot_date: Mapped[date] = mapped_column(Date)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_reply: Mapped[str | None] = mapped_column(Text)
+    next_retry_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    message_id: Mapped[str | None] = mapped_column(String(255))
+    subject: Mapped[str | None] = mapped_column(Text)
+    html: Mapped[str | None] = mapped_column(Text)
+    message: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class IssuePaperRow(Base):
+    __tablename__ = "issue_papers"
+    issue_id: Mapped[int] = mapped_column(ForeignKey("issues.id"), primary_key=True)
+    paper_id: Mapped[int] = mapped_column(ForeignKey("papers.id"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer)
+    score: Mapped[float] = mapped_column(Float)
+    reasons: Mapped[str] = mapped_column(Text)  # JSON list of [term, where, contribution]
+
+
+class SentLogRow(Base):
+    """(subscriber, paper): written in the transaction that marks the issue sent."""
+
+    __tablename__ = "sent_log"
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id"), primary_key=True)
+    paper_id: Mapped[int] = mapped_column(ForeignKey("papers.id"), primary_key=True)
+    issue_id: Mapped[int] = mapped_column(ForeignKey("issues.id"), index=True)
+    sent_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -1,0 +1,90 @@
+"""Shared fixtures: the seed corpus, a fresh database per test (SQLite, and PostgreSQL when
+``NEWSLETTER_TEST_POSTGRES_URL`` is set), and settings pointing into a temp folder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from newsletter.config import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+SEEDS = ROOT / "seeds"
+SEED_COUNTS = {
+    "000_3a916ff8f52d44d3.txt": 72,
+    "001_8e50b1300fefa0f1.txt": 119,
+    "002_3c0e7f085ac361a2.txt": 79,
+    "003_48e8e8a7bd500b11.txt": 119,
+    "004_8f615052814f5bfc.txt": 44,
+}
+NOW = datetime(2026, 11, 23, 9, 0, tzinfo=timezone.utc)
+PG_ENV = "NEWSLETTER_TEST_POSTGRES_URL"
+
+
+def _backends() -> list[object]:
+    pg = pytest.param(
+        "postgresql",
+        marks=pytest.mark.skipif(
+            not os.environ.get(PG_ENV),
+            reason=f"PostgreSQL tests skipped: set {PG_ENV}=postgresql://user@host:5432/db "
+            "(.ci/run sets it)",
+        ),
+    )
+    return ["sqlite", pg]
+
+
+@pytest.fixture(params=_backends())
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database: a SQLite file, or a throwaway PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'test.db'}"
+        return
+    base = make_url(os.environ[PG_ENV].replace("postgresql://", "postgresql+psycopg://", 1))
+    name = f"nl_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield base.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def seeds() -> Path:
+    return SEEDS
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """A project folder of its own: inbox (a copy of the seeds), config, outputs."""
+    (tmp_path / "inbox").mkdir()
+    for seed in sorted(SEEDS.glob("*.txt")):
+        shutil.copy(seed, tmp_path / "inbox" / seed.name)
+    (tmp_path / "config").mkdir()
+    shutil.copy(ROOT / "config" / "subscribers.toml", tmp_path / "config" / "subscribers.toml")
+    return tmp_path
+
+
+@pytest.fixture
+def settings(workdir: Path, database_url: str) -> Settings:
+    return load_settings(
+        ROOT / "config" / "newsletter.toml",
+        environ={
+            "NEWSLETTER_DATABASE_URL": database_url,
+            "NEWSLETTER_INBOX": str(workdir / "inbox"),
+            "NEWSLETTER_OUTBOX_DIR": str(workdir / "outbox"),
+            "NEWSLETTER_FEEDS_DIR": str(workdir / "feeds"),
+            "NEWSLETTER_SUBSCRIBERS_FILE": str(workdir / "config" / "subscribers.toml"),
+        },
+    )
