@@ -1,0 +1,84 @@
+"""Delivery: one mailer interface, swappable implementations.
+
+* :class:`OutboxMailer` writes each message as an ``.eml`` file (the embedded default: no
+  server needed, and any mail client opens the files);
+* :class:`MemoryMailer` keeps messages in a list, for unit tests.
+
+The SMTP mailer (issue 5) implements the same :class:`Mailer` protocol. A mailer only moves
+bytes: the issue state machine around it (planned → rendered → sending → sent) lives in
+:mod:`newsletter.pipeline` and the database.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Envelope:
+    sender: str
+    recipient: str
+    message_id: str
+    name_hint: str  # a short, safe label for file names and logs, e.g. "2026-11-23_alice"
+
+
+class Mailer(Protocol):
+    def send(self, envelope: Envelope, message: bytes) -> str:
+        """Deliver one message; return where it went (a path, a server reply)."""
+
+    def close(self) -> None:
+        """Release connections or handles."""
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+class OutboxMailer:
+    """Writes ``<name_hint>.eml`` atomically (temp file, fsync, rename) into a folder.
+
+    The file name is derived from the issue, so writing the same issue twice (a retry
+    after a crash) replaces the file instead of adding a second copy.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def send(self, envelope: Envelope, message: bytes) -> str:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        target = self.directory / f"{_UNSAFE.sub('_', envelope.name_hint)}.eml"
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".eml")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(message)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return str(target)
+
+    def close(self) -> None:
+        return None
+
+
+@dataclass
+class MemoryMailer:
+    """Collects messages in memory: for unit tests of the code around a mailer."""
+
+    sent: list[tuple[Envelope, bytes]] = field(default_factory=list)
+
+    def send(self, envelope: Envelope, message: bytes) -> str:
+        self.sent.append((envelope, message))
+        return f"memory #{len(self.sent)}"
+
+    def close(self) -> None:
+        return None

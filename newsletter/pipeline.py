@@ -1,0 +1,292 @@
+"""The main job, stage by stage: ingest → sync subscribers → plan → render → deliver → feeds.
+
+Each step reads and writes storage only, so any step can run alone (the CLI exposes them) and
+a crash between two steps loses nothing: the next run picks up every issue that is planned,
+rendered or sending and finishes it. An issue's Message-ID is derived from (subscriber, slot),
+so the one message that may have been in flight at a crash is re-sent with the same id.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from newsletter.config import Settings
+from newsletter.deliver import Envelope, Mailer, OutboxMailer
+from newsletter.domain import (
+    IssueContent,
+    IssueRecord,
+    IssueState,
+    Profile,
+    ScoredPaper,
+    Subscriber,
+    SubscriberStatus,
+)
+from newsletter.errors import NewsletterError, ProfileError
+from newsletter.ingest import FileReport, ingest_paths
+from newsletter.store import Store
+from newsletter.subscribers import Defaults, load_config_file
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunSummary:
+    """What one run did; printed for humans, or as JSON with ``--json``."""
+
+    files_ingested: int = 0
+    files_unchanged: int = 0
+    files_quarantined: int = 0
+    papers_new: int = 0
+    papers_total: int = 0
+    subscribers_synced: int = 0
+    subscriber_errors: list[str] = field(default_factory=list)
+    issues_delivered: int = 0
+    issues_empty: int = 0
+    issues_failed: int = 0
+    quarantined: list[str] = field(default_factory=list)
+    delivered: list[dict[str, object]] = field(default_factory=list)
+    outbox_dir: str = ""
+    feeds_dir: str = ""
+    feeds_written: int = 0
+
+
+def open_store(settings: Settings) -> Store:
+    """Open the database and apply migrations (first run creates the schema)."""
+    store = Store(settings.database_url)
+    store.migrate()
+    return store
+
+
+def make_mailer(settings: Settings) -> Mailer:
+    return OutboxMailer(settings.outbox_dir)
+
+
+def defaults_from(settings: Settings) -> Defaults:
+    return Defaults(
+        timezone=settings.timezone,
+        max_papers=settings.ranking.default_max_papers,
+        min_score=settings.ranking.default_min_score,
+    )
+
+
+def sync_subscribers(store: Store, settings: Settings, now: datetime) -> tuple[int, list[str]]:
+    """Upsert the subscribers of ``subscribers_file``; returns (count synced, errors)."""
+    path = settings.subscribers_file
+    if path is None or not path.exists():
+        return 0, []
+    result = load_config_file(path, defaults_from(settings))
+    for error in result.errors:
+        log.error("skipped subscriber: %s", error)
+    for spec in result.specs:
+        store.upsert_subscriber(spec, source="config", now=now)
+    return len(result.specs), list(result.errors)
+
+
+def slot_date_for(subscriber: Subscriber, now: datetime) -> date:
+    """The slot a run at ``now`` serves: the subscriber's local calendar date."""
+    return now.astimezone(ZoneInfo(subscriber.timezone)).date()
+
+
+def select_papers(
+    store: Store, settings: Settings, subscribers: Sequence[Subscriber], now: datetime
+) -> dict[int, tuple[tuple[ScoredPaper, ...], Profile]]:
+    """Rank every subscriber's candidates in one vectorized batch.
+
+    Candidates: papers first seen within ``candidate_window_days`` before ``now`` and not in
+    the subscriber's sent log. A subscriber whose stored profile no longer parses is logged
+    and left out; the others still get their issue.
+    """
+    from newsletter.profile import parse_profile
+    from newsletter.rank import RankRequest, RankSettings, rank_papers
+
+    papers = store.papers(seen_since=now - timedelta(days=settings.candidate_window_days))
+    paper_ids = frozenset(p.id for p in papers)
+    requests, kept = [], []
+    for sub in subscribers:
+        try:
+            profile = parse_profile(sub.profile, who=f"subscriber {sub.email}")
+        except ProfileError as exc:
+            log.error("skipped %s: %s", sub.email, exc)
+            continue
+        eligible = paper_ids - store.sent_paper_ids(sub.id)
+        requests.append(RankRequest(profile=profile, max_papers=sub.max_papers,
+                                    min_score=sub.min_score, eligible=eligible))
+        kept.append((sub, profile))
+    r = settings.ranking
+    ranked = rank_papers(papers, requests, RankSettings(title_boost=r.title_boost, k1=r.k1, b=r.b))
+    return {sub.id: (selection, profile) for (sub, profile), selection in zip(kept, ranked)}
+
+
+def plan_issues(
+    store: Store, settings: Settings, now: datetime, *, only: Subscriber | None = None
+) -> tuple[int, int]:
+    """Create this slot's issue for every active subscriber who has none yet.
+
+    Returns (issues planned, subscribers with nothing to send).
+    """
+    active = [only] if only else store.subscribers(SubscriberStatus.ACTIVE)
+    due = [s for s in active if store.issue(s.id, slot_date_for(s, now)) is None]
+    selections = select_papers(store, settings, due, now)
+    planned = empty = 0
+    for sub in due:
+        if sub.id not in selections:
+            continue
+        papers, _profile = selections[sub.id]
+        if not papers and not sub.send_when_empty:
+            empty += 1
+            log.info("nothing new for %s at or above min score %.2f", sub.email, sub.min_score)
+            continue
+        if store.plan_issue(sub.id, slot_date_for(sub, now), papers, now) is not None:
+            planned += 1
+    return planned, empty
+
+
+def _content(store: Store, issue: IssueRecord, sub: Subscriber) -> IssueContent:
+    from newsletter.profile import parse_profile
+
+    return IssueContent(
+        subscriber=sub, slot_date=issue.slot_date, papers=tuple(store.issue_papers(issue.id)),
+        profile=parse_profile(sub.profile, who=f"subscriber {sub.email}"),
+        created_at=issue.created_at,
+    )
+
+
+def deliver_pending(
+    store: Store, settings: Settings, mailer: Mailer, now: datetime,
+    progress: Callable[[str], None] | None = None,
+) -> list[dict[str, object]]:
+    """Render and send every issue that is planned, rendered or was in flight at a crash."""
+    from newsletter.render import EmailRenderer
+
+    renderer = EmailRenderer(settings.templates_dir, settings.site)
+    subscribers = {s.id: s for s in store.subscribers()}
+    delivered = []
+    pending = store.issues(states=[IssueState.PLANNED, IssueState.RENDERED, IssueState.SENDING])
+    for issue in pending:
+        sub = subscribers[issue.subscriber_id]
+        if sub.status is not SubscriberStatus.ACTIVE:
+            log.info("not sending issue %d: %s is %s", issue.id, sub.email, sub.status.value)
+            continue
+        if issue.next_retry_at and issue.next_retry_at > now:
+            continue
+        try:
+            if issue.state is IssueState.PLANNED:
+                rendered = renderer.render(_content(store, issue, sub))
+                store.mark_rendered(issue.id, subject=rendered.subject, html=rendered.html,
+                                    message=rendered.message, message_id=rendered.message_id)
+            message = store.rendered_message(issue.id)
+            assert message is not None
+            store.mark_sending(issue.id)
+            envelope = Envelope(
+                sender=settings.mail.from_address, recipient=sub.email,
+                message_id=settings.site.message_id(sub, issue.slot_date),
+                name_hint=f"{issue.slot_date.isoformat()}_{sub.id:05d}_{sub.email.replace('@', '_at_')}",
+            )
+            where = mailer.send(envelope, message)
+        except NewsletterError as exc:
+            store.mark_failed(issue.id, reply=str(exc))
+            log.error("issue %d for %s failed: %s", issue.id, sub.email, exc)
+            continue
+        store.mark_sent(issue.id, sent_at=now, reply=where)
+        log.info("sent issue %d to %s (%d papers): %s", issue.id, sub.email,
+                 len(issue.paper_ids), where)
+        delivered.append({"email": sub.email, "slot": issue.slot_date.isoformat(),
+                          "papers": len(issue.paper_ids), "where": where})
+        if progress:
+            progress(f"sent {sub.email}: {len(issue.paper_ids)} papers -> {where}")
+    return delivered
+
+
+def write_all_feeds(store: Store, settings: Settings) -> int:
+    """The global feed and one private pair per active subscriber; returns files written."""
+    from newsletter.feeds import write_feeds
+
+    site = settings.site
+    written = write_feeds(store.global_feed_items(), site=site, subscriber=None,
+                          directory=settings.feeds_dir)
+    count = len(written)
+    for sub in store.subscribers(SubscriberStatus.ACTIVE):
+        count += len(write_feeds(store.subscriber_feed_items(sub.id), site=site, subscriber=sub,
+                                 directory=settings.feeds_dir))
+    return count
+
+
+def run_once(
+    settings: Settings, *, now: datetime, mailer: Mailer | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> RunSummary:
+    """The whole job once: what ``newsletter run --once`` does."""
+    store = open_store(settings)
+    try:
+        summary = RunSummary(outbox_dir=str(settings.outbox_dir.resolve()),
+                             feeds_dir=str(settings.feeds_dir.resolve()))
+        reports = ingest_paths(store, [settings.inbox], now=now,
+                               max_bytes=settings.max_digest_bytes,
+                               progress=_file_progress(progress))
+        _count_files(summary, reports)
+        summary.subscribers_synced, summary.subscriber_errors = sync_subscribers(store, settings, now)
+        _planned, summary.issues_empty = plan_issues(store, settings, now)
+        summary.delivered = deliver_pending(store, settings, mailer or make_mailer(settings), now,
+                                            progress)
+        summary.issues_delivered = len(summary.delivered)
+        summary.issues_failed = len(store.issues(states=[IssueState.FAILED]))
+        summary.feeds_written = write_all_feeds(store, settings)
+        summary.papers_total = store.count_papers()
+        return summary
+    finally:
+        store.close()
+
+
+def _count_files(summary: RunSummary, reports: Sequence[FileReport]) -> None:
+    for report in reports:
+        if report.status == "ingested":
+            summary.files_ingested += 1
+            summary.papers_new += report.papers_new
+        elif report.status == "quarantined":
+            summary.files_quarantined += 1
+            summary.quarantined.append(report.reason or report.path)
+        else:
+            summary.files_unchanged += 1
+
+
+def _file_progress(
+    progress: Callable[[str], None] | None,
+) -> Callable[[FileReport], None] | None:
+    if progress is None:
+        return None
+
+    def report(r: FileReport) -> None:
+        if r.status == "ingested":
+            progress(f"ingested {r.path}: {r.entries} entries, {r.papers_new} new")
+        elif r.status == "quarantined":
+            progress(f"quarantined {r.reason}")
+
+    return report
+
+
+def preview(settings: Settings, email: str, now: datetime, out_dir: Path) -> Path:
+    """Render a subscriber's next issue to an HTML file; deliver and record nothing."""
+    from newsletter.render import EmailRenderer
+
+    store = open_store(settings)
+    try:
+        sub = store.subscriber(email)
+        if sub is None:
+            raise NewsletterError(
+                f"no subscriber {email!r}: see `newsletter subscriber list`, or add one"
+            )
+        papers, profile = select_papers(store, settings, [sub], now)[sub.id]
+        content = IssueContent(subscriber=sub, slot_date=slot_date_for(sub, now),
+                               papers=papers, profile=profile, created_at=now)
+        rendered = EmailRenderer(settings.templates_dir, settings.site).render(content)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / f"preview_{content.slot_date.isoformat()}_{sub.id:05d}.html"
+        path.write_text(rendered.html, encoding="utf-8")
+        return path
+    finally:
+        store.close()

@@ -1,0 +1,155 @@
+"""The CLI as a user drives it: subprocesses for the entry points, CliRunner for the rest."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from newsletter import __version__
+from newsletter.cli import cli
+from tests.conftest import ROOT
+
+
+@pytest.fixture
+def env(workdir: Path) -> dict[str, str]:
+    return {
+        "NEWSLETTER_CONFIG": str(ROOT / "config" / "newsletter.toml"),
+        "NEWSLETTER_DATABASE_URL": f"sqlite:///{workdir / 'db.sqlite'}",
+        "NEWSLETTER_INBOX": str(workdir / "inbox"),
+        "NEWSLETTER_OUTBOX_DIR": str(workdir / "outbox"),
+        "NEWSLETTER_FEEDS_DIR": str(workdir / "feeds"),
+        "NEWSLETTER_SUBSCRIBERS_FILE": str(workdir / "config" / "subscribers.toml"),
+    }
+
+
+def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "newsletter", *args], env={**os.environ, **env},
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )
+
+
+def test_python_m_version_and_help() -> None:
+    out = _run({}, "--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"newsletter, version {__version__}"
+    out = _run({}, "-h")
+    assert out.returncode == 0
+    for command in ("run", "ingest", "preview", "subscriber", "status", "feeds", "db"):
+        assert f"  {command} " in out.stdout
+
+
+def _commands(group: object, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    found = []
+    for name, command in getattr(group, "commands", {}).items():
+        found.append(prefix + (name,))
+        found.extend(_commands(command, prefix + (name,)))
+    return found
+
+
+def test_every_command_has_help_with_an_example() -> None:
+    runner = CliRunner()
+    for path in _commands(cli):
+        result = runner.invoke(cli, [*path, "-h"])
+        assert result.exit_code == 0, path
+        is_group = hasattr(cli.commands.get(path[0]), "commands") and len(path) == 1
+        if not is_group:
+            assert "Example" in result.output, path
+
+
+def test_run_once_json_then_nothing_new(env: dict[str, str], workdir: Path) -> None:
+    first = _run(env, "run", "--once", "--json")
+    assert first.returncode == 0, first.stderr
+    data = json.loads(first.stdout)
+    assert {k: data[k] for k in ("files_ingested", "files_quarantined", "papers_new",
+                                 "issues_delivered")} == {
+        "files_ingested": 5, "files_quarantined": 0, "papers_new": 380, "issues_delivered": 3}
+    assert data["outbox_dir"] == str(workdir / "outbox")
+    assert data["feeds_dir"] == str(workdir / "feeds")
+    second = _run(env, "run", "--once")
+    assert second.returncode == 0
+    assert second.stdout.splitlines()[:2] == [
+        "files: 0 ingested, 5 unchanged, 0 quarantined; papers: 0 new, 380 stored",
+        "issues: none delivered (nothing new for anyone, or already sent this slot)",
+    ]
+    assert len(list((workdir / "outbox").glob("*.eml"))) == 3
+
+
+def test_bad_setting_stops_with_its_name(env: dict[str, str]) -> None:
+    out = _run({**env, "NEWSLETTER_CANDIDATE_WINDOW_DAYS": "-3"}, "run", "--once")
+    assert out.returncode == 1
+    assert out.stderr.startswith("error: bad value for 'candidate_window_days' in environment "
+                                 "NEWSLETTER_CANDIDATE_WINDOW_DAYS")
+
+
+def test_subscriber_commands(env: dict[str, str], tmp_path: Path) -> None:
+    runner = CliRunner(env=env)
+    added = runner.invoke(cli, ["subscriber", "add", "Zoe@Example.org", "--name", "Zoë",
+                                "--profile", 'speech, "speech recognition"^2',
+                                "--timezone", "Asia/Tokyo", "--send-at", "06:30"])
+    assert added.exit_code == 0, added.output
+    assert added.output == "added zoe@example.org (sends 06:30 Asia/Tokyo)\n"
+    listed = runner.invoke(cli, ["subscriber", "list", "--json"])
+    assert [(s["email"], s["name"], s["timezone"], s["send_at"], s["status"])
+            for s in json.loads(listed.output)] == [
+        ("zoe@example.org", "Zoë", "Asia/Tokyo", "06:30", "active")]
+    csv_file = tmp_path / "people.csv"
+    csv_file.write_text("email,name,profile,timezone,send_at\n"
+                        "a@example.org,A,retrieval,UTC,07:00\n"
+                        "broken,B,retrieval,UTC,07:00\n")
+    imported = runner.invoke(cli, ["subscriber", "import", str(csv_file)])
+    assert imported.exit_code == 0
+    assert imported.stdout.splitlines()[-1] == (
+        f"imported {csv_file}: 1 added, 0 updated, 1 skipped")
+    assert f"skipped: {csv_file}, line 3: email: invalid email address 'broken'" in imported.stderr
+    removed = runner.invoke(cli, ["subscriber", "remove", "zoe@example.org"])
+    assert removed.output == "unsubscribed zoe@example.org (history kept)\n"
+    listed = runner.invoke(cli, ["subscriber", "list", "--json", "--all"])
+    assert [(s["email"], s["status"]) for s in json.loads(listed.output)] == [
+        ("zoe@example.org", "unsubscribed"), ("a@example.org", "active")]
+
+
+def test_subscriber_add_rejects_bad_profile(env: dict[str, str]) -> None:
+    out = _run(env, "subscriber", "add", "x@example.org", "--profile", '"unclosed')
+    assert out.returncode == 1
+    assert out.stderr.startswith("error: subscriber add: ")
+    assert "x@example.org" in out.stderr
+
+
+def test_remove_unknown_subscriber_fails_clearly(env: dict[str, str]) -> None:
+    out = _run(env, "subscriber", "remove", "nobody@example.org")
+    assert out.returncode == 1
+    assert out.stderr == ("error: no subscriber 'nobody@example.org': see "
+                          "`newsletter subscriber list --all`\n")
+
+
+def test_preview_prints_the_html_path(env: dict[str, str], tmp_path: Path) -> None:
+    runner = CliRunner(env=env)
+    assert runner.invoke(cli, ["ingest", env["NEWSLETTER_INBOX"]]).exit_code == 0
+    runner.invoke(cli, ["subscriber", "add", "p@example.org", "--profile", "diffusion"])
+    result = runner.invoke(cli, ["preview", "--subscriber", "p@example.org",
+                                 "--out", str(tmp_path / "pv")])
+    assert result.exit_code == 0, result.output
+    path = Path(result.output.strip())
+    assert path.parent == tmp_path / "pv" and path.read_text().lstrip().startswith("<!DOCTYPE")
+    assert not Path(env["NEWSLETTER_OUTBOX_DIR"]).exists()
+
+
+def test_ingest_reports_per_file(env: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "bad.txt").write_bytes(b"")
+    runner = CliRunner(env=env)
+    result = runner.invoke(cli, ["ingest", "--json", str(tmp_path / "bad.txt"),
+                                 str(Path(env["NEWSLETTER_INBOX"]) / "000_3a916ff8f52d44d3.txt")])
+    assert result.exit_code == 0
+    assert [(r["status"], r["entries"], r["papers_new"]) for r in json.loads(result.output)] == [
+        ("quarantined", 0, 0), ("ingested", 72, 72)]
+
+
+def test_db_upgrade(env: dict[str, str]) -> None:
+    out = _run(env, "db", "upgrade")
+    assert out.returncode == 0 and out.stdout == "database at revision 0001\n"

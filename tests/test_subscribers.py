@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+from datetime import time
+from pathlib import Path
+
+import pytest
+
+from newsletter.errors import SubscriberError
+from newsletter.subscribers import Defaults, load_config_file, make_spec, read_csv
+from tests.conftest import ROOT
+
+D = Defaults()
+
+
+def test_example_config_has_three_valid_subscribers() -> None:
+    result = load_config_file(ROOT / "config" / "subscribers.toml", D)
+    assert result.errors == ()
+    assert [s.email for s in result.specs] == [
+        "ada@example.org", "grace@example.org", "karen@example.org"
+    ]
+    ada = result.specs[0]
+    assert (ada.timezone, ada.send_at, ada.max_papers) == ("Europe/London", time(7, 30), 8)
+
+
+def test_bad_entries_are_reported_with_line_and_skipped(tmp_path: Path) -> None:
+    path = tmp_path / "subs.toml"
+    path.write_text(
+        '[[subscriber]]\nemail = "ok@example.org"\nprofile = "speech"\n\n'
+        '[[subscriber]]\nemail = "not-an-address"\nprofile = "speech"\n\n'
+        '[[subscriber]]\nemail = "tz@example.org"\nprofile = "x"\ntimezone = "Moon/Base"\n\n'
+        '[[subscriber]]\nemail = "p@example.org"\nprofile = "-only"\n'
+    )
+    result = load_config_file(path, D)
+    assert [s.email for s in result.specs] == ["ok@example.org"]
+    assert len(result.errors) == 3
+    assert result.errors[0].startswith(f"{path}, line 5: email: invalid email address 'not-an-address'")
+    assert result.errors[1].startswith(f"{path}, line 9: timezone: unknown timezone 'Moon/Base'")
+    assert result.errors[2].startswith(f"{path}, line 14: ")
+    assert "p@example.org" in result.errors[2]
+
+
+def test_csv_import_reports_bad_rows_by_line(tmp_path: Path) -> None:
+    path = tmp_path / "people.csv"
+    path.write_text(
+        "email,name,profile,timezone,send_at\n"
+        "a@example.org,Ann,speech,Europe/Paris,06:15\n"
+        "b@example.org,Bob,retrieval,Nowhere/City,07:00\n"
+        "c@example.org,Cy,\"\"\"dense retrieval\"\"^2, bm25\",,25:00\n"
+        "d@example.org,,diffusion,,\n"
+    )
+    result = read_csv(path, D)
+    assert [(s.email, s.timezone, s.send_at) for s in result.specs] == [
+        ("a@example.org", "Europe/Paris", time(6, 15)),
+        ("d@example.org", "UTC", time(7, 0)),
+    ]
+    assert [e.split(":")[0] for e in result.errors] == [f"{path}, line 3", f"{path}, line 4"]
+    assert "send_at '25:00' is not a time of day" in result.errors[1]
+
+
+def test_csv_without_required_columns(tmp_path: Path) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text("mail,topics\nx@example.org,speech\n")
+    with pytest.raises(SubscriberError, match="line 1: the header row must name the columns"):
+        read_csv(path, D)
+
+
+def test_names_lose_control_characters() -> None:
+    spec = make_spec({"email": "E@Example.org", "name": "Eve\r\nBcc: x@evil", "profile": "a"}, D,
+                     where="t")
+    assert spec.name == "Eve Bcc: x@evil"
+    assert spec.email == "e@example.org"
