@@ -279,6 +279,7 @@ def status(ctx: Context, as_json: bool) -> None:
     store = open_store(ctx.settings)
     try:
         subs = {s.id: s for s in store.subscribers()}
+        papers = store.count_papers()
         digests = store.list_digests()
         issues = store.issues()
     finally:
@@ -291,8 +292,8 @@ def status(ctx: Context, as_json: bool) -> None:
     for i in issues:
         if i.state is IssueState.SENT:
             last_sent[i.subscriber_id] = i
-    data = {
-        "papers": sum(d.papers_new for d in digests),
+    data: dict[str, Any] = {
+        "papers": papers,
         "files_ingested": len(digests) - len(quarantined),
         "last_ingest": max((d.seen_at for d in digests), default=None),
         "quarantined": [{"path": d.path, "reason": d.reason} for d in quarantined],

@@ -200,8 +200,8 @@ class Store:
                 existing[row.key] = row
         new = merged = 0
         for key, parsed in merged_in_file.items():
-            row = existing.get(key)
-            if row is None:
+            known = existing.get(key)
+            if known is None:
                 values = _paper_values(parsed)
                 s.execute(
                     self._insert(PaperRow)
@@ -210,12 +210,12 @@ class Store:
                 )
                 new += 1
             else:
-                current = _parsed_from_row(row)
+                current = _parsed_from_row(known)
                 richer = _richer(current, parsed)
                 if richer != current:
                     for name, value in _paper_values(richer).items():
-                        setattr(row, name, value)
-                    row.updated_at = seen_at
+                        setattr(known, name, value)
+                    known.updated_at = seen_at
                 merged += 1
         return MergeCounts(new, merged)
 

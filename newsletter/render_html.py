@@ -1,0 +1,211 @@
+"""HTML building blocks of the email renderer: CSS inlining once, slots, sanitizing, highlighting.
+
+premailer costs tens of milliseconds per email, so it must not run once per subscriber (DESIGN,
+"Rendering"). Templates are therefore rendered with *slot tokens* where per-subscriber values go,
+inlined once, and cut at the tokens into a :class:`CompiledFragment`; a subscriber's email is the
+fragments joined with escaped values. The tokens are plain ASCII words because libxml2
+percent-escapes non-ASCII characters inside ``href`` attributes when premailer serializes.
+
+Paper text never reaches premailer or lxml: it is escaped (or sanitized) and joined in afterwards,
+so whatever a title contains cannot change the markup around it.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import logging
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import markdown
+import nh3
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from markupsafe import Markup, escape
+from premailer import Premailer
+
+from newsletter.domain import ProfileTerm
+
+log = logging.getLogger(__name__)
+
+_SLOT_PREFIX = "ZZNLSLOT"
+_SLOT_RE = re.compile(rf"{_SLOT_PREFIX}([a-z_]+)ZZ")
+_FRAGMENT_START = "<!--fragment-start-->"
+_FRAGMENT_END = "<!--fragment-end-->"
+
+#: Control characters (C0 except tab/newline, DEL, C1) and Unicode line/paragraph separators.
+_CONTROL_RE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+#: A tag of serialized, sanitized HTML; quoted attribute values may contain ">".
+_TAG_RE = re.compile(r"""(<(?:[^>"']|"[^"]*"|'[^']*')*>)""")
+
+ABSTRACT_TAGS = frozenset({"p", "em", "strong", "code", "a", "ul", "ol", "li", "sup", "sub"})
+
+
+def slot(name: str) -> str:
+    """The token a template prints where the per-subscriber value ``name`` will go."""
+    return f"{_SLOT_PREFIX}{name}ZZ"
+
+
+class Slots:
+    """Lets a template write ``{{ slots.title }}`` for the token of slot ``title``."""
+
+    def __getattr__(self, name: str) -> str:
+        return slot(name)
+
+
+@dataclass(frozen=True)
+class CompiledFragment:
+    """Inlined HTML cut at its slots: ``parts[0] slot[0] parts[1] slot[1] ... parts[-1]``."""
+
+    parts: tuple[str, ...]
+    slots: tuple[str, ...]
+
+    @classmethod
+    def from_html(cls, inlined: str) -> CompiledFragment:
+        pieces = _SLOT_RE.split(inlined)
+        return cls(parts=tuple(pieces[0::2]), slots=tuple(pieces[1::2]))
+
+    def fill(self, values: Mapping[str, Markup]) -> Markup:
+        """Join the parts with the values; values must already be safe (escaped or sanitized)."""
+        out = [self.parts[0]]
+        for name, part in zip(self.slots, self.parts[1:]):
+            out.append(values[name])
+            out.append(part)
+        return Markup("".join(out))
+
+    @property
+    def static_size(self) -> int:
+        """UTF-8 size of everything but the slot values, for the size budget."""
+        return sum(len(p.encode("utf-8")) for p in self.parts)
+
+
+def make_environment(templates_dir: Path) -> Environment:
+    """Jinja2 with autoescape on for HTML templates and off for the text part."""
+    return Environment(
+        loader=FileSystemLoader(str(templates_dir)),
+        autoescape=select_autoescape(
+            enabled_extensions=("html", "html.j2", "xml"), default_for_string=True, default=False
+        ),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+class CssInliner:
+    """premailer, configured once: no network, keep !important and @media rules, quiet cssutils."""
+
+    def __init__(self, env: Environment, css: str) -> None:
+        self._env = env
+        self._css = css
+
+    def inline_document(self, document: str) -> str:
+        """Inline a whole document whose <style> block stays (for @media and dark-mode rules)."""
+        return str(self._premailer(document, keep_style_tags=True, css_text=None).transform())
+
+    def inline_fragment(self, fragment: Markup) -> str:
+        """Inline a piece of body HTML with the stylesheet; return the inlined piece only."""
+        document = self._env.get_template("_fragment.html.j2").render(fragment=fragment)
+        inlined = str(self._premailer(document, keep_style_tags=False, css_text=self._css).transform())
+        start = inlined.index(_FRAGMENT_START) + len(_FRAGMENT_START)
+        end = inlined.index(_FRAGMENT_END, start)
+        return inlined[start:end].strip()
+
+    @staticmethod
+    def _premailer(document: str, *, keep_style_tags: bool, css_text: str | None) -> Premailer:
+        return Premailer(
+            document,
+            base_url=None,
+            disable_link_rewrites=True,
+            disable_validation=True,
+            allow_network=False,
+            allow_loading_external_files=False,
+            keep_style_tags=keep_style_tags,
+            css_text=css_text,
+            disable_leftover_css=css_text is not None,
+            strip_important=False,
+            remove_classes=False,
+            include_star_selectors=False,
+            cssutils_logging_level=logging.CRITICAL,
+        )
+
+
+def strip_controls(text: str) -> str:
+    """Replace control characters by spaces and collapse whitespace to single spaces.
+
+    Used for one-line values (names, titles): a CR/LF in a name must never reach a header, and a
+    stray escape character has no business in an email either.
+    """
+    return " ".join(_CONTROL_RE.sub(" ", text).split())
+
+
+def strip_controls_keep_lines(text: str) -> str:
+    """Remove control characters but keep newlines and tabs (for multi-paragraph abstracts)."""
+    return _CONTROL_RE.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+
+
+@functools.lru_cache(maxsize=4096)
+def sanitize_abstract(abstract: str) -> str:
+    """Markdown to HTML, then an allow-list sanitizer.
+
+    python-markdown passes raw HTML and ``javascript:`` links through untouched, so nh3 must run
+    after it. Cached per abstract: the same papers go to many subscribers.
+    """
+    rendered = markdown.markdown(strip_controls_keep_lines(abstract), output_format="html")
+    return nh3.clean(
+        rendered,
+        tags=set(ABSTRACT_TAGS),
+        attributes={"a": {"href"}},
+        url_schemes={"http", "https"},
+        link_rel="noopener noreferrer nofollow",
+        strip_comments=True,
+    ).strip()
+
+
+@functools.lru_cache(maxsize=4096)
+def abstract_plain_text(abstract: str) -> str:
+    """The abstract for the text part: markdown left as written, but no HTML tags at all."""
+    no_tags = nh3.clean(strip_controls_keep_lines(abstract), tags=set(), strip_comments=True)
+    return html.unescape(no_tags).strip()
+
+
+SpanFinder = Callable[[str, Sequence[ProfileTerm]], list[tuple[int, int]]]
+
+
+def highlight_text(
+    text: str, terms: Sequence[ProfileTerm], mark: CompiledFragment, find: SpanFinder
+) -> Markup:
+    """Escape ``text`` and wrap every matched span in the (pre-inlined) <mark> element.
+
+    Spans are computed on the raw text and each piece is escaped separately, so an ``&`` next to
+    a match can never be split into a broken entity.
+    """
+    spans = find(text, terms) if terms and text else []
+    out: list[str] = []
+    pos = 0
+    for start, end in spans:
+        if start < pos or end <= start:
+            continue  # defensive: spans must be sorted and disjoint
+        out.append(escape(text[pos:start]))
+        out.append(mark.fill({"text": escape(text[start:end])}))
+        pos = end
+    out.append(escape(text[pos:]))
+    return Markup("".join(out))
+
+
+def highlight_html(
+    safe_html: str, terms: Sequence[ProfileTerm], mark: CompiledFragment, find: SpanFinder
+) -> Markup:
+    """Highlight matches in the text segments of sanitized HTML, leaving its tags untouched."""
+    if not terms:
+        return Markup(safe_html)
+    out: list[str] = []
+    for i, piece in enumerate(_TAG_RE.split(safe_html)):
+        if i % 2:  # a tag
+            out.append(piece)
+        elif piece:
+            out.append(highlight_text(html.unescape(piece), terms, mark, find))
+    return Markup("".join(out))

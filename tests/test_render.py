@@ -1,0 +1,374 @@
+"""Email rendering: MIME structure, exact headers, escaping and sanitizing, CSS inlining done once,
+the Gmail size budget, and a golden plain-text part.
+
+Regenerate the golden file after an intended change with ``UPDATE_GOLDEN=1 pytest tests/test_render.py``.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import os
+import re
+from collections.abc import Callable
+from datetime import date, datetime, time, timezone
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import premailer
+import pytest
+
+from newsletter.domain import (
+    IssueContent,
+    Paper,
+    Profile,
+    Reason,
+    RenderedIssue,
+    ScoredPaper,
+    SiteInfo,
+    Subscriber,
+    SubscriberStatus,
+)
+from newsletter.profile import parse_profile
+from newsletter.render import EmailRenderer
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATES = ROOT / "templates"
+GOLDEN = Path(__file__).resolve().parent / "golden"
+
+SITE = SiteInfo(
+    name="Paper Digest",
+    from_address="digest@papers.example.org",
+    from_name="Paper Digest",
+    base_url="https://papers.example.org",
+    list_id="papers.example.org",
+    paper_url_template="https://arxiv.org/a/search?query={title}",
+)
+SLOT = date(2025, 3, 12)
+CREATED = datetime(2025, 3, 12, 6, 0, tzinfo=timezone.utc)
+PROFILE = parse_profile('diffusion "language model"')
+
+
+def subscriber(
+    id: int = 1, name: str = "Ada Lovelace", email_: str = "ada@example.com",
+    tz: str = "Europe/Berlin", token: str = "tok-ada",
+) -> Subscriber:
+    return Subscriber(
+        id=id, email=email_, name=name, timezone=tz, send_at=time(7, 0), weekdays=(),
+        profile='diffusion "language model"', max_papers=10, min_score=0.0,
+        send_when_empty=False, status=SubscriberStatus.ACTIVE, token=token,
+    )
+
+
+def paper(id: int, title: str, abstract: str = "", **kw: Any) -> Paper:
+    values: dict[str, Any] = dict(
+        id=id, key=f"title:paper {id}", title=title, abstract=abstract, authors=(),
+        author_count=None, published=None, upvotes=None, arxiv_id=None, url=None,
+        first_seen_at=datetime(2025, 3, 11, 8, 0, tzinfo=timezone.utc),
+    )
+    values.update(kw)
+    return Paper(**values)
+
+
+def scored(p: Paper, score: float = 1.0, *reasons: Reason) -> ScoredPaper:
+    return ScoredPaper(paper=p, score=score, reasons=reasons or (Reason("diffusion", "title", score),))
+
+
+def issue(papers: list[ScoredPaper], sub: Subscriber | None = None, profile: Profile = PROFILE) -> IssueContent:
+    return IssueContent(
+        subscriber=sub or subscriber(), slot_date=SLOT, papers=tuple(papers),
+        profile=profile, created_at=CREATED,
+    )
+
+
+def three_papers() -> list[ScoredPaper]:
+    return [
+        scored(
+            paper(
+                1, "Diffusion Language Models Are Few-Shot Learners",
+                "We train a *diffusion* language model on R&D text.\n\nSecond paragraph with `code` "
+                "and a [link](https://example.org/x).",
+                authors=("Ann One", "Bob Two", "Cy Three", "Di Four", "Ed Five", "Flo Six"),
+                published=date(2024, 9, 5), upvotes=12, arxiv_id="2409.01234",
+            ),
+            2.3456,
+            Reason("diffusion", "title", 1.5), Reason("language model", "abstract", 0.8456),
+        ),
+        scored(
+            paper(2, "Sparse Attention at Scale", "Attention, but sparse; diffusion of ideas.",
+                  author_count=12, upvotes=1, url="https://papers.example.org/p/2"),
+            0.5, Reason("diffusion", "abstract", 0.5),
+        ),
+        scored(paper(3, "A Paper With No Metadata"), 0.25),
+    ]
+
+
+@pytest.fixture
+def renderer() -> EmailRenderer:
+    return EmailRenderer(TEMPLATES, SITE)
+
+
+def parse(rendered: RenderedIssue) -> EmailMessage:
+    msg = email.message_from_bytes(rendered.message, policy=email.policy.default)
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+def parts(msg: EmailMessage) -> tuple[EmailMessage, EmailMessage]:
+    plain, html = list(msg.iter_parts())
+    assert isinstance(plain, EmailMessage) and isinstance(html, EmailMessage)
+    return plain, html
+
+
+def header_block(raw: bytes) -> bytes:
+    return raw.split(b"\r\n\r\n", 1)[0]
+
+
+# ----------------------------------------------------------------------------- structure
+
+
+def test_multipart_alternative_text_then_html(renderer: EmailRenderer) -> None:
+    rendered = renderer.render(issue(three_papers()))
+    msg = parse(rendered)
+    assert msg.get_content_type() == "multipart/alternative"
+    assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]
+    plain, html = parts(msg)
+    assert plain["Content-Transfer-Encoding"] == "quoted-printable"
+    assert html["Content-Transfer-Encoding"] == "quoted-printable"
+    assert plain.get_content().replace("\r\n", "\n") == rendered.text
+    assert html.get_content().replace("\r\n", "\n") == rendered.html.replace("\r\n", "\n")
+
+
+def test_headers_exact(renderer: EmailRenderer) -> None:
+    sub = subscriber()
+    rendered = renderer.render(issue(three_papers(), sub))
+    msg = parse(rendered)
+    assert msg["From"] == "Paper Digest <digest@papers.example.org>"
+    assert msg["To"] == "Ada Lovelace <ada@example.com>"
+    assert msg["Subject"] == "Paper Digest: 3 papers for Wed 12 Mar 2025"
+    assert rendered.subject == "Paper Digest: 3 papers for Wed 12 Mar 2025"
+    assert msg["Date"] == "Wed, 12 Mar 2025 06:00:00 +0000"
+    assert msg["Message-ID"] == SITE.message_id(sub, SLOT) == rendered.message_id
+    assert msg["List-Id"] == "Paper Digest <papers.example.org>"
+    assert msg["List-Unsubscribe"] == "<https://papers.example.org/unsubscribe/tok-ada>"
+    assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert msg["MIME-Version"] == "1.0"
+
+
+def test_subject_singular_and_empty(renderer: EmailRenderer) -> None:
+    one = renderer.render(issue(three_papers()[:1]))
+    assert one.subject == "Paper Digest: 1 paper for Wed 12 Mar 2025"
+    none = renderer.render(issue([]))
+    assert none.subject == "Paper Digest: 0 papers for Wed 12 Mar 2025"
+    assert "No new papers matched your profile" in none.html
+    assert "No new papers matched your profile" in none.text
+
+
+def test_lines_crlf_and_at_most_998_octets(renderer: EmailRenderer) -> None:
+    long_abstract = "diffusion " * 2000  # one 20,000-character line
+    rendered = renderer.render(issue([scored(paper(1, "Long", long_abstract))]))
+    raw = rendered.message
+    assert b"\n" not in raw.replace(b"\r\n", b"")
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+    raw.decode("ascii")  # 7-bit clean: quoted-printable bodies, RFC 2047 headers
+
+
+def test_render_twice_is_byte_identical(renderer: EmailRenderer) -> None:
+    content = issue(three_papers())
+    assert renderer.render(content).message == renderer.render(content).message
+    assert EmailRenderer(TEMPLATES, SITE).render(content).message == renderer.render(content).message
+
+
+# ----------------------------------------------------------------------------- HTML content
+
+
+def test_html_inlined_and_keeps_dark_mode(renderer: EmailRenderer) -> None:
+    html = renderer.render(issue(three_papers())).html
+    cards = re.findall(r'<table role="presentation" class="card"[^>]*>', html)
+    assert len(cards) == 3
+    assert all('style="' in c for c in cards)
+    assert re.search(r'<a class="title" href="https://arxiv.org/abs/2409.01234" style="[^"]*font-size:18px', html)
+    style_block = html.split("<style", 1)[1].split("</style>", 1)[0]
+    assert "@media (prefers-color-scheme: dark)" in style_block
+    assert ".hl { background-color: #854d0e !important;" in style_block
+    assert re.search(r'<mark class="hl" style="[^"]*background-color:#fef08a', html)
+    assert '<div class="preheader" style="display:none' in html
+
+
+def test_html_card_fields(renderer: EmailRenderer) -> None:
+    html = renderer.render(issue(three_papers())).html
+    assert ">#1</div>" in html and ">#2</div>" in html and ">#3</div>" in html
+    assert ">Ann One, Bob Two, Cy Three, Di Four, Ed Five et al. · 5 Sep 2024 · 12 upvotes</div>" in html
+    assert ">12 authors · 1 upvote</div>" in html
+    assert 'href="https://papers.example.org/p/2"' in html
+    assert 'href="https://arxiv.org/a/search?query=A+Paper+With+No+Metadata"' in html
+    assert "Why you got this (score 2.35)" in html
+    assert "“diffusion” in title: +1.50</div>" in html
+    assert "“language model” in abstract: +0.85</div>" in html
+    assert "Sent Wed 12 Mar 2025, 07:00 CET" in html
+    assert "Hello Ada Lovelace, here are 3 papers matching your profile." in html
+    assert 'href="https://papers.example.org/unsubscribe/tok-ada"' in html
+    assert 'href="https://papers.example.org/preferences/tok-ada"' in html
+    assert 'href="https://papers.example.org/issues/tok-ada/2025-03-12"' in html
+    # the preheader lists the first titles
+    assert "Diffusion Language Models Are Few-Shot Learners · Sparse Attention at Scale · A Paper" in html
+
+
+def test_highlighting_wraps_matches_and_keeps_entities(renderer: EmailRenderer) -> None:
+    html = renderer.render(issue(three_papers())).html
+    mark_open = re.search(r'<mark class="hl" style="[^"]*"[^>]*>', html)
+    assert mark_open is not None
+    m = mark_open.group(0)
+    # title: single word and phrase matches
+    assert f">{m}Diffusion</mark> {m}Language Models</mark> Are Few-Shot Learners</a>" in html
+    # abstract: inside markdown's <em>, next to an entity that must stay intact
+    assert f"<p>We train a <em>{m}diffusion</em></mark>" not in html
+    assert f"<p>We train a <em>{m}diffusion</mark></em> {m}language model</mark> on R&amp;D text.</p>" in html
+    assert "&amp;amp;" not in html
+    assert '<a href="https://example.org/x" rel="noopener noreferrer nofollow">link</a>' in html
+
+
+def test_hostile_titles_are_harmless(renderer: EmailRenderer) -> None:
+    papers = [
+        scored(paper(1, "<script>alert(1)</script> diffusion")),
+        scored(paper(2, "Nice title\r\nBcc: evil@example.com")),
+    ]
+    rendered = renderer.render(issue(papers))
+    msg = parse(rendered)
+    assert "<script" not in rendered.html.lower()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in rendered.html
+    assert msg["Bcc"] is None
+    assert b"Bcc" not in header_block(rendered.message)
+    assert msg["Subject"] == "Paper Digest: 2 papers for Wed 12 Mar 2025"
+    assert "2. Nice title Bcc: evil@example.com\n" in rendered.text
+
+
+def test_abstract_is_sanitized_after_markdown(renderer: EmailRenderer) -> None:
+    abstract = (
+        'Click [x](javascript:alert(1)) or <img src=x onerror="alert(1)"> or '
+        '<a href="https://ok.example/" onclick="evil()">ok</a> <script>bad()</script> AT&T.'
+    )
+    rendered = renderer.render(issue([scored(paper(1, "Sanitize me", abstract))]))
+    html = rendered.html
+    for bad in ("javascript:", "onerror", "<img", "onclick", "<script", "bad()"):
+        assert bad not in html, bad
+    assert '<a rel="noopener noreferrer nofollow">x</a>' in html
+    assert '<a href="https://ok.example/" rel="noopener noreferrer nofollow">ok</a>' in html
+    assert "AT&amp;T." in html
+    assert "<img" not in rendered.text and "<script" not in rendered.text
+    # the text part keeps the markdown as written (harmless in text/plain) but drops the tags
+    assert "Click [x](javascript:alert(1)) or or ok AT&T." in " ".join(rendered.text.split())
+
+
+# ----------------------------------------------------------------------------- headers from names
+
+
+def test_name_with_crlf_cannot_inject_a_header(renderer: EmailRenderer) -> None:
+    sub = subscriber(name="Eve\r\nBcc: evil@example.com", email_="eve@example.com")
+    rendered = renderer.render(issue(three_papers(), sub))
+    msg = parse(rendered)
+    assert msg["Bcc"] is None
+    to = msg["To"]
+    assert len(to.addresses) == 1
+    assert to.addresses[0].addr_spec == "eve@example.com"
+    assert to.addresses[0].display_name == "Eve Bcc: evil@example.com"
+    assert b"\r\nBcc" not in header_block(rendered.message)
+
+
+def test_non_ascii_name_and_subject_are_rfc2047_encoded() -> None:
+    site = SiteInfo(
+        name="Papiers du Zoé", from_address="digest@papers.example.org", from_name="Zoé Digest",
+        base_url=SITE.base_url, list_id=SITE.list_id, paper_url_template=SITE.paper_url_template,
+    )
+    sub = subscriber(name="Zoë Ångström", email_="zoe@example.com")
+    rendered = EmailRenderer(TEMPLATES, site).render(issue(three_papers(), sub))
+    headers = header_block(rendered.message).decode("ascii")
+    to_line = re.search(r"^To: (.*(?:\r\n .*)*)", headers, re.M)
+    assert to_line is not None and "=?utf-8?" in to_line.group(1)
+    subject_line = re.search(r"^Subject: (.*(?:\r\n .*)*)", headers, re.M)
+    assert subject_line is not None and "=?utf-8?" in subject_line.group(1)
+    msg = parse(rendered)
+    assert msg["To"].addresses[0].display_name == "Zoë Ångström"
+    assert msg["From"].addresses[0].display_name == "Zoé Digest"
+    assert msg["Subject"] == "Papiers du Zoé: 3 papers for Wed 12 Mar 2025"
+    assert "Hello Zoë Ångström," in rendered.html
+
+
+# ----------------------------------------------------------------------------- performance shape
+
+
+def test_premailer_runs_per_template_and_card_not_per_subscriber(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls = 0
+    original: Callable[..., Any] = premailer.Premailer.transform
+
+    def counting(self: premailer.Premailer, *args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(premailer.Premailer, "transform", counting)
+    papers = [scored(paper(i, f"Diffusion paper {i}", "About diffusion.")) for i in range(1, 11)]
+    renderer = EmailRenderer(TEMPLATES, SITE)
+    renderer.render(issue(papers, subscriber(id=1, token="tok-1")))
+    # shell + <mark> + reason row + "more papers" block + one per card
+    assert calls == 4 + 10
+    for i in range(2, 51):
+        renderer.render(issue(papers, subscriber(id=i, email_=f"s{i}@example.com", token=f"tok-{i}")))
+    assert calls == 4 + 10
+    renderer.render(issue(papers + [scored(paper(11, "A new one"))]))
+    assert calls == 4 + 11
+
+
+# ----------------------------------------------------------------------------- size budget
+
+
+def test_large_issue_is_cut_below_100kb_with_honest_more_link(renderer: EmailRenderer) -> None:
+    abstract = ("We study diffusion models for language modeling at scale. " * 20).strip()
+    papers = [
+        scored(paper(i, f"Diffusion study number {i}", abstract, authors=("A. Author", "B. Author")),
+               3.0 - i / 1000)
+        for i in range(1, 301)
+    ]
+    rendered = renderer.render(issue(papers))
+    html = rendered.html
+    assert len(html.encode("utf-8")) <= 100_000
+    shown = len(re.findall(r'class="card"', html))
+    assert 10 < shown < 300
+    assert f">#{shown}</div>" in html and f">#{shown + 1}</div>" not in html
+    more = 300 - shown
+    issue_url = "https://papers.example.org/issues/tok-ada/2025-03-12"
+    assert re.search(
+        rf'<a class="more-link" href="{re.escape(issue_url)}"[^>]*>{more} more papers → read the full issue',
+        html,
+    )
+    # one more card would not have fitted
+    assert len(html.encode("utf-8")) + len(html.encode("utf-8")) // shown > 100_000
+    assert rendered.subject == "Paper Digest: 300 papers for Wed 12 Mar 2025"
+    assert f"\n{more} more papers: {issue_url}\n" in rendered.text
+    assert f"\n{shown}. Diffusion study number {shown}\n" in rendered.text
+    assert f"\n{shown + 1}. " not in rendered.text
+    assert max(len(line) for line in rendered.message.split(b"\r\n")) <= 998
+
+
+def test_small_budget_still_links_everything(renderer: EmailRenderer) -> None:
+    small = EmailRenderer(TEMPLATES, SITE, max_html_bytes=1)
+    rendered = small.render(issue(three_papers()))
+    assert 'class="card"' not in rendered.html
+    assert "3 more papers → read the full issue" in rendered.html
+
+
+# ----------------------------------------------------------------------------- golden text part
+
+
+def test_text_part_matches_golden(renderer: EmailRenderer) -> None:
+    text = renderer.render(issue(three_papers())).text
+    golden = GOLDEN / "issue.txt"
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.parent.mkdir(exist_ok=True)
+        golden.write_text(text, encoding="utf-8")
+    assert text == golden.read_text(encoding="utf-8")
+    assert "<" not in text.replace("<https", "")
+    assert max(len(line) for line in text.splitlines()) <= 78
