@@ -10,7 +10,7 @@ import json
 import logging
 import sys
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +26,21 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 def _now(value: str | None) -> datetime:
     if not value:
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not an ISO date-time like 2026-11-23T07:30+01:00")
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+        raise click.BadParameter(
+            f"{value!r} is not an ISO date-time like 2026-11-23T07:30+01:00"
+        ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 NOW_OPTION = click.option(
-    "--now", "now_text", metavar="ISO", default=None,
+    "--now",
+    "now_text",
+    metavar="ISO",
+    default=None,
     help="Act as if the current time were ISO (e.g. 2026-11-24T08:00+00:00): replays and tests.",
 )
 
@@ -58,8 +63,13 @@ pass_ctx = click.make_pass_decorator(Context)
 
 @click.group(context_settings=CONTEXT)
 @click.version_option(__version__, "--version", prog_name="newsletter")
-@click.option("--config", "-c", type=click.Path(path_type=Path), default=None,
-              help="Settings file (default: $NEWSLETTER_CONFIG or config/newsletter.toml).")
+@click.option(
+    "--config",
+    "-c",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Settings file (default: $NEWSLETTER_CONFIG or config/newsletter.toml).",
+)
 @click.option("-v", "--verbose", count=True, help="More detail: -v info, -vv debug.")
 @click.pass_context
 def cli(ctx: click.Context, config: Path | None, verbose: int) -> None:
@@ -72,8 +82,9 @@ def cli(ctx: click.Context, config: Path | None, verbose: int) -> None:
       newsletter -h COMMAND        help and an example for every command
     """
     level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
     for noisy in ("alembic", "cssutils"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     ctx.obj = Context(config, verbose)
@@ -173,8 +184,9 @@ def ingest(ctx: Context, paths: tuple[Path, ...], as_json: bool) -> None:
     settings = ctx.settings
     store = open_store(settings)
     try:
-        reports = ingest_paths(store, list(paths), now=_now(None),
-                               max_bytes=settings.max_digest_bytes)
+        reports = ingest_paths(
+            store, list(paths), now=_now(None), max_bytes=settings.max_digest_bytes
+        )
     finally:
         store.close()
     if as_json:
@@ -182,8 +194,10 @@ def ingest(ctx: Context, paths: tuple[Path, ...], as_json: bool) -> None:
         return
     for r in reports:
         if r.status == "ingested":
-            click.echo(f"{r.path}: {r.entries} papers found, {r.papers_new} new, "
-                       f"{r.papers_merged} merged ({r.format})")
+            click.echo(
+                f"{r.path}: {r.entries} papers found, {r.papers_new} new, "
+                f"{r.papers_merged} merged ({r.format})"
+            )
         elif r.status == "quarantined":
             click.echo(f"{r.path}: quarantined: {r.reason}")
         else:
@@ -195,8 +209,14 @@ def ingest(ctx: Context, paths: tuple[Path, ...], as_json: bool) -> None:
 
 @cli.command(context_settings=CONTEXT)
 @click.option("--subscriber", "email", required=True, help="The subscriber's email address.")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("var/preview"),
-              show_default=True, help="Folder for the HTML file.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=Path("var/preview"),
+    show_default=True,
+    help="Folder for the HTML file.",
+)
 @NOW_OPTION
 @pass_ctx
 def preview(ctx: Context, email: str, out_dir: Path, now_text: str | None) -> None:
@@ -285,8 +305,11 @@ def status(ctx: Context, as_json: bool) -> None:
     finally:
         store.close()
     quarantined = [d for d in digests if d.state == "quarantined"]
-    pending = [i for i in issues if i.state in (IssueState.PLANNED, IssueState.RENDERED,
-                                                 IssueState.SENDING)]
+    pending = [
+        i
+        for i in issues
+        if i.state in (IssueState.PLANNED, IssueState.RENDERED, IssueState.SENDING)
+    ]
     failed = [i for i in issues if i.state is IssueState.FAILED]
     last_sent: dict[int, Any] = {}
     for i in issues:
@@ -297,26 +320,43 @@ def status(ctx: Context, as_json: bool) -> None:
         "files_ingested": len(digests) - len(quarantined),
         "last_ingest": max((d.seen_at for d in digests), default=None),
         "quarantined": [{"path": d.path, "reason": d.reason} for d in quarantined],
-        "pending": [{"email": subs[i.subscriber_id].email, "slot": i.slot_date,
-                     "state": i.state.value} for i in pending],
-        "failed": [{"email": subs[i.subscriber_id].email, "slot": i.slot_date,
-                    "attempts": i.attempts, "reason": i.last_reply} for i in failed],
-        "subscribers": [{"email": s.email, "status": s.status.value,
-                         "last_sent": last_sent[s.id].slot_date if s.id in last_sent else None}
-                        for s in subs.values()],
+        "pending": [
+            {"email": subs[i.subscriber_id].email, "slot": i.slot_date, "state": i.state.value}
+            for i in pending
+        ],
+        "failed": [
+            {
+                "email": subs[i.subscriber_id].email,
+                "slot": i.slot_date,
+                "attempts": i.attempts,
+                "reason": i.last_reply,
+            }
+            for i in failed
+        ],
+        "subscribers": [
+            {
+                "email": s.email,
+                "status": s.status.value,
+                "last_sent": last_sent[s.id].slot_date if s.id in last_sent else None,
+            }
+            for s in subs.values()
+        ],
     }
     if as_json:
         _emit(data)
         return
-    click.echo(f"papers stored: {data['papers']}; digest files ingested: "
-               f"{data['files_ingested']}; last ingest: {data['last_ingest'] or 'never'}")
+    click.echo(
+        f"papers stored: {data['papers']}; digest files ingested: "
+        f"{data['files_ingested']}; last ingest: {data['last_ingest'] or 'never'}"
+    )
     click.echo(f"quarantined files: {len(quarantined)}")
     for d in quarantined:
         click.echo(f"  {d.reason}")
     click.echo(f"pending issues: {len(pending)}; failed issues: {len(failed)}")
     for f in data["failed"]:
-        click.echo(f"  failed: {f['email']} {f['slot']} after {f['attempts']} attempt(s): "
-                   f"{f['reason']}")
+        click.echo(
+            f"  failed: {f['email']} {f['slot']} after {f['attempts']} attempt(s): {f['reason']}"
+        )
     click.echo("subscribers:")
     for s in data["subscribers"]:
         click.echo(f"  {s['email']:<32} {s['status']:<13} last issue: {s['last_sent'] or '-'}")
@@ -344,22 +384,41 @@ def subscriber() -> None:
 @click.option("--max-papers", type=int, default=None, help="Most papers per issue.")
 @click.option("--min-score", type=float, default=None, help="Least score a paper needs.")
 @pass_ctx
-def subscriber_add(ctx: Context, email: str, profile: str, name: str, tz: str | None,
-                   send_at: str | None, days: str | None, max_papers: int | None,
-                   min_score: float | None) -> None:
+def subscriber_add(
+    ctx: Context,
+    email: str,
+    profile: str,
+    name: str,
+    tz: str | None,
+    send_at: str | None,
+    days: str | None,
+    max_papers: int | None,
+    min_score: float | None,
+) -> None:
     """Add (or update) an active subscriber.
 
     \b
     Example:
-      newsletter subscriber add ada@example.org --name "Ada" \\
-          --profile '"speech recognition"^2, speech, -music' --timezone Europe/London --send-at 07:30
+      newsletter subscriber add ada@example.org --name "Ada" --send-at 07:30 \\
+          --profile '"speech recognition"^2, speech, -music' --timezone Europe/London
     """
     from newsletter.pipeline import defaults_from, open_store
     from newsletter.subscribers import make_spec
 
-    entry = {k: v for k, v in {"email": email, "profile": profile, "name": name, "timezone": tz,
-                               "send_at": send_at, "days": days, "max_papers": max_papers,
-                               "min_score": min_score}.items() if v not in (None, "")}
+    entry = {
+        k: v
+        for k, v in {
+            "email": email,
+            "profile": profile,
+            "name": name,
+            "timezone": tz,
+            "send_at": send_at,
+            "days": days,
+            "max_papers": max_papers,
+            "min_score": min_score,
+        }.items()
+        if v not in (None, "")
+    }
     spec = make_spec(entry, defaults_from(ctx.settings), where="subscriber add")
     store = open_store(ctx.settings)
     try:
@@ -368,8 +427,10 @@ def subscriber_add(ctx: Context, email: str, profile: str, name: str, tz: str | 
             store.set_subscriber_status(sub.email, SubscriberStatus.ACTIVE, _now(None))
     finally:
         store.close()
-    click.echo(f"{'added' if created else 'updated'} {sub.email} "
-               f"(sends {sub.send_at:%H:%M} {sub.timezone})")
+    click.echo(
+        f"{'added' if created else 'updated'} {sub.email} "
+        f"(sends {sub.send_at:%H:%M} {sub.timezone})"
+    )
 
 
 @subscriber.command("list", context_settings=CONTEXT)
@@ -387,21 +448,37 @@ def subscriber_list(ctx: Context, as_json: bool, show_all: bool) -> None:
 
     store = open_store(ctx.settings)
     try:
-        subs = [s for s in store.subscribers()
-                if show_all or s.status is not SubscriberStatus.UNSUBSCRIBED]
+        subs = [
+            s
+            for s in store.subscribers()
+            if show_all or s.status is not SubscriberStatus.UNSUBSCRIBED
+        ]
     finally:
         store.close()
     if as_json:
-        _emit([{"email": s.email, "name": s.name, "status": s.status.value,
-                "timezone": s.timezone, "send_at": s.send_at.strftime("%H:%M"),
-                "days": list(s.weekdays), "profile": s.profile, "max_papers": s.max_papers,
-                "min_score": s.min_score} for s in subs])
+        _emit(
+            [
+                {
+                    "email": s.email,
+                    "name": s.name,
+                    "status": s.status.value,
+                    "timezone": s.timezone,
+                    "send_at": s.send_at.strftime("%H:%M"),
+                    "days": list(s.weekdays),
+                    "profile": s.profile,
+                    "max_papers": s.max_papers,
+                    "min_score": s.min_score,
+                }
+                for s in subs
+            ]
+        )
         return
     if not subs:
         click.echo("no subscribers yet: `newsletter subscriber add EMAIL --profile '...'`")
     for s in subs:
-        click.echo(f"{s.email:<32} {s.status.value:<12} {s.send_at:%H:%M} {s.timezone:<18} "
-                   f"{s.profile}")
+        click.echo(
+            f"{s.email:<32} {s.status.value:<12} {s.send_at:%H:%M} {s.timezone:<18} {s.profile}"
+        )
 
 
 @subscriber.command("remove", context_settings=CONTEXT)
@@ -418,8 +495,9 @@ def subscriber_remove(ctx: Context, email: str) -> None:
 
     store = open_store(ctx.settings)
     try:
-        found = store.set_subscriber_status(email.strip(), SubscriberStatus.UNSUBSCRIBED,
-                                            _now(None))
+        found = store.set_subscriber_status(
+            email.strip(), SubscriberStatus.UNSUBSCRIBED, _now(None)
+        )
     finally:
         store.close()
     if not found:
@@ -454,5 +532,6 @@ def subscriber_import(ctx: Context, csv_file: Path) -> None:
         store.close()
     for error in result.errors:
         click.echo(f"skipped: {error}", err=True)
-    click.echo(f"imported {csv_file}: {added} added, {updated} updated, "
-               f"{len(result.errors)} skipped")
+    click.echo(
+        f"imported {csv_file}: {added} added, {updated} updated, {len(result.errors)} skipped"
+    )

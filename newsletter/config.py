@@ -46,8 +46,11 @@ class MailSettings(_Section):
     @field_validator("from_address")
     @classmethod
     def _address(cls, value: str) -> str:
-        if "@" not in value or value.startswith("@") or value.endswith("@") or any(
-            c.isspace() for c in value
+        if (
+            "@" not in value
+            or value.startswith("@")
+            or value.endswith("@")
+            or any(c.isspace() for c in value)
         ):
             raise ValueError("must be an email address such as digest@example.org")
         return value
@@ -159,9 +162,7 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def load_settings(
-    path: Path | None = None, environ: Mapping[str, str] | None = None
-) -> Settings:
+def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Read, merge and validate the settings; raise ConfigError naming any bad key."""
     environ = os.environ if environ is None else environ
     explicit = path is not None or ENV_PREFIX + "CONFIG" in environ

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from urllib.parse import quote_plus
 
-
 # --------------------------------------------------------------------------- ingest
 
 
@@ -71,7 +70,7 @@ class Paper:
         return len(self.authors) if self.authors else self.author_count
 
 
-class SubscriberStatus(str, enum.Enum):
+class SubscriberStatus(enum.StrEnum):
     PENDING = "pending"
     ACTIVE = "active"
     UNSUBSCRIBED = "unsubscribed"
@@ -139,7 +138,7 @@ class ScoredPaper:
 # --------------------------------------------------------------------------- issue / render
 
 
-class IssueState(str, enum.Enum):
+class IssueState(enum.StrEnum):
     PLANNED = "planned"
     RENDERED = "rendered"
     SENDING = "sending"

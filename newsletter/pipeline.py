@@ -114,12 +114,18 @@ def select_papers(
             log.error("skipped %s: %s", sub.email, exc)
             continue
         eligible = paper_ids - store.sent_paper_ids(sub.id)
-        requests.append(RankRequest(profile=profile, max_papers=sub.max_papers,
-                                    min_score=sub.min_score, eligible=eligible))
+        requests.append(
+            RankRequest(
+                profile=profile,
+                max_papers=sub.max_papers,
+                min_score=sub.min_score,
+                eligible=eligible,
+            )
+        )
         kept.append((sub, profile))
     r = settings.ranking
     ranked = rank_papers(papers, requests, RankSettings(title_boost=r.title_boost, k1=r.k1, b=r.b))
-    return {sub.id: (selection, profile) for (sub, profile), selection in zip(kept, ranked)}
+    return {sub.id: (sel, profile) for (sub, profile), sel in zip(kept, ranked, strict=True)}
 
 
 def plan_issues(
@@ -150,14 +156,19 @@ def _content(store: Store, issue: IssueRecord, sub: Subscriber) -> IssueContent:
     from newsletter.profile import parse_profile
 
     return IssueContent(
-        subscriber=sub, slot_date=issue.slot_date, papers=tuple(store.issue_papers(issue.id)),
+        subscriber=sub,
+        slot_date=issue.slot_date,
+        papers=tuple(store.issue_papers(issue.id)),
         profile=parse_profile(sub.profile, who=f"subscriber {sub.email}"),
         created_at=issue.created_at,
     )
 
 
 def deliver_pending(
-    store: Store, settings: Settings, mailer: Mailer, now: datetime,
+    store: Store,
+    settings: Settings,
+    mailer: Mailer,
+    now: datetime,
     progress: Callable[[str], None] | None = None,
 ) -> list[dict[str, object]]:
     """Render and send every issue that is planned, rendered or was in flight at a crash."""
@@ -177,15 +188,21 @@ def deliver_pending(
         try:
             if issue.state is IssueState.PLANNED:
                 rendered = renderer.render(_content(store, issue, sub))
-                store.mark_rendered(issue.id, subject=rendered.subject, html=rendered.html,
-                                    message=rendered.message, message_id=rendered.message_id)
+                store.mark_rendered(
+                    issue.id,
+                    subject=rendered.subject,
+                    html=rendered.html,
+                    message=rendered.message,
+                    message_id=rendered.message_id,
+                )
             message = store.rendered_message(issue.id)
             assert message is not None
             store.mark_sending(issue.id)
             envelope = Envelope(
-                sender=settings.mail.from_address, recipient=sub.email,
+                sender=settings.mail.from_address,
+                recipient=sub.email,
                 message_id=settings.site.message_id(sub, issue.slot_date),
-                name_hint=f"{issue.slot_date.isoformat()}_{sub.id:05d}_{sub.email.replace('@', '_at_')}",
+                name_hint=_file_label(issue, sub),
             )
             where = mailer.send(envelope, message)
         except NewsletterError as exc:
@@ -193,13 +210,25 @@ def deliver_pending(
             log.error("issue %d for %s failed: %s", issue.id, sub.email, exc)
             continue
         store.mark_sent(issue.id, sent_at=now, reply=where)
-        log.info("sent issue %d to %s (%d papers): %s", issue.id, sub.email,
-                 len(issue.paper_ids), where)
-        delivered.append({"email": sub.email, "slot": issue.slot_date.isoformat(),
-                          "papers": len(issue.paper_ids), "where": where})
+        log.info(
+            "sent issue %d to %s (%d papers): %s", issue.id, sub.email, len(issue.paper_ids), where
+        )
+        delivered.append(
+            {
+                "email": sub.email,
+                "slot": issue.slot_date.isoformat(),
+                "papers": len(issue.paper_ids),
+                "where": where,
+            }
+        )
         if progress:
             progress(f"sent {sub.email}: {len(issue.paper_ids)} papers -> {where}")
     return delivered
+
+
+def _file_label(issue: IssueRecord, sub: Subscriber) -> str:
+    """Outbox file name: one per (slot, subscriber), so a re-send replaces, never adds."""
+    return f"{issue.slot_date.isoformat()}_{sub.id:05d}_{sub.email.replace('@', '_at_')}"
 
 
 def write_all_feeds(store: Store, settings: Settings) -> int:
@@ -207,32 +236,51 @@ def write_all_feeds(store: Store, settings: Settings) -> int:
     from newsletter.feeds import write_feeds
 
     site = settings.site
-    written = write_feeds(store.global_feed_items(), site=site, subscriber=None,
-                          directory=settings.feeds_dir)
+    written = write_feeds(
+        store.global_feed_items(), site=site, subscriber=None, directory=settings.feeds_dir
+    )
     count = len(written)
     for sub in store.subscribers(SubscriberStatus.ACTIVE):
-        count += len(write_feeds(store.subscriber_feed_items(sub.id), site=site, subscriber=sub,
-                                 directory=settings.feeds_dir))
+        count += len(
+            write_feeds(
+                store.subscriber_feed_items(sub.id),
+                site=site,
+                subscriber=sub,
+                directory=settings.feeds_dir,
+            )
+        )
     return count
 
 
 def run_once(
-    settings: Settings, *, now: datetime, mailer: Mailer | None = None,
+    settings: Settings,
+    *,
+    now: datetime,
+    mailer: Mailer | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> RunSummary:
     """The whole job once: what ``newsletter run --once`` does."""
     store = open_store(settings)
     try:
-        summary = RunSummary(outbox_dir=str(settings.outbox_dir.resolve()),
-                             feeds_dir=str(settings.feeds_dir.resolve()))
-        reports = ingest_paths(store, [settings.inbox], now=now,
-                               max_bytes=settings.max_digest_bytes,
-                               progress=_file_progress(progress))
+        summary = RunSummary(
+            outbox_dir=str(settings.outbox_dir.resolve()),
+            feeds_dir=str(settings.feeds_dir.resolve()),
+        )
+        reports = ingest_paths(
+            store,
+            [settings.inbox],
+            now=now,
+            max_bytes=settings.max_digest_bytes,
+            progress=_file_progress(progress),
+        )
         _count_files(summary, reports)
-        summary.subscribers_synced, summary.subscriber_errors = sync_subscribers(store, settings, now)
+        summary.subscribers_synced, summary.subscriber_errors = sync_subscribers(
+            store, settings, now
+        )
         _planned, summary.issues_empty = plan_issues(store, settings, now)
-        summary.delivered = deliver_pending(store, settings, mailer or make_mailer(settings), now,
-                                            progress)
+        summary.delivered = deliver_pending(
+            store, settings, mailer or make_mailer(settings), now, progress
+        )
         summary.issues_delivered = len(summary.delivered)
         summary.issues_failed = len(store.issues(states=[IssueState.FAILED]))
         summary.feeds_written = write_all_feeds(store, settings)
@@ -281,8 +329,13 @@ def preview(settings: Settings, email: str, now: datetime, out_dir: Path) -> Pat
                 f"no subscriber {email!r}: see `newsletter subscriber list`, or add one"
             )
         papers, profile = select_papers(store, settings, [sub], now)[sub.id]
-        content = IssueContent(subscriber=sub, slot_date=slot_date_for(sub, now),
-                               papers=papers, profile=profile, created_at=now)
+        content = IssueContent(
+            subscriber=sub,
+            slot_date=slot_date_for(sub, now),
+            papers=papers,
+            profile=profile,
+            created_at=now,
+        )
         rendered = EmailRenderer(settings.templates_dir, settings.site).render(content)
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / f"preview_{content.slot_date.isoformat()}_{sub.id:05d}.html"

@@ -26,10 +26,19 @@ from newsletter.errors import ConfigError, ProfileError, SubscriberError
 log = logging.getLogger(__name__)
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-FIELDS = frozenset({
-    "email", "name", "timezone", "send_at", "days", "profile", "max_papers", "min_score",
-    "send_when_empty",
-})
+FIELDS = frozenset(
+    {
+        "email",
+        "name",
+        "timezone",
+        "send_at",
+        "days",
+        "profile",
+        "max_papers",
+        "min_score",
+        "send_when_empty",
+    }
+)
 CSV_COLUMNS = ("email", "name", "profile", "timezone", "send_at")
 _HHMM = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 
@@ -160,7 +169,8 @@ def load_config_file(path: Path, defaults: Defaults) -> LoadResult:
 
 def _entry_lines(raw: str) -> list[int]:
     return [
-        number for number, line in enumerate(raw.splitlines(), start=1)
+        number
+        for number, line in enumerate(raw.splitlines(), start=1)
         if line.strip().replace(" ", "") == "[[subscriber]]"
     ]
 

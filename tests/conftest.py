@@ -7,7 +7,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -25,7 +25,7 @@ SEED_COUNTS = {
     "003_48e8e8a7bd500b11.txt": 119,
     "004_8f615052814f5bfc.txt": 44,
 }
-NOW = datetime(2026, 11, 23, 9, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 PG_ENV = "NEWSLETTER_TEST_POSTGRES_URL"
 
 

@@ -30,8 +30,12 @@ def env(workdir: Path) -> dict[str, str]:
 
 def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "newsletter", *args], env={**os.environ, **env},
-        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        [sys.executable, "-m", "newsletter", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
     )
 
 
@@ -66,9 +70,10 @@ def test_run_once_json_then_nothing_new(env: dict[str, str], workdir: Path) -> N
     first = _run(env, "run", "--once", "--json")
     assert first.returncode == 0, first.stderr
     data = json.loads(first.stdout)
-    assert {k: data[k] for k in ("files_ingested", "files_quarantined", "papers_new",
-                                 "issues_delivered")} == {
-        "files_ingested": 5, "files_quarantined": 0, "papers_new": 380, "issues_delivered": 3}
+    assert {
+        k: data[k]
+        for k in ("files_ingested", "files_quarantined", "papers_new", "issues_delivered")
+    } == {"files_ingested": 5, "files_quarantined": 0, "papers_new": 380, "issues_delivered": 3}
     assert data["outbox_dir"] == str(workdir / "outbox")
     assert data["feeds_dir"] == str(workdir / "feeds")
     second = _run(env, "run", "--once")
@@ -83,35 +88,56 @@ def test_run_once_json_then_nothing_new(env: dict[str, str], workdir: Path) -> N
 def test_bad_setting_stops_with_its_name(env: dict[str, str]) -> None:
     out = _run({**env, "NEWSLETTER_CANDIDATE_WINDOW_DAYS": "-3"}, "run", "--once")
     assert out.returncode == 1
-    assert out.stderr.startswith("error: bad value for 'candidate_window_days' in environment "
-                                 "NEWSLETTER_CANDIDATE_WINDOW_DAYS")
+    assert out.stderr.startswith(
+        "error: bad value for 'candidate_window_days' in environment "
+        "NEWSLETTER_CANDIDATE_WINDOW_DAYS"
+    )
 
 
 def test_subscriber_commands(env: dict[str, str], tmp_path: Path) -> None:
     runner = CliRunner(env=env)
-    added = runner.invoke(cli, ["subscriber", "add", "Zoe@Example.org", "--name", "Zoë",
-                                "--profile", 'speech, "speech recognition"^2',
-                                "--timezone", "Asia/Tokyo", "--send-at", "06:30"])
+    added = runner.invoke(
+        cli,
+        [
+            "subscriber",
+            "add",
+            "Zoe@Example.org",
+            "--name",
+            "Zoë",
+            "--profile",
+            'speech, "speech recognition"^2',
+            "--timezone",
+            "Asia/Tokyo",
+            "--send-at",
+            "06:30",
+        ],
+    )
     assert added.exit_code == 0, added.output
     assert added.output == "added zoe@example.org (sends 06:30 Asia/Tokyo)\n"
     listed = runner.invoke(cli, ["subscriber", "list", "--json"])
-    assert [(s["email"], s["name"], s["timezone"], s["send_at"], s["status"])
-            for s in json.loads(listed.output)] == [
-        ("zoe@example.org", "Zoë", "Asia/Tokyo", "06:30", "active")]
+    assert [
+        (s["email"], s["name"], s["timezone"], s["send_at"], s["status"])
+        for s in json.loads(listed.output)
+    ] == [("zoe@example.org", "Zoë", "Asia/Tokyo", "06:30", "active")]
     csv_file = tmp_path / "people.csv"
-    csv_file.write_text("email,name,profile,timezone,send_at\n"
-                        "a@example.org,A,retrieval,UTC,07:00\n"
-                        "broken,B,retrieval,UTC,07:00\n")
+    csv_file.write_text(
+        "email,name,profile,timezone,send_at\n"
+        "a@example.org,A,retrieval,UTC,07:00\n"
+        "broken,B,retrieval,UTC,07:00\n"
+    )
     imported = runner.invoke(cli, ["subscriber", "import", str(csv_file)])
     assert imported.exit_code == 0
     assert imported.stdout.splitlines()[-1] == (
-        f"imported {csv_file}: 1 added, 0 updated, 1 skipped")
+        f"imported {csv_file}: 1 added, 0 updated, 1 skipped"
+    )
     assert f"skipped: {csv_file}, line 3: email: invalid email address 'broken'" in imported.stderr
     removed = runner.invoke(cli, ["subscriber", "remove", "zoe@example.org"])
     assert removed.output == "unsubscribed zoe@example.org (history kept)\n"
     listed = runner.invoke(cli, ["subscriber", "list", "--json", "--all"])
     assert [(s["email"], s["status"]) for s in json.loads(listed.output)] == [
-        ("zoe@example.org", "unsubscribed"), ("a@example.org", "active")]
+        ("zoe@example.org", "unsubscribed"),
+        ("a@example.org", "active"),
+    ]
 
 
 def test_subscriber_add_rejects_bad_profile(env: dict[str, str]) -> None:
@@ -124,16 +150,18 @@ def test_subscriber_add_rejects_bad_profile(env: dict[str, str]) -> None:
 def test_remove_unknown_subscriber_fails_clearly(env: dict[str, str]) -> None:
     out = _run(env, "subscriber", "remove", "nobody@example.org")
     assert out.returncode == 1
-    assert out.stderr == ("error: no subscriber 'nobody@example.org': see "
-                          "`newsletter subscriber list --all`\n")
+    assert out.stderr == (
+        "error: no subscriber 'nobody@example.org': see `newsletter subscriber list --all`\n"
+    )
 
 
 def test_preview_prints_the_html_path(env: dict[str, str], tmp_path: Path) -> None:
     runner = CliRunner(env=env)
     assert runner.invoke(cli, ["ingest", env["NEWSLETTER_INBOX"]]).exit_code == 0
     runner.invoke(cli, ["subscriber", "add", "p@example.org", "--profile", "diffusion"])
-    result = runner.invoke(cli, ["preview", "--subscriber", "p@example.org",
-                                 "--out", str(tmp_path / "pv")])
+    result = runner.invoke(
+        cli, ["preview", "--subscriber", "p@example.org", "--out", str(tmp_path / "pv")]
+    )
     assert result.exit_code == 0, result.output
     path = Path(result.output.strip())
     assert path.parent == tmp_path / "pv" and path.read_text().lstrip().startswith("<!DOCTYPE")
@@ -143,11 +171,20 @@ def test_preview_prints_the_html_path(env: dict[str, str], tmp_path: Path) -> No
 def test_ingest_reports_per_file(env: dict[str, str], tmp_path: Path) -> None:
     (tmp_path / "bad.txt").write_bytes(b"")
     runner = CliRunner(env=env)
-    result = runner.invoke(cli, ["ingest", "--json", str(tmp_path / "bad.txt"),
-                                 str(Path(env["NEWSLETTER_INBOX"]) / "000_3a916ff8f52d44d3.txt")])
+    result = runner.invoke(
+        cli,
+        [
+            "ingest",
+            "--json",
+            str(tmp_path / "bad.txt"),
+            str(Path(env["NEWSLETTER_INBOX"]) / "000_3a916ff8f52d44d3.txt"),
+        ],
+    )
     assert result.exit_code == 0
     assert [(r["status"], r["entries"], r["papers_new"]) for r in json.loads(result.output)] == [
-        ("quarantined", 0, 0), ("ingested", 72, 72)]
+        ("quarantined", 0, 0),
+        ("ingested", 72, 72),
+    ]
 
 
 def test_db_upgrade(env: dict[str, str]) -> None:

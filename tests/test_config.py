@@ -33,7 +33,10 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
         },
     )
     assert (s.database_url, s.inbox, s.outbox_dir, s.feeds_dir) == (
-        "postgresql://u@h/db", Path("/srv/inbox"), Path("/srv/out"), Path("/srv/feeds")
+        "postgresql://u@h/db",
+        Path("/srv/inbox"),
+        Path("/srv/out"),
+        Path("/srv/feeds"),
     )
     assert s.mail.from_address == "news@lab.example"
     assert s.ranking.title_boost == 3.5
@@ -61,16 +64,24 @@ def test_unknown_key_is_named(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "env,message",
     [
-        ({"NEWSLETTER_CANDIDATE_WINDOW_DAYS": "zero"},
-         "bad value for 'candidate_window_days' in environment NEWSLETTER_CANDIDATE_WINDOW_DAYS"),
-        ({"NEWSLETTER_TIMEZONE": "Mars/Olympus"},
-         "bad value for 'timezone' in environment NEWSLETTER_TIMEZONE: unknown timezone "
-         "'Mars/Olympus'"),
-        ({"NEWSLETTER_DATABASE_URL": "mysql://x"},
-         "bad value for 'database_url' in environment NEWSLETTER_DATABASE_URL: must be a "
-         "SQLAlchemy URL"),
-        ({"NEWSLETTER_MAIL_FROM_ADDRESS": "nobody"},
-         "bad value for 'mail.from_address' in environment NEWSLETTER_MAIL_FROM_ADDRESS"),
+        (
+            {"NEWSLETTER_CANDIDATE_WINDOW_DAYS": "zero"},
+            "bad value for 'candidate_window_days' in environment NEWSLETTER_CANDIDATE_WINDOW_DAYS",
+        ),
+        (
+            {"NEWSLETTER_TIMEZONE": "Mars/Olympus"},
+            "bad value for 'timezone' in environment NEWSLETTER_TIMEZONE: unknown timezone "
+            "'Mars/Olympus'",
+        ),
+        (
+            {"NEWSLETTER_DATABASE_URL": "mysql://x"},
+            "bad value for 'database_url' in environment NEWSLETTER_DATABASE_URL: must be a "
+            "SQLAlchemy URL",
+        ),
+        (
+            {"NEWSLETTER_MAIL_FROM_ADDRESS": "nobody"},
+            "bad value for 'mail.from_address' in environment NEWSLETTER_MAIL_FROM_ADDRESS",
+        ),
     ],
 )
 def test_bad_values_are_named(env: dict[str, str], message: str) -> None:

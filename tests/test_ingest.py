@@ -42,7 +42,11 @@ def test_layout_004_metadata_and_year_resolution() -> None:
     first, second, third = digest.papers[:3]
     assert (first.author_count, first.published, first.upvotes) == (3, date(2025, 6, 17), None)
     assert (second.author_count, second.published) == (5, date(2023, 10, 4))
-    assert (third.title[:13], third.published, third.upvotes) == ("mPLUG-DocOwl2", date(2024, 9, 5), 4)
+    assert (third.title[:13], third.published, third.upvotes) == (
+        "mPLUG-DocOwl2",
+        date(2024, 9, 5),
+        4,
+    )
     assert sum(1 for p in digest.papers if p.upvotes) == 7
     assert all(p.author_count for p in digest.papers)
 
@@ -102,7 +106,11 @@ def test_bad_files_are_quarantined_and_others_still_ingested(
     (tmp_path / "4_orphan.txt").write_text("Only A Title Here\n")
     reports = ingest_paths(store, [tmp_path], now=NOW, max_bytes=1024)
     assert [r.status for r in reports] == [
-        "quarantined", "quarantined", "ingested", "quarantined", "quarantined"
+        "quarantined",
+        "quarantined",
+        "ingested",
+        "quarantined",
+        "quarantined",
     ]
     reasons = [r.reason for r in reports if r.reason]
     assert reasons[0].endswith("0_empty.txt: the file is empty")
@@ -117,7 +125,9 @@ def test_bad_files_are_quarantined_and_others_still_ingested(
 
 def test_a_paragraph_where_a_title_belongs_names_the_line() -> None:
     text = "Title One\n\nAbstract one.\n\n" + "word " * 100 + "\n\nAbstract two.\n"
-    with pytest.raises(ParseError, match=r"x.txt, line 5: expected a paper title, found a paragraph"):
+    with pytest.raises(
+        ParseError, match=r"x.txt, line 5: expected a paper title, found a paragraph"
+    ):
         parse_bytes(text.encode(), name="x.txt", today=TODAY)
 
 

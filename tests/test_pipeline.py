@@ -44,7 +44,9 @@ def test_first_run_ingests_seeds_and_delivers_one_issue_each(settings: Settings)
     store = open_store(settings)
     issues = store.issues()
     assert [(i.state, len(i.paper_ids)) for i in issues] == [
-        (IssueState.SENT, 8), (IssueState.SENT, 10), (IssueState.SENT, 12)
+        (IssueState.SENT, 8),
+        (IssueState.SENT, 10),
+        (IssueState.SENT, 12),
     ]
     # The sent log holds exactly the delivered papers.
     for issue in issues:
@@ -68,7 +70,7 @@ def test_second_run_changes_nothing(settings: Settings) -> None:
 
 SPEECH_ONLY = (
     '[[subscriber]]\nemail = "sam@example.org"\nname = "Sam"\n'
-    'profile = \'"speech recognition"\'\nmax_papers = 100\nmin_score = 0.5\n'
+    "profile = '\"speech recognition\"'\nmax_papers = 100\nmin_score = 0.5\n"
 )
 
 
@@ -85,8 +87,12 @@ def test_next_issue_holds_only_unseen_papers(settings: Settings, workdir: Path) 
     # A new digest: 2 unseen papers and 3 that Sam already received.
     lines = ["Nov 24", ""]
     for n in (1, 2):
-        lines += [f"Unseen Speech Recognition Paper {n}",
-                  "", f"A new approach to speech recognition, number {n}.", ""]
+        lines += [
+            f"Unseen Speech Recognition Paper {n}",
+            "",
+            f"A new approach to speech recognition, number {n}.",
+            "",
+        ]
     for sp in delivered[:3]:
         lines += [sp.paper.title, "", sp.paper.abstract, ""]
     (workdir / "inbox" / "005_new.txt").write_text("\n".join(lines), encoding="utf-8")
@@ -95,8 +101,10 @@ def test_next_issue_holds_only_unseen_papers(settings: Settings, workdir: Path) 
     store = open_store(settings)
     latest = store.issues()[-1]
     titles = [sp.paper.title for sp in store.issue_papers(latest.id)]
-    assert sorted(titles) == ["Unseen Speech Recognition Paper 1",
-                              "Unseen Speech Recognition Paper 2"]
+    assert sorted(titles) == [
+        "Unseen Speech Recognition Paper 1",
+        "Unseen Speech Recognition Paper 2",
+    ]
     # A paper listed again keeps its first sighting: it is not "new" because it reappeared.
     repeated = store.papers_by_id([sp.paper.id for sp in delivered[:3]])
     assert all(p.first_seen_at == NOW for p in repeated.values())
@@ -127,8 +135,10 @@ def test_unsubscribed_subscriber_gets_nothing(settings: Settings) -> None:
         "retrieval and more.\n"
     )
     summary = run_once(settings, now=NOW + timedelta(days=1))
-    assert sorted(d["email"] for d in summary.delivered) == ["grace@example.org",
-                                                             "karen@example.org"]
+    assert sorted(d["email"] for d in summary.delivered) == [
+        "grace@example.org",
+        "karen@example.org",
+    ]
 
 
 def test_preview_writes_html_and_records_nothing(settings: Settings, tmp_path: Path) -> None:

@@ -6,7 +6,14 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from newsletter.domain import IssueState, ParsedPaper, Reason, ScoredPaper, SubscriberSpec, SubscriberStatus
+from newsletter.domain import (
+    IssueState,
+    ParsedPaper,
+    Reason,
+    ScoredPaper,
+    SubscriberSpec,
+    SubscriberStatus,
+)
 from newsletter.store import KeyedPaper, Store
 from newsletter.store.schema import Base
 from tests.conftest import NOW
@@ -22,7 +29,12 @@ def store(database_url: str) -> Store:
 
 def test_migrations_create_exactly_the_models(store: Store) -> None:
     assert store.table_names() == [
-        "alembic_version", "digest_files", "issue_papers", "issues", "papers", "sent_log",
+        "alembic_version",
+        "digest_files",
+        "issue_papers",
+        "issues",
+        "papers",
+        "sent_log",
         "subscribers",
     ]
     with store.engine.connect() as conn:
@@ -36,29 +48,40 @@ def test_subscriber_upsert_never_reactivates(store: Store) -> None:
     sub, created = store.upsert_subscriber(spec, source="config", now=NOW)
     assert created and sub.status is SubscriberStatus.ACTIVE and len(sub.token) >= 32
     assert store.set_subscriber_status("A@example.org", SubscriberStatus.UNSUBSCRIBED, NOW)
-    changed = SubscriberSpec(email="a@example.org", name="A2", profile="speech, asr",
-                             send_at=time(6, 5), weekdays=(0, 3))
+    changed = SubscriberSpec(
+        email="a@example.org", name="A2", profile="speech, asr", send_at=time(6, 5), weekdays=(0, 3)
+    )
     sub2, created2 = store.upsert_subscriber(changed, source="config", now=NOW)
     assert not created2
     assert (sub2.status, sub2.name, sub2.profile, sub2.send_at, sub2.weekdays, sub2.token) == (
-        SubscriberStatus.UNSUBSCRIBED, "A2", "speech, asr", time(6, 5), (0, 3), sub.token
+        SubscriberStatus.UNSUBSCRIBED,
+        "A2",
+        "speech, asr",
+        time(6, 5),
+        (0, 3),
+        sub.token,
     )
 
 
 def _papers(store: Store, n: int) -> list[int]:
-    keyed = [KeyedPaper(key=f"title:p{i}", paper=ParsedPaper(title=f"P{i}", abstract="x"))
-             for i in range(n)]
+    keyed = [
+        KeyedPaper(key=f"title:p{i}", paper=ParsedPaper(title=f"P{i}", abstract="x"))
+        for i in range(n)
+    ]
     store.record_digest(path="d", content_hash="h", size=1, seen_at=NOW, format="t", papers=keyed)
     return [p.id for p in store.papers()]
 
 
 def test_issue_lifecycle_writes_sent_log_with_sent_state(store: Store) -> None:
     ids = _papers(store, 3)
-    sub, _ = store.upsert_subscriber(SubscriberSpec(email="b@example.org", profile="x"),
-                                     source="cli", now=NOW)
+    sub, _ = store.upsert_subscriber(
+        SubscriberSpec(email="b@example.org", profile="x"), source="cli", now=NOW
+    )
     papers = store.papers_by_id(ids)
-    scored = [ScoredPaper(papers[i], 3.0 - n, (Reason("x", "title", 3.0 - n),))
-              for n, i in enumerate(ids[:2])]
+    scored = [
+        ScoredPaper(papers[i], 3.0 - n, (Reason("x", "title", 3.0 - n),))
+        for n, i in enumerate(ids[:2])
+    ]
     issue = store.plan_issue(sub.id, date(2026, 11, 23), scored, NOW)
     assert issue is not None and issue.state is IssueState.PLANNED
     assert issue.paper_ids == tuple(ids[:2])
@@ -75,15 +98,17 @@ def test_issue_lifecycle_writes_sent_log_with_sent_state(store: Store) -> None:
     assert store.sent_paper_ids(sub.id) == set(ids[:2])
     items = store.subscriber_feed_items(sub.id)
     assert [(i.paper.id, i.when, i.score) for i in items] == [
-        (ids[0], sent_at, 3.0), (ids[1], sent_at, 2.0)
+        (ids[0], sent_at, 3.0),
+        (ids[1], sent_at, 2.0),
     ]
     assert items[0].reasons == (Reason("x", "title", 3.0),)
 
 
 def test_failed_issue_keeps_reason(store: Store) -> None:
     ids = _papers(store, 1)
-    sub, _ = store.upsert_subscriber(SubscriberSpec(email="c@example.org", profile="x"),
-                                     source="cli", now=NOW)
+    sub, _ = store.upsert_subscriber(
+        SubscriberSpec(email="c@example.org", profile="x"), source="cli", now=NOW
+    )
     paper = store.papers_by_id(ids)[ids[0]]
     issue = store.plan_issue(sub.id, date(2026, 11, 23), [ScoredPaper(paper, 1.0, ())], NOW)
     assert issue is not None
@@ -92,7 +117,10 @@ def test_failed_issue_keeps_reason(store: Store) -> None:
     again = store.issue(sub.id, date(2026, 11, 23))
     assert again is not None
     assert (again.state, again.last_reply, again.next_retry_at) == (
-        IssueState.RENDERED, "451 try later", retry)
+        IssueState.RENDERED,
+        "451 try later",
+        retry,
+    )
     store.mark_failed(issue.id, reply="550 no such user")
     final = store.issues(states=[IssueState.FAILED])
     assert [(i.id, i.last_reply) for i in final] == [(issue.id, "550 no such user")]
@@ -100,8 +128,14 @@ def test_failed_issue_keeps_reason(store: Store) -> None:
 
 def test_datetimes_come_back_utc_aware(store: Store) -> None:
     berlin = datetime(2026, 3, 29, 3, 30, tzinfo=timezone(timedelta(hours=2)))
-    store.record_digest(path="d", content_hash="z", size=1, seen_at=berlin, format="t",
-                        papers=[KeyedPaper("title:a", ParsedPaper(title="A"))])
+    store.record_digest(
+        path="d",
+        content_hash="z",
+        size=1,
+        seen_at=berlin,
+        format="t",
+        papers=[KeyedPaper("title:a", ParsedPaper(title="A"))],
+    )
     (paper,) = store.papers()
     assert paper.first_seen_at == berlin
     assert paper.first_seen_at.utcoffset() == timedelta(0)

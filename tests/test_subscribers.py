@@ -16,7 +16,9 @@ def test_example_config_has_three_valid_subscribers() -> None:
     result = load_config_file(ROOT / "config" / "subscribers.toml", D)
     assert result.errors == ()
     assert [s.email for s in result.specs] == [
-        "ada@example.org", "grace@example.org", "karen@example.org"
+        "ada@example.org",
+        "grace@example.org",
+        "karen@example.org",
     ]
     ada = result.specs[0]
     assert (ada.timezone, ada.send_at, ada.max_papers) == ("Europe/London", time(7, 30), 8)
@@ -33,7 +35,9 @@ def test_bad_entries_are_reported_with_line_and_skipped(tmp_path: Path) -> None:
     result = load_config_file(path, D)
     assert [s.email for s in result.specs] == ["ok@example.org"]
     assert len(result.errors) == 3
-    assert result.errors[0].startswith(f"{path}, line 5: email: invalid email address 'not-an-address'")
+    assert result.errors[0].startswith(
+        f"{path}, line 5: email: invalid email address 'not-an-address'"
+    )
     assert result.errors[1].startswith(f"{path}, line 9: timezone: unknown timezone 'Moon/Base'")
     assert result.errors[2].startswith(f"{path}, line 14: ")
     assert "p@example.org" in result.errors[2]
@@ -45,7 +49,7 @@ def test_csv_import_reports_bad_rows_by_line(tmp_path: Path) -> None:
         "email,name,profile,timezone,send_at\n"
         "a@example.org,Ann,speech,Europe/Paris,06:15\n"
         "b@example.org,Bob,retrieval,Nowhere/City,07:00\n"
-        "c@example.org,Cy,\"\"\"dense retrieval\"\"^2, bm25\",,25:00\n"
+        'c@example.org,Cy,"""dense retrieval""^2, bm25",,25:00\n'
         "d@example.org,,diffusion,,\n"
     )
     result = read_csv(path, D)
@@ -65,7 +69,8 @@ def test_csv_without_required_columns(tmp_path: Path) -> None:
 
 
 def test_names_lose_control_characters() -> None:
-    spec = make_spec({"email": "E@Example.org", "name": "Eve\r\nBcc: x@evil", "profile": "a"}, D,
-                     where="t")
+    spec = make_spec(
+        {"email": "E@Example.org", "name": "Eve\r\nBcc: x@evil", "profile": "a"}, D, where="t"
+    )
     assert spec.name == "Eve Bcc: x@evil"
     assert spec.email == "e@example.org"

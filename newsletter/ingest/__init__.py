@@ -68,8 +68,11 @@ def digest_files(paths: Iterable[Path]) -> list[Path]:
     for path in paths:
         if path.is_dir():
             found.extend(
-                p for p in sorted(path.iterdir())
-                if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in DIGEST_SUFFIXES
+                p
+                for p in sorted(path.iterdir())
+                if p.is_file()
+                and not p.name.startswith(".")
+                and p.suffix.lower() in DIGEST_SUFFIXES
             )
         else:
             found.append(path)
@@ -77,7 +80,11 @@ def digest_files(paths: Iterable[Path]) -> list[Path]:
 
 
 def ingest_paths(
-    store: Store, paths: Sequence[Path], *, now: datetime, max_bytes: int,
+    store: Store,
+    paths: Sequence[Path],
+    *,
+    now: datetime,
+    max_bytes: int,
     progress: Callable[[FileReport], None] | None = None,
 ) -> list[FileReport]:
     """Ingest every digest file under ``paths``; one report per file, in order."""
@@ -101,9 +108,7 @@ def ingest_file(store: Store, path: Path, *, now: datetime, max_bytes: int) -> F
     content_hash = hashlib.sha256(data if data else f"size:{size}:{name}".encode()).hexdigest()
     known = store.find_digest(content_hash)
     if known is not None:
-        return FileReport(
-            path=name, status="unchanged", format=known.format, reason=known.reason
-        )
+        return FileReport(path=name, status="unchanged", format=known.format, reason=known.reason)
     try:
         if size > max_bytes:
             raise ParseError(
@@ -113,19 +118,34 @@ def ingest_file(store: Store, path: Path, *, now: datetime, max_bytes: int) -> F
         digest = parse_bytes(data, name=name, today=now.date())
     except ParseError as exc:
         reason = str(exc)
-        store.record_digest(path=name, content_hash=content_hash, size=size, seen_at=now, reason=reason)
+        store.record_digest(
+            path=name, content_hash=content_hash, size=size, seen_at=now, reason=reason
+        )
         log.warning("quarantined %s", reason)
         return FileReport(path=name, status="quarantined", reason=reason)
     keyed = [KeyedPaper(key=paper_key(p), paper=p) for p in digest.papers]
     record = store.record_digest(
-        path=name, content_hash=content_hash, size=size, seen_at=now, format=digest.format,
-        papers=keyed, digest_date=digest.digest_date,
+        path=name,
+        content_hash=content_hash,
+        size=size,
+        seen_at=now,
+        format=digest.format,
+        papers=keyed,
+        digest_date=digest.digest_date,
     )
     log.info(
         "ingested %s: %d entries, %d new papers, %d merged (%s)",
-        name, record.entries, record.papers_new, record.papers_merged, digest.format,
+        name,
+        record.entries,
+        record.papers_new,
+        record.papers_merged,
+        digest.format,
     )
     return FileReport(
-        path=name, status="ingested", format=digest.format, entries=record.entries,
-        papers_new=record.papers_new, papers_merged=record.papers_merged,
+        path=name,
+        status="ingested",
+        format=digest.format,
+        entries=record.entries,
+        papers_new=record.papers_new,
+        papers_merged=record.papers_merged,
     )

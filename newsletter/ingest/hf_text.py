@@ -24,14 +24,16 @@ from newsletter.errors import ParseError
 from newsletter.ingest import dates
 
 FORMAT = "hf-text"
-BOILERPLATE = frozenset({
-    "new",
-    "Get trending papers in your email inbox!",
-    "Get trending papers in your email inbox once a day!",
-    "Subscribe",
-    "Daily Papers",
-    "byAK and the research community",
-})
+BOILERPLATE = frozenset(
+    {
+        "new",
+        "Get trending papers in your email inbox!",
+        "Get trending papers in your email inbox once a day!",
+        "Subscribe",
+        "Daily Papers",
+        "byAK and the research community",
+    }
+)
 _AUTHORS = re.compile(r"^•\s*(\d+)\s+authors?$")
 _DOT = "·"
 MAX_TITLE_CHARS = 400
@@ -93,10 +95,16 @@ def parse(text: str, *, name: str, today: date) -> ParsedDigest:
                 )
                 upvotes = _int(m_date["upvotes"])
                 i += 1
-        papers.append(ParsedPaper(
-            title=title, abstract=abstract, author_count=author_count, published=published,
-            upvotes=upvotes, line=number,
-        ))
+        papers.append(
+            ParsedPaper(
+                title=title,
+                abstract=abstract,
+                author_count=author_count,
+                published=published,
+                upvotes=upvotes,
+                line=number,
+            )
+        )
     if not papers:
         raise ParseError(f"{name}: no paper found (expected lines of title, then abstract)")
     return ParsedDigest(format=FORMAT, papers=tuple(papers), digest_date=digest_date)

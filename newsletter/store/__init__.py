@@ -14,7 +14,7 @@ import secrets
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date, datetime, time
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +31,14 @@ from newsletter.domain import (
     IssueState,
     Paper,
     ParsedPaper,
-    Reason,
     ScoredPaper,
     Subscriber,
     SubscriberSpec,
     SubscriberStatus,
 )
 from newsletter.errors import StorageError
+from newsletter.store import rows
 from newsletter.store.schema import (
-    Base,
     DigestFileRow,
     IssuePaperRow,
     IssueRow,
@@ -140,7 +139,7 @@ class Store:
     def find_digest(self, content_hash: str) -> DigestRecord | None:
         with self._session() as s:
             row = s.scalar(select(DigestFileRow).where(DigestFileRow.content_hash == content_hash))
-            return _digest(row) if row else None
+            return rows.digest(row) if row else None
 
     def record_digest(
         self,
@@ -174,14 +173,14 @@ class Store:
             )
             s.add(row)
             s.flush()
-            return _digest(row)
+            return rows.digest(row)
 
     def list_digests(self, state: str | None = None) -> list[DigestRecord]:
         with self._session() as s:
             query = select(DigestFileRow).order_by(DigestFileRow.seen_at, DigestFileRow.id)
             if state:
                 query = query.where(DigestFileRow.state == state)
-            return [_digest(r) for r in s.scalars(query)]
+            return [rows.digest(r) for r in s.scalars(query)]
 
     # ------------------------------------------------------------------ papers
 
@@ -192,7 +191,7 @@ class Store:
         merged_in_file: dict[str, ParsedPaper] = {}
         for kp in papers:
             prior = merged_in_file.get(kp.key)
-            merged_in_file[kp.key] = _richer(prior, kp.paper) if prior else kp.paper
+            merged_in_file[kp.key] = rows.richer(prior, kp.paper) if prior else kp.paper
         keys = list(merged_in_file)
         existing: dict[str, PaperRow] = {}
         for chunk in _chunks(keys, 500):
@@ -202,7 +201,7 @@ class Store:
         for key, parsed in merged_in_file.items():
             known = existing.get(key)
             if known is None:
-                values = _paper_values(parsed)
+                values = rows.paper_values(parsed)
                 s.execute(
                     self._insert(PaperRow)
                     .values(key=key, first_seen_at=seen_at, updated_at=seen_at, **values)
@@ -210,10 +209,10 @@ class Store:
                 )
                 new += 1
             else:
-                current = _parsed_from_row(known)
-                richer = _richer(current, parsed)
+                current = rows.parsed_from_row(known)
+                richer = rows.richer(current, parsed)
                 if richer != current:
-                    for name, value in _paper_values(richer).items():
+                    for name, value in rows.paper_values(richer).items():
                         setattr(known, name, value)
                     known.updated_at = seen_at
                 merged += 1
@@ -228,20 +227,25 @@ class Store:
             query = select(PaperRow).order_by(PaperRow.id)
             if seen_since is not None:
                 query = query.where(PaperRow.first_seen_at >= seen_since)
-            return [_paper(r) for r in s.scalars(query)]
+            return [rows.paper(r) for r in s.scalars(query)]
 
     def papers_by_id(self, ids: Iterable[int]) -> dict[int, Paper]:
         with self._session() as s:
             out: dict[int, Paper] = {}
             for chunk in _chunks(list(ids), 500):
                 for r in s.scalars(select(PaperRow).where(PaperRow.id.in_(chunk))):
-                    out[r.id] = _paper(r)
+                    out[r.id] = rows.paper(r)
             return out
 
     # ------------------------------------------------------------------ subscribers
 
     def upsert_subscriber(
-        self, spec: SubscriberSpec, *, source: str, now: datetime, update: bool = True,
+        self,
+        spec: SubscriberSpec,
+        *,
+        source: str,
+        now: datetime,
+        update: bool = True,
         status: SubscriberStatus = SubscriberStatus.ACTIVE,
     ) -> tuple[Subscriber, bool]:
         """Insert a subscriber, or update the settings of an existing one (never its status:
@@ -251,29 +255,32 @@ class Store:
             created = row is None
             if row is None:
                 row = SubscriberRow(
-                    email=spec.email, status=status.value, token=new_token(), source=source,
+                    email=spec.email,
+                    status=status.value,
+                    token=new_token(),
+                    source=source,
                     created_at=now,
                 )
                 s.add(row)
             elif not update:
-                return _subscriber(row), False
-            changed = _apply_spec(row, spec)
+                return rows.subscriber(row), False
+            changed = rows.apply_spec(row, spec)
             if created or changed:
                 row.updated_at = now
             s.flush()
-            return _subscriber(row), created
+            return rows.subscriber(row), created
 
     def subscriber(self, email: str) -> Subscriber | None:
         with self._session() as s:
             row = s.scalar(select(SubscriberRow).where(SubscriberRow.email == email.lower()))
-            return _subscriber(row) if row else None
+            return rows.subscriber(row) if row else None
 
     def subscribers(self, status: SubscriberStatus | None = None) -> list[Subscriber]:
         with self._session() as s:
             query = select(SubscriberRow).order_by(SubscriberRow.id)
             if status is not None:
                 query = query.where(SubscriberRow.status == status.value)
-            return [_subscriber(r) for r in s.scalars(query)]
+            return [rows.subscriber(r) for r in s.scalars(query)]
 
     def set_subscriber_status(self, email: str, status: SubscriberStatus, now: datetime) -> bool:
         with self._session() as s:
@@ -289,7 +296,9 @@ class Store:
     def sent_paper_ids(self, subscriber_id: int) -> set[int]:
         with self._session() as s:
             return set(
-                s.scalars(select(SentLogRow.paper_id).where(SentLogRow.subscriber_id == subscriber_id))
+                s.scalars(
+                    select(SentLogRow.paper_id).where(SentLogRow.subscriber_id == subscriber_id)
+                )
             )
 
     def issue(self, subscriber_id: int, slot_date: date) -> IssueRecord | None:
@@ -299,14 +308,14 @@ class Store:
                     IssueRow.subscriber_id == subscriber_id, IssueRow.slot_date == slot_date
                 )
             )
-            return _issue(s, row) if row else None
+            return rows.issue(s, row) if row else None
 
     def issues(self, *, states: Sequence[IssueState] | None = None) -> list[IssueRecord]:
         with self._session() as s:
             query = select(IssueRow).order_by(IssueRow.id)
             if states:
                 query = query.where(IssueRow.state.in_([st.value for st in states]))
-            return [_issue(s, r) for r in s.scalars(query)]
+            return [rows.issue(s, r) for r in s.scalars(query)]
 
     def plan_issue(
         self, subscriber_id: int, slot_date: date, papers: Sequence[ScoredPaper], now: datetime
@@ -316,8 +325,11 @@ class Store:
             result = s.execute(
                 self._insert(IssueRow)
                 .values(
-                    subscriber_id=subscriber_id, slot_date=slot_date,
-                    state=IssueState.PLANNED.value, attempts=0, created_at=now,
+                    subscriber_id=subscriber_id,
+                    slot_date=slot_date,
+                    state=IssueState.PLANNED.value,
+                    attempts=0,
+                    created_at=now,
                 )
                 .on_conflict_do_nothing(index_elements=["subscriber_id", "slot_date"])
                 .returning(IssueRow.id)
@@ -328,7 +340,9 @@ class Store:
             for position, sp in enumerate(papers, start=1):
                 s.add(
                     IssuePaperRow(
-                        issue_id=issue_id, paper_id=sp.paper.id, position=position,
+                        issue_id=issue_id,
+                        paper_id=sp.paper.id,
+                        position=position,
                         score=sp.score,
                         reasons=json.dumps([[r.term, r.where, r.contribution] for r in sp.reasons]),
                     )
@@ -336,19 +350,19 @@ class Store:
             s.flush()
             row = s.get(IssueRow, issue_id)
             assert row is not None
-            return _issue(s, row)
+            return rows.issue(s, row)
 
     def issue_papers(self, issue_id: int) -> list[ScoredPaper]:
         with self._session() as s:
-            rows = s.execute(
+            found = s.execute(
                 select(IssuePaperRow, PaperRow)
                 .join(PaperRow, PaperRow.id == IssuePaperRow.paper_id)
                 .where(IssuePaperRow.issue_id == issue_id)
                 .order_by(IssuePaperRow.position)
             ).all()
             return [
-                ScoredPaper(paper=_paper(p), score=ip.score, reasons=_reasons(ip.reasons))
-                for ip, p in rows
+                ScoredPaper(paper=rows.paper(p), score=ip.score, reasons=rows.reasons(ip.reasons))
+                for ip, p in found
             ]
 
     def mark_rendered(
@@ -367,7 +381,8 @@ class Store:
     def mark_sending(self, issue_id: int) -> None:
         with self._session() as s:
             s.execute(
-                update(IssueRow).where(IssueRow.id == issue_id)
+                update(IssueRow)
+                .where(IssueRow.id == issue_id)
                 .values(state=IssueState.SENDING.value, attempts=IssueRow.attempts + 1)
             )
 
@@ -384,11 +399,17 @@ class Store:
             if paper_ids:
                 s.execute(
                     self._insert(SentLogRow)
-                    .values([
-                        {"subscriber_id": row.subscriber_id, "paper_id": pid,
-                         "issue_id": issue_id, "sent_at": sent_at}
-                        for pid in paper_ids
-                    ])
+                    .values(
+                        [
+                            {
+                                "subscriber_id": row.subscriber_id,
+                                "paper_id": pid,
+                                "issue_id": issue_id,
+                                "sent_at": sent_at,
+                            }
+                            for pid in paper_ids
+                        ]
+                    )
                     .on_conflict_do_nothing(index_elements=["subscriber_id", "paper_id"])
                 )
 
@@ -412,7 +433,7 @@ class Store:
     def subscriber_feed_items(self, subscriber_id: int) -> list[FeedItem]:
         """The papers of this subscriber's sent issues, dated when the issue was sent."""
         with self._session() as s:
-            rows = s.execute(
+            found = s.execute(
                 select(IssuePaperRow, PaperRow, IssueRow.sent_at)
                 .join(IssueRow, IssueRow.id == IssuePaperRow.issue_id)
                 .join(PaperRow, PaperRow.id == IssuePaperRow.paper_id)
@@ -423,8 +444,13 @@ class Store:
                 .order_by(IssueRow.slot_date, IssuePaperRow.position)
             ).all()
             return [
-                FeedItem(paper=_paper(p), when=sent_at, reasons=_reasons(ip.reasons), score=ip.score)
-                for ip, p, sent_at in rows
+                FeedItem(
+                    paper=rows.paper(p),
+                    when=sent_at,
+                    reasons=rows.reasons(ip.reasons),
+                    score=ip.score,
+                )
+                for ip, p, sent_at in found
                 if sent_at is not None
             ]
 
@@ -444,113 +470,3 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-def _richer(old: ParsedPaper, new: ParsedPaper) -> ParsedPaper:
-    """Field by field, keep the richer value; an empty value never overwrites a real one."""
-
-    def longer(a: str, b: str) -> str:
-        return b if len(b.strip()) > len(a.strip()) else a
-
-    def first(a: Any, b: Any) -> Any:
-        return a if a not in (None, "", ()) else b
-
-    return ParsedPaper(
-        title=old.title or new.title,
-        abstract=longer(old.abstract, new.abstract),
-        authors=new.authors if len(new.authors) > len(old.authors) else old.authors,
-        author_count=max(
-            (c for c in (old.author_count, new.author_count) if c is not None), default=None
-        ),
-        published=first(old.published, new.published),
-        upvotes=max((u for u in (old.upvotes, new.upvotes) if u is not None), default=None),
-        arxiv_id=first(old.arxiv_id, new.arxiv_id),
-        url=first(old.url, new.url),
-    )
-
-
-def _paper_values(p: ParsedPaper) -> dict[str, Any]:
-    return {
-        "title": p.title,
-        "abstract": p.abstract,
-        "authors": json.dumps(list(p.authors), ensure_ascii=False),
-        "author_count": p.author_count,
-        "published": p.published,
-        "upvotes": p.upvotes,
-        "arxiv_id": p.arxiv_id,
-        "url": p.url,
-    }
-
-
-def _parsed_from_row(r: PaperRow) -> ParsedPaper:
-    return ParsedPaper(
-        title=r.title, abstract=r.abstract, authors=tuple(json.loads(r.authors or "[]")),
-        author_count=r.author_count, published=r.published, upvotes=r.upvotes,
-        arxiv_id=r.arxiv_id, url=r.url,
-    )
-
-
-def _paper(r: PaperRow) -> Paper:
-    return Paper(
-        id=r.id, key=r.key, title=r.title, abstract=r.abstract,
-        authors=tuple(json.loads(r.authors or "[]")), author_count=r.author_count,
-        published=r.published, upvotes=r.upvotes, arxiv_id=r.arxiv_id, url=r.url,
-        first_seen_at=r.first_seen_at,
-    )
-
-
-def _reasons(raw: str) -> tuple[Reason, ...]:
-    return tuple(Reason(term=t, where=w, contribution=float(c)) for t, w, c in json.loads(raw))
-
-
-def _digest(r: DigestFileRow) -> DigestRecord:
-    return DigestRecord(
-        id=r.id, path=r.path, content_hash=r.content_hash, size=r.size, state=r.state,
-        format=r.format, reason=r.reason, entries=r.entries, papers_new=r.papers_new,
-        papers_merged=r.papers_merged, digest_date=r.digest_date, seen_at=r.seen_at,
-    )
-
-
-def _apply_spec(row: SubscriberRow, spec: SubscriberSpec) -> bool:
-    values = {
-        "name": spec.name,
-        "timezone": spec.timezone,
-        "send_at": spec.send_at.strftime("%H:%M"),
-        "weekdays": ",".join(str(d) for d in spec.weekdays),
-        "profile": spec.profile,
-        "max_papers": spec.max_papers,
-        "min_score": spec.min_score,
-        "send_when_empty": spec.send_when_empty,
-    }
-    changed = False
-    for name, value in values.items():
-        if getattr(row, name, None) != value:
-            setattr(row, name, value)
-            changed = True
-    return changed
-
-
-def _subscriber(r: SubscriberRow) -> Subscriber:
-    hour, minute = (int(x) for x in r.send_at.split(":"))
-    return Subscriber(
-        id=r.id, email=r.email, name=r.name, timezone=r.timezone, send_at=time(hour, minute),
-        weekdays=tuple(int(d) for d in r.weekdays.split(",") if d), profile=r.profile,
-        max_papers=r.max_papers, min_score=r.min_score, send_when_empty=r.send_when_empty,
-        status=SubscriberStatus(r.status), token=r.token,
-    )
-
-
-def _issue(s: Session, r: IssueRow) -> IssueRecord:
-    paper_ids = tuple(
-        s.scalars(
-            select(IssuePaperRow.paper_id)
-            .where(IssuePaperRow.issue_id == r.id)
-            .order_by(IssuePaperRow.position)
-        )
-    )
-    return IssueRecord(
-        id=r.id, subscriber_id=r.subscriber_id, slot_date=r.slot_date, state=IssueState(r.state),
-        attempts=r.attempts, last_reply=r.last_reply, next_retry_at=r.next_retry_at,
-        message_id=r.message_id, subject=r.subject, created_at=r.created_at, sent_at=r.sent_at,
-        paper_ids=paper_ids,
-    )

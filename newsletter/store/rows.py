@@ -1,0 +1,174 @@
+"""Conversions between ORM rows and the domain dataclasses, and the paper merge rule.
+
+Kept apart from :mod:`newsletter.store` so that the session-handling code reads as a list of
+units of work.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import time
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from newsletter.domain import (
+    DigestRecord,
+    IssueRecord,
+    IssueState,
+    Paper,
+    ParsedPaper,
+    Reason,
+    Subscriber,
+    SubscriberSpec,
+    SubscriberStatus,
+)
+from newsletter.store.schema import DigestFileRow, IssuePaperRow, IssueRow, PaperRow, SubscriberRow
+
+
+def richer(old: ParsedPaper, new: ParsedPaper) -> ParsedPaper:
+    """Field by field, keep the richer value; an empty value never overwrites a real one."""
+
+    def longer(a: str, b: str) -> str:
+        return b if len(b.strip()) > len(a.strip()) else a
+
+    def first(a: Any, b: Any) -> Any:
+        return a if a not in (None, "", ()) else b
+
+    return ParsedPaper(
+        title=old.title or new.title,
+        abstract=longer(old.abstract, new.abstract),
+        authors=new.authors if len(new.authors) > len(old.authors) else old.authors,
+        author_count=max(
+            (c for c in (old.author_count, new.author_count) if c is not None), default=None
+        ),
+        published=first(old.published, new.published),
+        upvotes=max((u for u in (old.upvotes, new.upvotes) if u is not None), default=None),
+        arxiv_id=first(old.arxiv_id, new.arxiv_id),
+        url=first(old.url, new.url),
+    )
+
+
+def paper_values(p: ParsedPaper) -> dict[str, Any]:
+    return {
+        "title": p.title,
+        "abstract": p.abstract,
+        "authors": json.dumps(list(p.authors), ensure_ascii=False),
+        "author_count": p.author_count,
+        "published": p.published,
+        "upvotes": p.upvotes,
+        "arxiv_id": p.arxiv_id,
+        "url": p.url,
+    }
+
+
+def parsed_from_row(r: PaperRow) -> ParsedPaper:
+    return ParsedPaper(
+        title=r.title,
+        abstract=r.abstract,
+        authors=tuple(json.loads(r.authors or "[]")),
+        author_count=r.author_count,
+        published=r.published,
+        upvotes=r.upvotes,
+        arxiv_id=r.arxiv_id,
+        url=r.url,
+    )
+
+
+def paper(r: PaperRow) -> Paper:
+    return Paper(
+        id=r.id,
+        key=r.key,
+        title=r.title,
+        abstract=r.abstract,
+        authors=tuple(json.loads(r.authors or "[]")),
+        author_count=r.author_count,
+        published=r.published,
+        upvotes=r.upvotes,
+        arxiv_id=r.arxiv_id,
+        url=r.url,
+        first_seen_at=r.first_seen_at,
+    )
+
+
+def reasons(raw: str) -> tuple[Reason, ...]:
+    return tuple(Reason(term=t, where=w, contribution=float(c)) for t, w, c in json.loads(raw))
+
+
+def digest(r: DigestFileRow) -> DigestRecord:
+    return DigestRecord(
+        id=r.id,
+        path=r.path,
+        content_hash=r.content_hash,
+        size=r.size,
+        state=r.state,
+        format=r.format,
+        reason=r.reason,
+        entries=r.entries,
+        papers_new=r.papers_new,
+        papers_merged=r.papers_merged,
+        digest_date=r.digest_date,
+        seen_at=r.seen_at,
+    )
+
+
+def apply_spec(row: SubscriberRow, spec: SubscriberSpec) -> bool:
+    values = {
+        "name": spec.name,
+        "timezone": spec.timezone,
+        "send_at": spec.send_at.strftime("%H:%M"),
+        "weekdays": ",".join(str(d) for d in spec.weekdays),
+        "profile": spec.profile,
+        "max_papers": spec.max_papers,
+        "min_score": spec.min_score,
+        "send_when_empty": spec.send_when_empty,
+    }
+    changed = False
+    for name, value in values.items():
+        if getattr(row, name, None) != value:
+            setattr(row, name, value)
+            changed = True
+    return changed
+
+
+def subscriber(r: SubscriberRow) -> Subscriber:
+    hour, minute = (int(x) for x in r.send_at.split(":"))
+    return Subscriber(
+        id=r.id,
+        email=r.email,
+        name=r.name,
+        timezone=r.timezone,
+        send_at=time(hour, minute),
+        weekdays=tuple(int(d) for d in r.weekdays.split(",") if d),
+        profile=r.profile,
+        max_papers=r.max_papers,
+        min_score=r.min_score,
+        send_when_empty=r.send_when_empty,
+        status=SubscriberStatus(r.status),
+        token=r.token,
+    )
+
+
+def issue(s: Session, r: IssueRow) -> IssueRecord:
+    paper_ids = tuple(
+        s.scalars(
+            select(IssuePaperRow.paper_id)
+            .where(IssuePaperRow.issue_id == r.id)
+            .order_by(IssuePaperRow.position)
+        )
+    )
+    return IssueRecord(
+        id=r.id,
+        subscriber_id=r.subscriber_id,
+        slot_date=r.slot_date,
+        state=IssueState(r.state),
+        attempts=r.attempts,
+        last_reply=r.last_reply,
+        next_retry_at=r.next_retry_at,
+        message_id=r.message_id,
+        subject=r.subject,
+        created_at=r.created_at,
+        sent_at=r.sent_at,
+        paper_ids=paper_ids,
+    )
