@@ -1,4 +1,4 @@
-"""RSS 2.0 and Atom 1.0 feeds: the global feed (every new paper) and one private feed per subscriber.
+"""RSS 2.0 and Atom 1.0 feeds: the global feed (every new paper) and a private one per subscriber.
 
 Feed readers poll often and many deduplicate by id and by content, so a feed must be a pure
 function of its items: the same items give the same bytes. feedgen works against that by
@@ -14,7 +14,7 @@ import os
 import re
 import tempfile
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 __all__ = ["EMPTY_FEED_DATE", "build_feeds", "write_feeds"]
 
 #: ``updated`` of a feed without entries: fixed, so an empty feed is byte-stable too.
-EMPTY_FEED_DATE = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EMPTY_FEED_DATE = datetime(1970, 1, 1, tzinfo=UTC)
 DEFAULT_TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 GENERATOR = "newsletter"
 
@@ -69,7 +69,7 @@ def _utc(moment: datetime, what: str) -> datetime:
             f"feed item {what} has a naive datetime {moment.isoformat()}; feed dates must be "
             "timezone-aware (store them in UTC)"
         )
-    return moment.astimezone(timezone.utc)
+    return moment.astimezone(UTC)
 
 
 def _sorted(items: Sequence[FeedItem]) -> list[FeedItem]:

@@ -16,7 +16,7 @@ import logging
 import textwrap
 from collections import OrderedDict
 from collections.abc import Sequence
-from datetime import datetime, timezone, tzinfo
+from datetime import UTC, datetime, tzinfo
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
@@ -98,12 +98,12 @@ def _zone(subscriber: Subscriber) -> tzinfo:
             subscriber.id,
             subscriber.timezone,
         )
-        return timezone.utc
+        return UTC
 
 
 def _span_finder() -> SpanFinder:
     """The ranker's matcher, so highlights agree exactly with what was scored."""
-    from newsletter.rank import highlight_spans
+    from newsletter.analysis import highlight_spans
 
     return highlight_spans
 
@@ -228,7 +228,8 @@ class EmailRenderer:
         site, sub = self.site, issue.subscriber
         name = strip_controls(sub.name)
         n_total = len(issue.papers)
-        subject = f"{strip_controls(site.name)}: {plural(n_total, 'paper')} for {issue.slot_date:%a %d %b %Y}"
+        when = f"{issue.slot_date:%a %d %b %Y}"
+        subject = f"{strip_controls(site.name)}: {plural(n_total, 'paper')} for {when}"
         local = _aware(issue.created_at).astimezone(_zone(sub))
         issue_date = f"Sent {local:%a %d %b %Y, %H:%M} {local.tzname() or ''}".rstrip()
         intro = f"Hello {name}," if name else "Hello,"
@@ -264,18 +265,28 @@ class EmailRenderer:
             )
             log.info(
                 "issue for subscriber %s: %d of %d papers fit in %d bytes; linking the rest",
-                sub.id, len(chosen), n_total, self.max_html_bytes,
+                sub.id,
+                len(chosen),
+                n_total,
+                self.max_html_bytes,
             )
         elif not n_total:
             values["more"] = self._fragment("no_papers").fill({})
         values["cards"] = Markup("").join(chosen)
         html_part = str(shell.fill(values))
         if len(html_part.encode("utf-8")) > self.max_html_bytes:
-            log.warning("issue for subscriber %s: HTML part exceeds %d bytes", sub.id, self.max_html_bytes)
+            log.warning(
+                "issue for subscriber %s: HTML part exceeds %d bytes", sub.id, self.max_html_bytes
+            )
 
         text_part = self._render_text(
-            issue, subject=subject, issue_date=issue_date, intro=intro,
-            n_shown=len(chosen), more_label=more_label, issue_url=issue_url,
+            issue,
+            subject=subject,
+            issue_date=issue_date,
+            intro=intro,
+            n_shown=len(chosen),
+            more_label=more_label,
+            issue_url=issue_url,
         )
         message_id = site.message_id(sub, issue.slot_date)
         message = self._message(issue, subject, text_part, html_part, message_id, name)
@@ -295,8 +306,12 @@ class EmailRenderer:
         budget = self.max_html_bytes - len(shell.fill(values).encode("utf-8"))
         more_reserve = len(
             self._fragment("more_papers")
-            .fill({"count_label": escape(plural(n_total, "more paper")),
-                   "url": escape(self.site.issue_url(issue.subscriber, issue.slot_date))})
+            .fill(
+                {
+                    "count_label": escape(plural(n_total, "more paper")),
+                    "url": escape(self.site.issue_url(issue.subscriber, issue.slot_date)),
+                }
+            )
             .encode("utf-8")
         )
         positive = issue.profile.positive
@@ -315,8 +330,15 @@ class EmailRenderer:
         return chosen
 
     def _render_text(
-        self, issue: IssueContent, *, subject: str, issue_date: str, intro: str,
-        n_shown: int, more_label: str, issue_url: str,
+        self,
+        issue: IssueContent,
+        *,
+        subject: str,
+        issue_date: str,
+        intro: str,
+        n_shown: int,
+        more_label: str,
+        issue_url: str,
     ) -> str:
         site, sub = self.site, issue.subscriber
         cards = []
@@ -324,35 +346,53 @@ class EmailRenderer:
             paper = scored.paper
             indent = " " * len(f"{rank}. ")
             meta = " · ".join(
-                x for x in (authors_label(paper), _published_label(paper),
-                            _upvotes_label(paper) or "") if x
+                x
+                for x in (
+                    authors_label(paper),
+                    _published_label(paper),
+                    _upvotes_label(paper) or "",
+                )
+                if x
             )
             paragraphs = [p for p in abstract_plain_text(paper.abstract).split("\n\n") if p.strip()]
-            cards.append({
-                "heading": _wrap(strip_controls(paper.title), indent, first=f"{rank}. "),
-                "indent": indent,
-                "url": site.paper_url(paper),
-                "meta": _wrap(meta, indent) if meta else "",
-                "abstract": "\n\n".join(_wrap(" ".join(p.split()), indent) for p in paragraphs),
-                "score": f"{scored.score:.2f}",
-                "reasons": [
-                    f"\u201c{strip_controls(r.term)}\u201d in {r.where}: +{r.contribution:.2f}"
-                    for r in scored.reasons
-                ],
-            })
+            cards.append(
+                {
+                    "heading": _wrap(strip_controls(paper.title), indent, first=f"{rank}. "),
+                    "indent": indent,
+                    "url": site.paper_url(paper),
+                    "meta": _wrap(meta, indent) if meta else "",
+                    "abstract": "\n\n".join(_wrap(" ".join(p.split()), indent) for p in paragraphs),
+                    "score": f"{scored.score:.2f}",
+                    "reasons": [
+                        f"\u201c{strip_controls(r.term)}\u201d in {r.where}: +{r.contribution:.2f}"
+                        for r in scored.reasons
+                    ],
+                }
+            )
         footer_note = _wrap(
             f"You get this email because {sub.email} subscribed to {strip_controls(site.name)} "
             "with a keyword profile; each paper above says which of your terms it matched."
         )
         return self._text_template.render(
-            subject=subject, issue_date=issue_date, intro=_wrap(intro), cards=cards,
-            more_label=more_label, issue_url=issue_url, footer_note=footer_note,
-            preferences_url=site.preferences_url(sub), unsubscribe_url=site.unsubscribe_url(sub),
+            subject=subject,
+            issue_date=issue_date,
+            intro=_wrap(intro),
+            cards=cards,
+            more_label=more_label,
+            issue_url=issue_url,
+            footer_note=footer_note,
+            preferences_url=site.preferences_url(sub),
+            unsubscribe_url=site.unsubscribe_url(sub),
         )
 
     def _message(
-        self, issue: IssueContent, subject: str, text_part: str, html_part: str,
-        message_id: str, name: str,
+        self,
+        issue: IssueContent,
+        subject: str,
+        text_part: str,
+        html_part: str,
+        message_id: str,
+        name: str,
     ) -> EmailMessage:
         """The MIME message; every header value comes from settings or the subscriber record."""
         site, sub = self.site, issue.subscriber
@@ -389,7 +429,7 @@ class EmailRenderer:
 
 def _aware(moment: datetime) -> datetime:
     """The Date header needs an offset; a naive time is taken as UTC rather than local time."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _no_spans(text: str, terms: Sequence[ProfileTerm]) -> list[tuple[int, int]]:
@@ -399,4 +439,3 @@ def _no_spans(text: str, terms: Sequence[ProfileTerm]) -> list[tuple[int, int]]:
 def render_issue(templates_dir: Path, site: SiteInfo, issue: IssueContent) -> RenderedIssue:
     """One-off convenience (CLI dry runs); batch callers keep one :class:`EmailRenderer`."""
     return EmailRenderer(templates_dir, site).render(issue)
-

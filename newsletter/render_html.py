@@ -70,7 +70,7 @@ class CompiledFragment:
     def fill(self, values: Mapping[str, Markup]) -> Markup:
         """Join the parts with the values; values must already be safe (escaped or sanitized)."""
         out = [self.parts[0]]
-        for name, part in zip(self.slots, self.parts[1:]):
+        for name, part in zip(self.slots, self.parts[1:], strict=True):
             out.append(values[name])
             out.append(part)
         return Markup("".join(out))
@@ -109,7 +109,9 @@ class CssInliner:
     def inline_fragment(self, fragment: Markup) -> str:
         """Inline a piece of body HTML with the stylesheet; return the inlined piece only."""
         document = self._env.get_template("_fragment.html.j2").render(fragment=fragment)
-        inlined = str(self._premailer(document, keep_style_tags=False, css_text=self._css).transform())
+        inlined = str(
+            self._premailer(document, keep_style_tags=False, css_text=self._css).transform()
+        )
         start = inlined.index(_FRAGMENT_START) + len(_FRAGMENT_START)
         end = inlined.index(_FRAGMENT_END, start)
         return inlined[start:end].strip()

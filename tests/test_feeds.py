@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import email.utils
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -23,21 +23,38 @@ SITE = SiteInfo(
     list_id="papers.example.org",
     paper_url_template="https://arxiv.org/a/search?query={title}",
 )
-T0 = datetime(2025, 3, 10, 8, 0, tzinfo=timezone.utc)
+T0 = datetime(2025, 3, 10, 8, 0, tzinfo=UTC)
 
 
 def subscriber(token: str = "tok-ada") -> Subscriber:
     return Subscriber(
-        id=1, email="ada@example.com", name="Ada", timezone="Europe/Berlin", send_at=time(7),
-        weekdays=(), profile="diffusion", max_papers=10, min_score=0.0, send_when_empty=False,
-        status=SubscriberStatus.ACTIVE, token=token,
+        id=1,
+        email="ada@example.com",
+        name="Ada",
+        timezone="Europe/Berlin",
+        send_at=time(7),
+        weekdays=(),
+        profile="diffusion",
+        max_papers=10,
+        min_score=0.0,
+        send_when_empty=False,
+        status=SubscriberStatus.ACTIVE,
+        token=token,
     )
 
 
 def paper(id: int, title: str, abstract: str = "An abstract.", **kw: Any) -> Paper:
     values: dict[str, Any] = dict(
-        id=id, key=f"arxiv:2503.{id:05d}", title=title, abstract=abstract, authors=(),
-        author_count=None, published=None, upvotes=None, arxiv_id=f"2503.{id:05d}", url=None,
+        id=id,
+        key=f"arxiv:2503.{id:05d}",
+        title=title,
+        abstract=abstract,
+        authors=(),
+        author_count=None,
+        published=None,
+        upvotes=None,
+        arxiv_id=f"2503.{id:05d}",
+        url=None,
         first_seen_at=T0,
     )
     values.update(kw)
@@ -47,13 +64,23 @@ def paper(id: int, title: str, abstract: str = "An abstract.", **kw: Any) -> Pap
 def items() -> list[FeedItem]:
     """Given out of order; two share a timestamp (the paper id breaks the tie)."""
     return [
-        FeedItem(paper(3, "Third", authors=("Ann One", "Bob Two")), T0,
-                 (Reason("diffusion", "title", 1.234),), 1.234),
-        FeedItem(paper(1, "Oldest", "*Diffusion* & R&D [bad](javascript:alert(1))"),
-                 T0 - timedelta(days=2), (Reason("diffusion", "abstract", 0.5),), 0.5),
+        FeedItem(
+            paper(3, "Third", authors=("Ann One", "Bob Two")),
+            T0,
+            (Reason("diffusion", "title", 1.234),),
+            1.234,
+        ),
+        FeedItem(
+            paper(1, "Oldest", "*Diffusion* & R&D [bad](javascript:alert(1))"),
+            T0 - timedelta(days=2),
+            (Reason("diffusion", "abstract", 0.5),),
+            0.5,
+        ),
         FeedItem(paper(2, "Second"), T0, (Reason("diffusion", "title", 0.9),), 0.9),
         # T0 + 1 h, written in another timezone: feeds normalize to UTC
-        FeedItem(paper(4, "Newest"), datetime(2025, 3, 10, 10, 0, tzinfo=ZoneInfo("Europe/Berlin"))),
+        FeedItem(
+            paper(4, "Newest"), datetime(2025, 3, 10, 10, 0, tzinfo=ZoneInfo("Europe/Berlin"))
+        ),
     ]
 
 
@@ -83,8 +110,10 @@ def test_feed_parses_with_exact_entries(kind: str, subscriber_or_none: Subscribe
         assert parsed.feed.id == feed_url
         assert parsed.feed.updated == "2025-03-10T09:00:00+00:00"
         assert [e.updated for e in parsed.entries] == [
-            "2025-03-10T09:00:00+00:00", "2025-03-10T08:00:00+00:00",
-            "2025-03-10T08:00:00+00:00", "2025-03-08T08:00:00+00:00",
+            "2025-03-10T09:00:00+00:00",
+            "2025-03-10T08:00:00+00:00",
+            "2025-03-10T08:00:00+00:00",
+            "2025-03-08T08:00:00+00:00",
         ]
         stamps = [datetime.fromisoformat(e.published) for e in parsed.entries]
     else:
@@ -93,7 +122,7 @@ def test_feed_parses_with_exact_entries(kind: str, subscriber_or_none: Subscribe
         assert all(e.guidislink is False for e in parsed.entries)
         stamps = [email.utils.parsedate_to_datetime(e.published) for e in parsed.entries]
     assert all(s.tzinfo is not None for s in stamps)
-    assert stamps[0] == datetime(2025, 3, 10, 9, 0, tzinfo=timezone.utc)
+    assert stamps[0] == datetime(2025, 3, 10, 9, 0, tzinfo=UTC)
 
 
 def test_feed_pins_generator_and_dates() -> None:
@@ -123,7 +152,9 @@ def test_empty_feed_is_valid_and_stable() -> None:
 
 def test_control_characters_are_stripped() -> None:
     bad = FeedItem(
-        paper(9, "Bad\x0btitle\x1b here\x00", "Abstract\x1b with\x0c controls", authors=("Zoë\x07 Å",)),
+        paper(
+            9, "Bad\x0btitle\x1b here\x00", "Abstract\x1b with\x0c controls", authors=("Zoë\x07 Å",)
+        ),
         T0,
     )
     feeds = build_feeds([bad], site=SITE, subscriber=None)
@@ -184,7 +215,12 @@ def test_write_feeds_atomically_and_only_when_changed(tmp_path: Path) -> None:
 
     mine = write_feeds(items(), site=SITE, subscriber=subscriber(), directory=out)
     assert mine == [out / "tok-ada.atom", out / "tok-ada.rss"]
-    assert sorted(p.name for p in out.iterdir()) == ["all.atom", "all.rss", "tok-ada.atom", "tok-ada.rss"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "all.atom",
+        "all.rss",
+        "tok-ada.atom",
+        "tok-ada.rss",
+    ]
 
 
 @pytest.mark.parametrize("token", ["../evil", "all", "a/b", ""])

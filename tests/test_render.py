@@ -1,7 +1,8 @@
-"""Email rendering: MIME structure, exact headers, escaping and sanitizing, CSS inlining done once,
-the Gmail size budget, and a golden plain-text part.
+"""Email rendering: MIME structure, exact headers, escaping and sanitizing, CSS inlining done
+once, the Gmail size budget, and a golden plain-text part.
 
-Regenerate the golden file after an intended change with ``UPDATE_GOLDEN=1 pytest tests/test_render.py``.
+Regenerate the golden file after an intended change with
+``UPDATE_GOLDEN=1 pytest tests/test_render.py``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import email.policy
 import os
 import re
 from collections.abc import Callable
-from datetime import date, datetime, time, timezone
+from datetime import UTC, date, datetime, time
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -46,39 +47,66 @@ SITE = SiteInfo(
     paper_url_template="https://arxiv.org/a/search?query={title}",
 )
 SLOT = date(2025, 3, 12)
-CREATED = datetime(2025, 3, 12, 6, 0, tzinfo=timezone.utc)
+CREATED = datetime(2025, 3, 12, 6, 0, tzinfo=UTC)
 PROFILE = parse_profile('diffusion "language model"')
 
 
 def subscriber(
-    id: int = 1, name: str = "Ada Lovelace", email_: str = "ada@example.com",
-    tz: str = "Europe/Berlin", token: str = "tok-ada",
+    id: int = 1,
+    name: str = "Ada Lovelace",
+    email_: str = "ada@example.com",
+    tz: str = "Europe/Berlin",
+    token: str = "tok-ada",
 ) -> Subscriber:
     return Subscriber(
-        id=id, email=email_, name=name, timezone=tz, send_at=time(7, 0), weekdays=(),
-        profile='diffusion "language model"', max_papers=10, min_score=0.0,
-        send_when_empty=False, status=SubscriberStatus.ACTIVE, token=token,
+        id=id,
+        email=email_,
+        name=name,
+        timezone=tz,
+        send_at=time(7, 0),
+        weekdays=(),
+        profile='diffusion "language model"',
+        max_papers=10,
+        min_score=0.0,
+        send_when_empty=False,
+        status=SubscriberStatus.ACTIVE,
+        token=token,
     )
 
 
 def paper(id: int, title: str, abstract: str = "", **kw: Any) -> Paper:
     values: dict[str, Any] = dict(
-        id=id, key=f"title:paper {id}", title=title, abstract=abstract, authors=(),
-        author_count=None, published=None, upvotes=None, arxiv_id=None, url=None,
-        first_seen_at=datetime(2025, 3, 11, 8, 0, tzinfo=timezone.utc),
+        id=id,
+        key=f"title:paper {id}",
+        title=title,
+        abstract=abstract,
+        authors=(),
+        author_count=None,
+        published=None,
+        upvotes=None,
+        arxiv_id=None,
+        url=None,
+        first_seen_at=datetime(2025, 3, 11, 8, 0, tzinfo=UTC),
     )
     values.update(kw)
     return Paper(**values)
 
 
 def scored(p: Paper, score: float = 1.0, *reasons: Reason) -> ScoredPaper:
-    return ScoredPaper(paper=p, score=score, reasons=reasons or (Reason("diffusion", "title", score),))
+    return ScoredPaper(
+        paper=p, score=score, reasons=reasons or (Reason("diffusion", "title", score),)
+    )
 
 
-def issue(papers: list[ScoredPaper], sub: Subscriber | None = None, profile: Profile = PROFILE) -> IssueContent:
+def issue(
+    papers: list[ScoredPaper], sub: Subscriber | None = None, profile: Profile = PROFILE
+) -> IssueContent:
     return IssueContent(
-        subscriber=sub or subscriber(), slot_date=SLOT, papers=tuple(papers),
-        profile=profile, created_at=CREATED,
+        subscriber=sub or subscriber(),
+        slot_date=SLOT,
+        papers=tuple(papers),
+        profile=profile,
+        created_at=CREATED,
     )
 
 
@@ -86,19 +114,31 @@ def three_papers() -> list[ScoredPaper]:
     return [
         scored(
             paper(
-                1, "Diffusion Language Models Are Few-Shot Learners",
-                "We train a *diffusion* language model on R&D text.\n\nSecond paragraph with `code` "
+                1,
+                "Diffusion Language Models Are Few-Shot Learners",
+                "We train a *diffusion* language model on R&D text.\n\n"
+                "Second paragraph with `code` "
                 "and a [link](https://example.org/x).",
                 authors=("Ann One", "Bob Two", "Cy Three", "Di Four", "Ed Five", "Flo Six"),
-                published=date(2024, 9, 5), upvotes=12, arxiv_id="2409.01234",
+                published=date(2024, 9, 5),
+                upvotes=12,
+                arxiv_id="2409.01234",
             ),
             2.3456,
-            Reason("diffusion", "title", 1.5), Reason("language model", "abstract", 0.8456),
+            Reason("diffusion", "title", 1.5),
+            Reason("language model", "abstract", 0.8456),
         ),
         scored(
-            paper(2, "Sparse Attention at Scale", "Attention, but sparse; diffusion of ideas.",
-                  author_count=12, upvotes=1, url="https://papers.example.org/p/2"),
-            0.5, Reason("diffusion", "abstract", 0.5),
+            paper(
+                2,
+                "Sparse Attention at Scale",
+                "Attention, but sparse; diffusion of ideas.",
+                author_count=12,
+                upvotes=1,
+                url="https://papers.example.org/p/2",
+            ),
+            0.5,
+            Reason("diffusion", "abstract", 0.5),
         ),
         scored(paper(3, "A Paper With No Metadata"), 0.25),
     ]
@@ -177,7 +217,9 @@ def test_lines_crlf_and_at_most_998_octets(renderer: EmailRenderer) -> None:
 def test_render_twice_is_byte_identical(renderer: EmailRenderer) -> None:
     content = issue(three_papers())
     assert renderer.render(content).message == renderer.render(content).message
-    assert EmailRenderer(TEMPLATES, SITE).render(content).message == renderer.render(content).message
+    assert (
+        EmailRenderer(TEMPLATES, SITE).render(content).message == renderer.render(content).message
+    )
 
 
 # ----------------------------------------------------------------------------- HTML content
@@ -188,7 +230,9 @@ def test_html_inlined_and_keeps_dark_mode(renderer: EmailRenderer) -> None:
     cards = re.findall(r'<table role="presentation" class="card"[^>]*>', html)
     assert len(cards) == 3
     assert all('style="' in c for c in cards)
-    assert re.search(r'<a class="title" href="https://arxiv.org/abs/2409.01234" style="[^"]*font-size:18px', html)
+    assert re.search(
+        r'<a class="title" href="https://arxiv.org/abs/2409.01234" style="[^"]*font-size:18px', html
+    )
     style_block = html.split("<style", 1)[1].split("</style>", 1)[0]
     assert "@media (prefers-color-scheme: dark)" in style_block
     assert ".hl { background-color: #854d0e !important;" in style_block
@@ -199,7 +243,10 @@ def test_html_inlined_and_keeps_dark_mode(renderer: EmailRenderer) -> None:
 def test_html_card_fields(renderer: EmailRenderer) -> None:
     html = renderer.render(issue(three_papers())).html
     assert ">#1</div>" in html and ">#2</div>" in html and ">#3</div>" in html
-    assert ">Ann One, Bob Two, Cy Three, Di Four, Ed Five et al. · 5 Sep 2024 · 12 upvotes</div>" in html
+    assert (
+        ">Ann One, Bob Two, Cy Three, Di Four, Ed Five et al. · 5 Sep 2024 · 12 upvotes</div>"
+        in html
+    )
     assert ">12 authors · 1 upvote</div>" in html
     assert 'href="https://papers.example.org/p/2"' in html
     assert 'href="https://arxiv.org/a/search?query=A+Paper+With+No+Metadata"' in html
@@ -212,7 +259,10 @@ def test_html_card_fields(renderer: EmailRenderer) -> None:
     assert 'href="https://papers.example.org/preferences/tok-ada"' in html
     assert 'href="https://papers.example.org/issues/tok-ada/2025-03-12"' in html
     # the preheader lists the first titles
-    assert "Diffusion Language Models Are Few-Shot Learners · Sparse Attention at Scale · A Paper" in html
+    assert (
+        "Diffusion Language Models Are Few-Shot Learners · Sparse Attention at Scale · A Paper"
+        in html
+    )
 
 
 def test_highlighting_wraps_matches_and_keeps_entities(renderer: EmailRenderer) -> None:
@@ -224,7 +274,10 @@ def test_highlighting_wraps_matches_and_keeps_entities(renderer: EmailRenderer) 
     assert f">{m}Diffusion</mark> {m}Language Models</mark> Are Few-Shot Learners</a>" in html
     # abstract: inside markdown's <em>, next to an entity that must stay intact
     assert f"<p>We train a <em>{m}diffusion</em></mark>" not in html
-    assert f"<p>We train a <em>{m}diffusion</mark></em> {m}language model</mark> on R&amp;D text.</p>" in html
+    assert (
+        f"<p>We train a <em>{m}diffusion</mark></em> {m}language model</mark> on R&amp;D text.</p>"
+        in html
+    )
     assert "&amp;amp;" not in html
     assert '<a href="https://example.org/x" rel="noopener noreferrer nofollow">link</a>' in html
 
@@ -278,8 +331,12 @@ def test_name_with_crlf_cannot_inject_a_header(renderer: EmailRenderer) -> None:
 
 def test_non_ascii_name_and_subject_are_rfc2047_encoded() -> None:
     site = SiteInfo(
-        name="Papiers du Zoé", from_address="digest@papers.example.org", from_name="Zoé Digest",
-        base_url=SITE.base_url, list_id=SITE.list_id, paper_url_template=SITE.paper_url_template,
+        name="Papiers du Zoé",
+        from_address="digest@papers.example.org",
+        from_name="Zoé Digest",
+        base_url=SITE.base_url,
+        list_id=SITE.list_id,
+        paper_url_template=SITE.paper_url_template,
     )
     sub = subscriber(name="Zoë Ångström", email_="zoe@example.com")
     rendered = EmailRenderer(TEMPLATES, site).render(issue(three_papers(), sub))
@@ -316,7 +373,9 @@ def test_premailer_runs_per_template_and_card_not_per_subscriber(
     # shell + <mark> + reason row + "more papers" block + one per card
     assert calls == 4 + 10
     for i in range(2, 51):
-        renderer.render(issue(papers, subscriber(id=i, email_=f"s{i}@example.com", token=f"tok-{i}")))
+        renderer.render(
+            issue(papers, subscriber(id=i, email_=f"s{i}@example.com", token=f"tok-{i}"))
+        )
     assert calls == 4 + 10
     renderer.render(issue(papers + [scored(paper(11, "A new one"))]))
     assert calls == 4 + 11
@@ -328,8 +387,10 @@ def test_premailer_runs_per_template_and_card_not_per_subscriber(
 def test_large_issue_is_cut_below_100kb_with_honest_more_link(renderer: EmailRenderer) -> None:
     abstract = ("We study diffusion models for language modeling at scale. " * 20).strip()
     papers = [
-        scored(paper(i, f"Diffusion study number {i}", abstract, authors=("A. Author", "B. Author")),
-               3.0 - i / 1000)
+        scored(
+            paper(i, f"Diffusion study number {i}", abstract, authors=("A. Author", "B. Author")),
+            3.0 - i / 1000,
+        )
         for i in range(1, 301)
     ]
     rendered = renderer.render(issue(papers))
@@ -341,7 +402,8 @@ def test_large_issue_is_cut_below_100kb_with_honest_more_link(renderer: EmailRen
     more = 300 - shown
     issue_url = "https://papers.example.org/issues/tok-ada/2025-03-12"
     assert re.search(
-        rf'<a class="more-link" href="{re.escape(issue_url)}"[^>]*>{more} more papers → read the full issue',
+        rf'<a class="more-link" href="{re.escape(issue_url)}"[^>]*>'
+        rf"{more} more papers → read the full issue",
         html,
     )
     # one more card would not have fitted

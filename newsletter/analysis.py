@@ -1,0 +1,293 @@
+"""Text analysis shared by ranking and highlighting: what "a term matches" means.
+
+Documents and queries go through the same steps, so that a term matches what a researcher
+expects it to match:
+
+* case-insensitive (Unicode NFKC + casefold), LaTeX markup removed (``E$^{2}$GAN`` reads
+  ``E2GAN``): titles copied from arXiv carry it, and nobody types it in a profile;
+* tokens are runs of letters and digits, so ``rag`` never matches inside ``leverage``;
+* every token is stemmed (Snowball English, PyStemmer), so ``transformers`` matches
+  ``transformer``;
+* hyphen, space and joined forms are equal (``pre-training`` = ``pre training`` =
+  ``pretraining``). A document is read as a small lattice: each token, plus each pair of
+  adjacent tokens joined (when only a hyphen or white space separates them), plus each whole
+  hyphenated chain joined (``coarse-to-fine``). A query term is matched in all the ways its
+  words can be grouped the same way;
+* a phrase matches only as consecutive tokens.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+import threading
+import unicodedata
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from functools import lru_cache
+
+import Stemmer
+
+from newsletter.domain import ProfileTerm
+
+__all__ = ["analyze_query_term", "find", "highlight_spans", "lattice", "prefixes", "variants"]
+
+# LaTeX markup is dropped rather than replaced by a space, so that E$^{2}$GAN reads E2GAN.
+_LATEX = re.compile(r"\\[A-Za-z]+|\\|[$^{}_]")
+_TOKEN = re.compile(r"(?:[^\W_]|[\u0300-\u036f])+")
+_NON_ALNUM = re.compile(r"[\W_]+")
+_HYPHENS = "-\u2010\u2011"
+_JOINABLE_GAP = re.compile(rf"\s*[{_HYPHENS}]?\s*")
+_MAX_QUERY_PARTS = 12  # beyond this, a phrase is matched only in its written grouping
+
+# Snowball stemmers are not thread-safe: one per thread, created once and reused.
+_local = threading.local()
+
+
+def _stemmer() -> Stemmer.Stemmer:
+    stemmer: Stemmer.Stemmer | None = getattr(_local, "stemmer", None)
+    if stemmer is None:
+        stemmer = Stemmer.Stemmer("english")
+        _local.stemmer = stemmer
+    return stemmer
+
+
+def _stem(word: str) -> str:
+    result: str = _stemmer().stemWord(word)
+    return result
+
+
+def _stem_words(words: list[str]) -> list[str]:
+    result: list[str] = _stemmer().stemWords(words)
+    return result
+
+
+# --------------------------------------------------------------------------- analysis
+
+
+# A token: (normalized word, char start, char end), offsets in the original text.
+_Tok = tuple[str, int, int]
+
+
+def _tokens(text: str) -> tuple[list[_Tok], list[str]]:
+    """Tokens with offsets in the original text, and the gap text before each next token.
+
+    Markup is removed from a copy; offsets are mapped back through the kept segments, so the
+    spans stay valid on the text as given (the renderer marks them there).
+    """
+    seg_clean: list[int] = []  # start of each kept segment in the cleaned text
+    seg_orig: list[int] = []  # ... and in the original text
+    parts: list[str] = []
+    pos_clean = 0
+    last = 0
+    for m in _LATEX.finditer(text):
+        if m.start() > last:
+            seg_clean.append(pos_clean)
+            seg_orig.append(last)
+            parts.append(text[last : m.start()])
+            pos_clean += m.start() - last
+        last = m.end()
+    if last < len(text):
+        seg_clean.append(pos_clean)
+        seg_orig.append(last)
+        parts.append(text[last:])
+    clean = "".join(parts)
+    plain = len(seg_clean) == 1 and seg_orig[0] == 0  # common case: offsets are unchanged
+
+    def orig(i: int) -> int:
+        if plain:
+            return i
+        k = bisect.bisect_right(seg_clean, i) - 1
+        return seg_orig[k] + (i - seg_clean[k])
+
+    toks: list[_Tok] = []
+    gaps: list[str] = []
+    prev_end = 0
+    normalize = unicodedata.normalize
+    for m in _TOKEN.finditer(clean):
+        raw = m.group()
+        word = raw.lower() if raw.isascii() else normalize("NFKC", raw).casefold()
+        if not word.isalnum():
+            word = _NON_ALNUM.sub("", word)
+            if not word:
+                continue
+        s, e = m.span()
+        if toks:
+            gaps.append(clean[prev_end:s])
+        start, end = orig(s), orig(e - 1) + 1
+        if not plain:
+            end = _close_markup(text, start, end)
+        toks.append((word, start, end))
+        prev_end = e
+    return toks, gaps
+
+
+def _close_markup(text: str, start: int, end: int) -> int:
+    """Extend a span over the ``}`` and ``$`` that close markup it opened.
+
+    ``PaccMann$^{RL}$`` is then highlighted whole rather than as ``PaccMann$^{RL``, which
+    would leave the rendered LaTeX unbalanced.
+    """
+    span = text[start:end]
+    opened = span.count("{") - span.count("}")
+    while opened > 0 and end < len(text) and text[end] == "}":
+        end += 1
+        opened -= 1
+    if text.count("$", start, end) % 2 and end < len(text) and text[end] == "$":
+        end += 1
+    return end
+
+
+def _chains(gaps: Sequence[str], n: int) -> list[tuple[int, int]]:
+    """Runs of >= 2 tokens joined by a single hyphen (``coarse-to-fine``), as [start, end)."""
+    out: list[tuple[int, int]] = []
+    i = 0
+    while i < n:
+        j = i
+        while j < n - 1 and len(gaps[j]) == 1 and gaps[j] in _HYPHENS:
+            j += 1
+        if j > i:
+            out.append((i, j + 1))
+        i = j + 1
+    return out
+
+
+# An arc of the lattice: (stem, next position, char start, char end).
+_Arc = tuple[str, int, int, int]
+_Lattice = tuple[tuple[tuple[_Arc, ...], ...], int]
+
+
+@lru_cache(maxsize=8192)
+def lattice(text: str) -> _Lattice:
+    """Every way to read the text: tokens, adjacent pairs joined, hyphen chains joined.
+
+    Cached because the renderer highlights the same few hundred titles and abstracts for every
+    subscriber; the result is immutable.
+    """
+    toks, gaps = _tokens(text)
+    n = len(toks)
+    arcs: list[list[_Arc]] = [[] for _ in range(n)]
+    stems = _stem_words([t[0] for t in toks])
+    for i, (t, stem) in enumerate(zip(toks, stems, strict=True)):
+        arcs[i].append((stem, i + 1, t[1], t[2]))
+    pairs = [i for i in range(n - 1) if _JOINABLE_GAP.fullmatch(gaps[i])]
+    pair_stems = _stem_words([toks[i][0] + toks[i + 1][0] for i in pairs])
+    for i, stem in zip(pairs, pair_stems, strict=True):
+        arcs[i].append((stem, i + 2, toks[i][1], toks[i + 1][2]))
+    for a, b in _chains(gaps, n):
+        if b - a >= 3:
+            joined = "".join(t[0] for t in toks[a:b])
+            arcs[a].append((_stem(joined), b, toks[a][1], toks[b - 1][2]))
+    return tuple(tuple(a) for a in arcs), n
+
+
+def _query_parts(text: str) -> tuple[list[str], list[tuple[int, int]]]:
+    toks, gaps = _tokens(text)
+    return [t[0] for t in toks], _chains(gaps, len(toks))
+
+
+def analyze_query_term(text: str) -> tuple[str, ...]:
+    """The stems of a profile term: one per word, a hyphenated word joined into one.
+
+    ``pre-training`` -> ``("pretrain",)``; ``"Gaussian Splatting"`` -> ``("gaussian", "splat")``.
+    An empty tuple means the term has no words (the profile parser rejects it).
+    """
+    words, chains = _query_parts(text)
+    out: list[str] = []
+    i = 0
+    starts = {a: b for a, b in chains}
+    while i < len(words):
+        j = starts.get(i, i + 1)
+        out.append(_stem("".join(words[i:j])))
+        i = j
+    return tuple(out)
+
+
+@lru_cache(maxsize=1 << 18)
+def variants(text: str, stems: tuple[str, ...]) -> frozenset[tuple[str, ...]]:
+    """All groupings of a term's words that the document lattice can produce.
+
+    The same groupings as the document side (single words, adjacent pairs, whole hyphen chains),
+    so that "pre training", "pre-training" and "pretraining" meet whichever way each side wrote it.
+    """
+    if len(stems) == 1 and text.isascii() and text.isalnum():  # the common case: one word
+        if _stem(text.lower()) == stems[0]:
+            return frozenset({stems})
+    if analyze_query_term(text) != stems:
+        return frozenset({stems})  # hand-made term: match only its stems as given
+    words, chains = _query_parts(text)
+    n = len(words)
+    if n > _MAX_QUERY_PARTS:
+        return frozenset({stems})
+    steps: list[list[int]] = [[i + 1] + ([i + 2] if i + 2 <= n else []) for i in range(n)]
+    for a, b in chains:
+        if b - a >= 3:
+            steps[a].append(b)
+    out: set[tuple[str, ...]] = set()
+
+    def walk(i: int, acc: tuple[str, ...]) -> None:
+        if i == n:
+            out.add(acc)
+            return
+        for j in steps[i]:
+            walk(j, acc + (_stem("".join(words[i:j])),))
+
+    walk(0, ())
+    out.add(stems)
+    return frozenset(out)
+
+
+def find(
+    arcs: Sequence[Sequence[_Arc]],
+    n: int,
+    keys: Mapping[tuple[str, ...], object],
+    prefixes: frozenset[tuple[str, ...]] | set[tuple[str, ...]],
+) -> Iterator[tuple[tuple[str, ...], int, int, int]]:
+    """Yield (key, start position, char start, char end) for every path that spells a key.
+
+    Paths are extended only while they are a prefix of some key, so the cost depends on the
+    text length, not on the number of keys.
+    """
+    for p in range(n):
+        frontier: list[tuple[tuple[str, ...], int, int]] = [((), p, -1)]
+        while frontier:
+            nxt: list[tuple[tuple[str, ...], int, int]] = []
+            for prefix, pos, cs in frontier:
+                if pos >= n:
+                    continue
+                for stem, after, s, e in arcs[pos]:
+                    key = prefix + (stem,)
+                    first = s if cs < 0 else cs
+                    if key in keys:
+                        yield key, p, first, e
+                    if key in prefixes:
+                        nxt.append((key, after, first))
+            frontier = nxt
+
+
+def prefixes(keys: Iterable[tuple[str, ...]]) -> set[tuple[str, ...]]:
+    return {k[:i] for k in keys for i in range(1, len(k))}
+
+
+def highlight_spans(text: str, terms: Sequence[ProfileTerm]) -> list[tuple[int, int]]:
+    """Character spans of ``text`` (as given) covering every match of every positive term.
+
+    Merged, sorted and non-overlapping, so the renderer can wrap each in ``<mark>`` directly.
+    Exclusions are not highlighted: a selected paper never matches one.
+    """
+    keys: dict[tuple[str, ...], bool] = {}
+    for term in terms:
+        if not term.exclude and term.stems:
+            for key in variants(term.text, term.stems):
+                keys[key] = True
+    if not keys or not text:
+        return []
+    arcs, n = lattice(text)
+    spans = sorted((s, e) for _, _, s, e in find(arcs, n, keys, prefixes(keys)))
+    merged: list[tuple[int, int]] = []
+    for s, e in spans:
+        if merged and s <= merged[-1][1]:
+            if e > merged[-1][1]:
+                merged[-1] = (merged[-1][0], e)
+        else:
+            merged.append((s, e))
+    return merged

@@ -1,0 +1,154 @@
+"""Profiles: what a subscriber cares about, in a one-line syntax they can type in a form.
+
+Syntax
+------
+
+A profile is a list of terms separated by commas and/or white space::
+
+    speech, "diffusion transformer"^2, title:llm -survey -title:"position paper"
+
+* ``word`` -- a word. ``speech, diffusion transformer`` is three terms.
+* ``"quoted phrase"`` -- one term that matches only as a contiguous phrase.
+* ``term^2``, ``"a phrase"^1.5`` -- a weight (a positive number; default 1). A paper's score is
+  the weighted sum of its matches, so a weight of 2 counts that term twice as much.
+* ``-term``, ``-"a phrase"`` -- an exclusion: a paper matching it is never selected, however
+  well it matches the other terms.
+* ``title:term``, ``title:"a phrase"^2`` -- the term counts only when it matches in the title.
+  ``-title:term`` excludes only papers with the term in their title.
+
+Matching ignores case and LaTeX markup (a term written with ``^`` in it must be quoted, as
+``"E$^{2}$GAN"``; ``e2gan`` matches it too), stems words (``transformer`` matches ``transformers``),
+matches whole words only (``rag`` does not match ``leverage``), and treats hyphenated, spaced and
+joined forms alike (``pretraining`` matches ``pre-training`` and ``pre training``).
+
+A profile needs at least one term that is not an exclusion. An unclosed quote, an empty phrase
+``""``, a bad weight (``^abc``, ``^0``, ``^-1``) or a term with no letters or digits (``---``)
+is an error whose message names the term.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from newsletter.analysis import analyze_query_term
+from newsletter.domain import Profile, ProfileTerm
+from newsletter.errors import ProfileError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["format_profile", "parse_profile"]
+
+_SEPARATORS = " \t\r\n\f\v,"
+_WEIGHT = re.compile(r"(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+_BARE_STOP = re.compile(r"[\s,\"^]")
+_EXAMPLE = 'e.g. speech, "diffusion transformer"^2, -survey'
+
+
+def parse_profile(text: str, *, who: str = "profile") -> Profile:
+    """Parse the profile syntax (see the module docstring) into analyzed terms.
+
+    ``who`` names the profile's owner in error messages (``"subscriber alice@example.org"``),
+    because the operator reading the log needs to know whose profile to fix.
+    """
+    terms: list[ProfileTerm] = []
+    i, n = 0, len(text)
+    while True:
+        while i < n and text[i] in _SEPARATORS:
+            i += 1
+        if i >= n:
+            break
+        start = i
+        exclude = text[i] == "-"
+        if exclude:
+            i += 1
+        title_only = text[i : i + 6].casefold() == "title:"
+        if title_only:
+            i += 6
+        if i < n and text[i] == '"':
+            close = text.find('"', i + 1)
+            if close < 0:
+                raise ProfileError(
+                    f"{who}: unclosed quote in {text[start:]!r}: "
+                    'close the phrase with a second " (e.g. "gaussian splatting").'
+                )
+            phrase = text[i + 1 : close]
+            i = close + 1
+            if not phrase.strip():
+                raise ProfileError(
+                    f"{who}: empty phrase {text[start:i]!r}: put words between the quotes "
+                    "or remove them."
+                )
+            body = phrase.strip()
+        else:
+            m = _BARE_STOP.search(text, i)
+            end = m.start() if m else n
+            body = text[i:end]
+            i = end
+        weight = 1.0
+        if i < n and text[i] == "^":
+            m = re.compile(r"[^\s,]*").match(text, i + 1)
+            raw = m.group() if m else ""
+            i += 1 + len(raw)
+            weight = _parse_weight(raw, text[start:i], who)
+        written = text[start:i]
+        if i < n and text[i] not in _SEPARATORS:
+            m = re.compile(r"[^\s,]*").match(text, i)
+            junk = m.group() if m else text[i:]
+            raise ProfileError(
+                f"{who}: unexpected {junk!r} right after the term {written!r}: "
+                "separate terms with a comma or a space."
+            )
+        stems = analyze_query_term(body) if body else ()
+        if not stems:
+            raise ProfileError(
+                f"{who}: the term {written!r} has no words to match: "
+                "use letters or digits (a weight goes after a word, as in speech^2)."
+            )
+        terms.append(ProfileTerm(body, stems, weight, title_only, exclude))
+    if not terms:
+        raise ProfileError(f"{who}: the profile is empty: nothing to match. Add terms, {_EXAMPLE}.")
+    if all(t.exclude for t in terms):
+        shown = ", ".join(_format_term(t) for t in terms)
+        raise ProfileError(
+            f"{who}: the profile has only exclusions ({shown}): nothing to match. "
+            f"Add at least one term without '-', {_EXAMPLE}."
+        )
+    log.debug("parsed %s: %d terms", who, len(terms))
+    return Profile(tuple(terms))
+
+
+def _parse_weight(raw: str, written: str, who: str) -> float:
+    """A weight must be a plain positive number: 0 would silently disable the term."""
+    value = float(raw) if _WEIGHT.fullmatch(raw) else 0.0
+    if not (0.0 < value < float("inf")):
+        raise ProfileError(
+            f"{who}: bad weight {raw!r} in the term {written!r}: "
+            'a weight is a positive number, as in speech^2 or "a phrase"^0.5.'
+        )
+    return value
+
+
+def _format_weight(weight: float) -> str:
+    # repr round-trips a float exactly; integers read better without ".0".
+    return str(int(weight)) if weight.is_integer() and abs(weight) < 1e15 else repr(weight)
+
+
+def _format_term(term: ProfileTerm) -> str:
+    text = term.text
+    bare = (
+        text
+        and not _BARE_STOP.search(text)
+        and not text.startswith("-")
+        and not text.casefold().startswith("title:")
+    )
+    out = ("-" if term.exclude else "") + ("title:" if term.title_only else "")
+    out += text if bare else f'"{text}"'
+    if term.weight != 1.0:
+        out += "^" + _format_weight(term.weight)
+    return out
+
+
+def format_profile(profile: Profile) -> str:
+    """The profile in its own syntax: ``parse_profile(format_profile(p)) == p``."""
+    return ", ".join(_format_term(t) for t in profile.terms)
