@@ -79,6 +79,7 @@ class Settings(_Section):
     candidate_window_days: int = Field(7, ge=1, le=365)
     paper_url_template: str = "https://arxiv.org/search/?query={title}&searchtype=title"
     max_digest_bytes: int = Field(50 * 1024 * 1024, ge=1)
+    inbox_settle_seconds: float = Field(1.0, ge=0, le=300)
     mail: MailSettings = MailSettings()
     ranking: RankingSettings = RankingSettings()
 

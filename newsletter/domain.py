@@ -38,6 +38,7 @@ class ParsedDigest:
     format: str  # e.g. "hf-text"
     papers: tuple[ParsedPaper, ...]
     digest_date: date | None = None  # the page's own date when the file states one
+    skipped: tuple[str, ...] = ()  # one note per entry that was not a paper (file, index)
 
 
 # --------------------------------------------------------------------------- store

@@ -27,7 +27,7 @@ from newsletter.domain import (
     SubscriberStatus,
 )
 from newsletter.errors import NewsletterError, ProfileError
-from newsletter.ingest import FileReport, ingest_paths
+from newsletter.ingest import FileReport, InboxScanner, ingest_paths
 from newsletter.store import Store
 from newsletter.subscribers import Defaults, load_config_file
 
@@ -41,6 +41,7 @@ class RunSummary:
     files_ingested: int = 0
     files_unchanged: int = 0
     files_quarantined: int = 0
+    files_waiting: int = 0
     papers_new: int = 0
     papers_total: int = 0
     subscribers_synced: int = 0
@@ -272,6 +273,7 @@ def run_once(
             now=now,
             max_bytes=settings.max_digest_bytes,
             progress=_file_progress(progress),
+            scanner=InboxScanner(settings.inbox_settle_seconds),
         )
         _count_files(summary, reports)
         summary.subscribers_synced, summary.subscriber_errors = sync_subscribers(
@@ -298,6 +300,8 @@ def _count_files(summary: RunSummary, reports: Sequence[FileReport]) -> None:
         elif report.status == "quarantined":
             summary.files_quarantined += 1
             summary.quarantined.append(report.reason or report.path)
+        elif report.status == "waiting":
+            summary.files_waiting += 1
         else:
             summary.files_unchanged += 1
 
@@ -311,8 +315,8 @@ def _file_progress(
     def report(r: FileReport) -> None:
         if r.status == "ingested":
             progress(f"ingested {r.path}: {r.entries} entries, {r.papers_new} new")
-        elif r.status == "quarantined":
-            progress(f"quarantined {r.reason}")
+        elif r.status in ("quarantined", "waiting"):
+            progress(f"{r.status}: {r.reason}")
 
     return report
 

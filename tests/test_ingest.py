@@ -77,6 +77,8 @@ def test_all_seeds_store_433_entries_as_380_papers(database_url: str) -> None:
 
 
 def test_merge_keeps_richer_fields_and_never_blanks(database_url: str, tmp_path: Path) -> None:
+    tmp_path = tmp_path / "inbox"
+    tmp_path.mkdir()
     store = Store(database_url)
     store.migrate()
     (tmp_path / "a.txt").write_text("Mar 3\n\nA Paper on Pre-Training\n\nShort abstract.\n")
@@ -97,6 +99,8 @@ def test_merge_keeps_richer_fields_and_never_blanks(database_url: str, tmp_path:
 def test_bad_files_are_quarantined_and_others_still_ingested(
     database_url: str, tmp_path: Path
 ) -> None:
+    tmp_path = tmp_path / "inbox"
+    tmp_path.mkdir()
     store = Store(database_url)
     store.migrate()
     (tmp_path / "0_empty.txt").write_bytes(b"")

@@ -40,7 +40,7 @@ def test_migrations_create_exactly_the_models(store: Store) -> None:
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
-    assert store.migrate() == "0001"  # idempotent
+    assert store.migrate() == "0002"  # idempotent
 
 
 def test_subscriber_upsert_never_reactivates(store: Store) -> None:

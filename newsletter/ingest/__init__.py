@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -21,18 +22,25 @@ from pathlib import Path
 
 from newsletter.domain import ParsedDigest
 from newsletter.errors import ParseError
-from newsletter.ingest import hf_text
-from newsletter.ingest.identity import paper_key
+from newsletter.ingest import arxiv_feed, hf_json, hf_text, html_page
+from newsletter.ingest.identity import paper_key, title_key
 from newsletter.ingest.text import clean_text, decode, looks_binary
 from newsletter.store import KeyedPaper, Store
 
 log = logging.getLogger(__name__)
 
 Parser = Callable[..., ParsedDigest]
+# Order matters: the first parser whose sniff() says yes parses. HTML is recognized before
+# the XML feeds (both start with "<"), and the text scrape comes last: it takes any text that
+# is not JSON or markup.
 PARSERS: tuple[tuple[str, Callable[[str], bool], Parser], ...] = (
+    (hf_json.FORMAT, hf_json.sniff, hf_json.parse),
+    (html_page.FORMAT, html_page.sniff, html_page.parse),
+    (arxiv_feed.FORMAT, arxiv_feed.sniff, arxiv_feed.parse),
     (hf_text.FORMAT, hf_text.sniff, hf_text.parse),
 )
-DIGEST_SUFFIXES = frozenset({".txt", ".json", ".xml", ".atom", ".rss"})
+# Files a producer is still writing, by the conventions of common tools: skipped until renamed.
+TEMP_SUFFIXES = frozenset({".part", ".partial", ".tmp", ".temp", ".crdownload", ".download"})
 
 
 @dataclass(frozen=True)
@@ -40,12 +48,13 @@ class FileReport:
     """What ingest did with one file."""
 
     path: str
-    status: str  # "ingested" | "quarantined" | "unchanged"
+    status: str  # "ingested" | "quarantined" | "unchanged" | "waiting"
     format: str | None = None
     entries: int = 0
     papers_new: int = 0
     papers_merged: int = 0
     reason: str | None = None
+    skipped: tuple[str, ...] = ()  # entries of an ingested file that were not papers
 
 
 def parse_bytes(data: bytes, *, name: str, today: date) -> ParsedDigest:
@@ -59,24 +68,75 @@ def parse_bytes(data: bytes, *, name: str, today: date) -> ParsedDigest:
     for _format, sniff, parse in PARSERS:
         if sniff(text):
             return parse(text, name=name, today=today)
-    raise ParseError(f"{name}: not a digest format this version reads (HF Daily Papers text)")
+    if not text.strip():
+        raise ParseError(f"{name}: the file holds only white space")
+    raise ParseError(
+        f"{name}: not a digest format this version reads (Hugging Face Daily Papers text or "
+        "JSON, arXiv Atom or RSS)"
+    )
 
 
 def digest_files(paths: Iterable[Path]) -> list[Path]:
-    """Expand folders into their digest files (sorted by name; hidden and temp files skipped)."""
+    """Expand folders into their files, sorted by name.
+
+    Every regular file is a candidate whatever its name (the format is detected from the
+    content), except hidden files and temporary names (``.part``, ``.tmp``, ``~``…) that
+    producers use while writing.
+    """
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found.extend(
-                p
-                for p in sorted(path.iterdir())
-                if p.is_file()
-                and not p.name.startswith(".")
-                and p.suffix.lower() in DIGEST_SUFFIXES
-            )
+            found.extend(p for p in sorted(path.iterdir()) if p.is_file() and not _is_temp(p))
         else:
             found.append(path)
     return found
+
+
+def _is_temp(path: Path) -> bool:
+    name = path.name
+    return name.startswith(".") or name.endswith("~") or path.suffix.lower() in TEMP_SUFFIXES
+
+
+class InboxScanner:
+    """Holds back files that are still being written.
+
+    A file is ready when its size and modification time are the same in two consecutive
+    scans. The daemon keeps one scanner for its lifetime, so its scans N seconds apart are the
+    two scans; ``run --once`` scans twice, ``settle_seconds`` apart, but skips the pause when
+    every file is older than that (a file untouched for longer would show the same in both).
+    """
+
+    def __init__(self, settle_seconds: float = 1.0) -> None:
+        self.settle_seconds = settle_seconds
+        self._last: dict[Path, tuple[int, int]] = {}
+
+    def scan(self, paths: Sequence[Path]) -> tuple[list[Path], list[Path]]:
+        """Return (ready, still being written) among the files under ``paths``."""
+        ready: list[Path] = []
+        waiting: list[Path] = []
+        current: dict[Path, tuple[int, int]] = {}
+        for path in digest_files(paths):
+            try:
+                st = path.stat()
+            except OSError:
+                continue  # vanished between listing and stat: a rename in progress
+            signature = (st.st_size, st.st_mtime_ns)
+            current[path] = signature
+            (ready if self._last.get(path) == signature else waiting).append(path)
+        self._last = current
+        return ready, waiting
+
+    def scan_settled(
+        self, paths: Sequence[Path], *, wall_clock_ns: int
+    ) -> tuple[list[Path], list[Path]]:
+        """Two scans in one call (for ``run --once``): pause only if some file is young."""
+        self.scan(paths)
+        young = any(
+            wall_clock_ns - mtime < self.settle_seconds * 1e9 for _, mtime in self._last.values()
+        )
+        if young and self.settle_seconds > 0:
+            time.sleep(self.settle_seconds)
+        return self.scan(paths)
 
 
 def ingest_paths(
@@ -86,14 +146,28 @@ def ingest_paths(
     now: datetime,
     max_bytes: int,
     progress: Callable[[FileReport], None] | None = None,
+    scanner: InboxScanner | None = None,
 ) -> list[FileReport]:
-    """Ingest every digest file under ``paths``; one report per file, in order."""
-    reports = []
-    for path in digest_files(paths):
-        report = ingest_file(store, path, now=now, max_bytes=max_bytes)
-        reports.append(report)
+    """Ingest every digest file under ``paths``; one report per file, in order.
+
+    With a scanner, files still being written are reported as ``waiting`` and left for the
+    next scan; without one (``newsletter ingest`` by hand) every file is read now.
+    """
+    waiting: list[Path] = []
+    if scanner is None:
+        ready = digest_files(paths)
+    else:
+        ready, waiting = scanner.scan_settled(paths, wall_clock_ns=time.time_ns())
+    reports: list[FileReport] = []
+    for path in waiting:
+        reason = f"{path}: still being written (size or time changed); retried next scan"
+        reports.append(FileReport(path=str(path), status="waiting", reason=reason))
         if progress:
-            progress(report)
+            progress(reports[-1])
+    for path in ready:
+        reports.append(ingest_file(store, path, now=now, max_bytes=max_bytes))
+        if progress:
+            progress(reports[-1])
     return reports
 
 
@@ -123,7 +197,9 @@ def ingest_file(store: Store, path: Path, *, now: datetime, max_bytes: int) -> F
         )
         log.warning("quarantined %s", reason)
         return FileReport(path=name, status="quarantined", reason=reason)
-    keyed = [KeyedPaper(key=paper_key(p), paper=p) for p in digest.papers]
+    keyed = [
+        KeyedPaper(key=paper_key(p), paper=p, title_key=title_key(p.title)) for p in digest.papers
+    ]
     record = store.record_digest(
         path=name,
         content_hash=content_hash,
@@ -141,8 +217,11 @@ def ingest_file(store: Store, path: Path, *, now: datetime, max_bytes: int) -> F
         record.papers_merged,
         digest.format,
     )
+    for note in digest.skipped:
+        log.warning("%s", note)
     return FileReport(
         path=name,
+        skipped=digest.skipped,
         status="ingested",
         format=digest.format,
         entries=record.entries,

@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, func, inspect, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter.domain import (
@@ -59,10 +59,41 @@ def new_token() -> str:
 
 @dataclass(frozen=True)
 class KeyedPaper:
-    """A parsed paper with its identity key, ready to store."""
+    """A parsed paper with its identity keys, ready to store."""
 
-    key: str
+    key: str  # "arxiv:<id>" or "title:<title key>"
     paper: ParsedPaper
+    title_key: str = ""  # normalized title, to find the same paper arriving in another format
+
+
+class _PaperIndex:
+    """Stored papers by key, arXiv id and title key: how an incoming entry finds its paper.
+
+    The same paper arrives as a text scrape (no arXiv id: keyed by title) and as JSON or an
+    arXiv feed (keyed by arXiv id). It is one paper when the key matches, or the arXiv id
+    matches, or the title key matches and the arXiv ids do not contradict each other.
+    """
+
+    def __init__(self) -> None:
+        self.by_key: dict[str, PaperRow] = {}
+        self.by_arxiv: dict[str, PaperRow] = {}
+        self.by_title: dict[str, PaperRow] = {}
+
+    def add(self, row: PaperRow) -> None:
+        self.by_key[row.key] = row
+        if row.arxiv_id:
+            self.by_arxiv[row.arxiv_id] = row
+        self.by_title.setdefault(row.title_key, row)
+
+    def find(self, kp: KeyedPaper) -> PaperRow | None:
+        arxiv = kp.paper.arxiv_id
+        row = self.by_key.get(kp.key) or (self.by_arxiv.get(arxiv) if arxiv else None)
+        if row is not None:
+            return row
+        row = self.by_title.get(kp.title_key) if kp.title_key else None
+        if row is not None and (row.arxiv_id is None or arxiv is None or row.arxiv_id == arxiv):
+            return row
+        return None
 
 
 @dataclass(frozen=True)
@@ -153,7 +184,42 @@ class Store:
         digest_date: date | None = None,
         reason: str | None = None,
     ) -> DigestRecord:
-        """Store an ingested file and its papers, or a quarantined one, in one transaction."""
+        """Store an ingested file and its papers, or a quarantined one, in one transaction.
+
+        If another process stored one of the same papers (or the same file) in the meantime,
+        the unique constraints refuse our insert; the transaction is retried once, and then
+        finds those rows and merges into them.
+        """
+        for attempt in (1, 2):
+            try:
+                return self._record_digest(
+                    path=path,
+                    content_hash=content_hash,
+                    size=size,
+                    seen_at=seen_at,
+                    format=format,
+                    papers=papers,
+                    digest_date=digest_date,
+                    reason=reason,
+                )
+            except IntegrityError:
+                if attempt == 2:
+                    raise
+                log.info("concurrent insert while storing %s; retrying", path)
+        raise AssertionError("unreachable")
+
+    def _record_digest(
+        self,
+        *,
+        path: str,
+        content_hash: str,
+        size: int,
+        seen_at: datetime,
+        format: str | None,
+        papers: Sequence[KeyedPaper],
+        digest_date: date | None,
+        reason: str | None,
+    ) -> DigestRecord:
         with self._session() as s:
             counts = MergeCounts(0, 0)
             if reason is None:
@@ -187,36 +253,47 @@ class Store:
     def _merge_papers(
         self, s: Session, papers: Sequence[KeyedPaper], seen_at: datetime
     ) -> MergeCounts:
-        """Insert unseen papers; merge known ones keeping the richer value of each field."""
-        merged_in_file: dict[str, ParsedPaper] = {}
+        """Insert unseen papers; merge known ones keeping the richer value of each field.
+
+        Counts are per distinct paper: ``new`` papers created by this file, ``merged`` papers
+        that were stored before it. A paper listed twice in one file is one paper.
+        """
+        index = _PaperIndex()
+        wanted = (
+            (PaperRow.key, {kp.key for kp in papers}),
+            (PaperRow.arxiv_id, {kp.paper.arxiv_id for kp in papers if kp.paper.arxiv_id}),
+            (PaperRow.title_key, {kp.title_key for kp in papers if kp.title_key}),
+        )
+        for column, values in wanted:
+            for chunk in _chunks(sorted(values), 500):
+                for found in s.scalars(select(PaperRow).where(column.in_(chunk))):
+                    index.add(found)
+        created: set[int] = set()
+        merged: set[int] = set()
         for kp in papers:
-            prior = merged_in_file.get(kp.key)
-            merged_in_file[kp.key] = rows.richer(prior, kp.paper) if prior else kp.paper
-        keys = list(merged_in_file)
-        existing: dict[str, PaperRow] = {}
-        for chunk in _chunks(keys, 500):
-            for row in s.scalars(select(PaperRow).where(PaperRow.key.in_(chunk))):
-                existing[row.key] = row
-        new = merged = 0
-        for key, parsed in merged_in_file.items():
-            known = existing.get(key)
-            if known is None:
-                values = rows.paper_values(parsed)
-                s.execute(
-                    self._insert(PaperRow)
-                    .values(key=key, first_seen_at=seen_at, updated_at=seen_at, **values)
-                    .on_conflict_do_nothing(index_elements=["key"])
+            row = index.find(kp)
+            if row is None:
+                row = PaperRow(
+                    key=kp.key,
+                    title_key=kp.title_key,
+                    first_seen_at=seen_at,
+                    updated_at=seen_at,
+                    **rows.paper_values(kp.paper),
                 )
-                new += 1
+                s.add(row)
+                created.add(id(row))
             else:
-                current = rows.parsed_from_row(known)
-                richer = rows.richer(current, parsed)
+                current = rows.parsed_from_row(row)
+                richer = rows.richer(current, kp.paper)
                 if richer != current:
                     for name, value in rows.paper_values(richer).items():
-                        setattr(known, name, value)
-                    known.updated_at = seen_at
-                merged += 1
-        return MergeCounts(new, merged)
+                        setattr(row, name, value)
+                    row.updated_at = seen_at
+                if id(row) not in created:
+                    merged.add(id(row))
+            index.add(row)
+        s.flush()
+        return MergeCounts(len(created), len(merged))
 
     def count_papers(self) -> int:
         with self._session() as s:

@@ -88,7 +88,8 @@ class DigestFileRow(Base):
 class PaperRow(Base):
     __tablename__ = "papers"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    key: Mapped[str] = mapped_column(String(512), unique=True)
+    key: Mapped[str] = mapped_column(String(512), unique=True)  # identity at first sighting
+    title_key: Mapped[str] = mapped_column(String(512), index=True)  # to match across formats
     arxiv_id: Mapped[str | None] = mapped_column(String(32), index=True)
     title: Mapped[str] = mapped_column(Text)
     abstract: Mapped[str] = mapped_column(Text, default="")

@@ -1,0 +1,100 @@
+"""Parser for arXiv feeds: the API's Atom export and the RSS 2.0 listing feeds.
+
+feedparser does the XML; this module maps entries to papers: the arXiv id (version stripped)
+from the entry id, guid or link; title; abstract (RSS descriptions start with
+``arXiv:2509.04664v1 Announce Type: new Abstract:``, which is removed); authors (Atom
+``<author>`` elements, or RSS ``dc:creator`` as one comma-separated string); published date;
+link. The feed's own date is the digest date.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import date
+from typing import Any
+
+import feedparser
+
+from newsletter.domain import ParsedDigest, ParsedPaper
+from newsletter.errors import ParseError
+from newsletter.ingest.identity import normalize_arxiv_id
+
+FORMAT = "arxiv-feed"
+_ROOT = re.compile(r"<(?:feed|rss|rdf:RDF)\b", re.I)
+_ARXIV_IN = re.compile(
+    r"(?:arxiv\.org/(?:abs|pdf)/|oai:arXiv\.org:|^arXiv:|^)"
+    r"(\d{4}\.\d{4,5}(?:v\d+)?|[a-z\-]+(?:\.[A-Z]{2})?/\d{7}(?:v\d+)?)",
+    re.I,
+)
+_RSS_PREFIX = re.compile(r"^\s*arXiv:\S+\s+Announce Type:\s*\S+\s*(?:Abstract:\s*)?", re.I)
+_AUTHOR_SPLIT = re.compile(r"\s*,\s*|\s+and\s+")
+
+
+def sniff(text: str) -> bool:
+    head = text.lstrip()[:4096]
+    return head.startswith("<") and bool(_ROOT.search(head))
+
+
+def parse(text: str, *, name: str, today: date) -> ParsedDigest:
+    feed: Any = feedparser.parse(text)
+    entries = list(feed.entries)
+    if feed.bozo and not entries:
+        raise ParseError(
+            f"{name}: not a well-formed feed ({feed.get('bozo_exception')}); "
+            "was the file truncated?"
+        )
+    papers: list[ParsedPaper] = []
+    skipped: list[str] = []
+    for index, entry in enumerate(entries):
+        title = " ".join(str(entry.get("title") or "").split())
+        if not title:
+            skipped.append(f"{name}: entry {index}: no title, skipped")
+            continue
+        papers.append(_paper(entry, title))
+    if not papers:
+        raise ParseError(f"{name}: the feed has no paper entries")
+    return ParsedDigest(
+        format=FORMAT,
+        papers=tuple(papers),
+        digest_date=_date(feed.feed.get("updated_parsed") or feed.feed.get("published_parsed")),
+        skipped=tuple(skipped),
+    )
+
+
+def _paper(entry: Any, title: str) -> ParsedPaper:
+    arxiv_id = None
+    for candidate in (entry.get("id"), entry.get("guid"), entry.get("link")):
+        match = _ARXIV_IN.search(str(candidate or ""))
+        if match and (arxiv_id := normalize_arxiv_id(match.group(1))):
+            break
+    summary = str(entry.get("summary") or "")
+    summary = " ".join(_RSS_PREFIX.sub("", summary).split())
+    return ParsedPaper(
+        title=title,
+        abstract=summary,
+        authors=_authors(entry),
+        author_count=len(_authors(entry)) or None,
+        published=_date(entry.get("published_parsed") or entry.get("updated_parsed")),
+        arxiv_id=arxiv_id,
+        url=f"https://arxiv.org/abs/{arxiv_id}"
+        if arxiv_id
+        else (str(entry.get("link") or "") or None),
+    )
+
+
+def _authors(entry: Any) -> tuple[str, ...]:
+    names = [str(a.get("name") or "").strip() for a in entry.get("authors") or []]
+    names = [n for n in names if n]
+    if len(names) == 1 and "," in names[0]:  # RSS dc:creator: "A. One, B. Two, C. Three"
+        names = [n for n in _AUTHOR_SPLIT.split(names[0]) if n]
+    return tuple(names)
+
+
+def _date(parsed: time.struct_time | None) -> date | None:
+    if not parsed:
+        return None
+    try:
+        return date(parsed.tm_year, parsed.tm_mon, parsed.tm_mday)
+    except ValueError:
+        return None
