@@ -79,7 +79,7 @@ def cli(ctx: click.Context, config: Path | None, verbose: int) -> None:
     Quick start:
       newsletter run --once        ingest seeds/, email everyone, write feeds
       newsletter subscriber list   who gets what
-      newsletter -h COMMAND        help and an example for every command
+      newsletter COMMAND -h        help and an example for every command
     """
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(
@@ -153,6 +153,8 @@ def run(ctx: Context, once: bool, as_json: bool, now_text: str | None) -> None:
     )
     for reason in summary.quarantined:
         click.echo(f"  quarantined: {reason}")
+    if summary.files_waiting:
+        click.echo(f"  {summary.files_waiting} file(s) still being written: read on the next run")
     for error in summary.subscriber_errors:
         click.echo(f"  skipped subscriber: {error}")
     if summary.issues_delivered:
@@ -198,8 +200,12 @@ def ingest(ctx: Context, paths: tuple[Path, ...], as_json: bool) -> None:
                 f"{r.path}: {r.entries} papers found, {r.papers_new} new, "
                 f"{r.papers_merged} merged ({r.format})"
             )
+            for note in r.skipped:
+                click.echo(f"  {note}")
         elif r.status == "quarantined":
             click.echo(f"{r.path}: quarantined: {r.reason}")
+        elif r.reason:
+            click.echo(f"{r.path}: quarantined before (same bytes): {r.reason}")
         else:
             click.echo(f"{r.path}: already ingested (same bytes), nothing to do")
 

@@ -133,12 +133,20 @@ def check_timezone(value: str) -> ZoneInfo:
         ) from None
 
 
+# NEWSLETTER_* variables that are not settings keys, read where they are used.
+OTHER_ENV = frozenset({"CONFIG", "TEST_POSTGRES_URL"})
+
+
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    """Map NEWSLETTER_KEY / NEWSLETTER_SECTION_KEY variables onto the settings tree."""
+    """Map NEWSLETTER_KEY / NEWSLETTER_SECTION_KEY variables onto the settings tree.
+
+    An unknown NEWSLETTER_* variable is an error, like an unknown key in the file: a typo in
+    a systemd unit must not silently run with the default.
+    """
     overrides: dict[str, Any] = {}
     sections: dict[str, type[_Section]] = {"mail": MailSettings, "ranking": RankingSettings}
     for var, value in environ.items():
-        if not var.startswith(ENV_PREFIX) or var == ENV_PREFIX + "CONFIG":
+        if not var.startswith(ENV_PREFIX) or var[len(ENV_PREFIX) :] in OTHER_ENV:
             continue
         key = var[len(ENV_PREFIX) :].lower()
         for section, model in sections.items():
@@ -146,10 +154,12 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
                 overrides.setdefault(section, {})[key[len(section) + 1 :]] = value
                 break
         else:
-            if key in Settings.model_fields and key not in sections:
-                overrides[key] = value
-            # Other NEWSLETTER_* variables (secrets such as NEWSLETTER_SMTP_PASSWORD, test
-            # switches) are read where they are used, not here.
+            if key not in Settings.model_fields or key in sections:
+                raise ConfigError(
+                    f"unknown environment variable {var}: not a setting (see README "
+                    '"Configuration reference"); unset it or fix its spelling'
+                )
+            overrides[key] = value
     return overrides
 
 

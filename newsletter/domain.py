@@ -90,7 +90,8 @@ class Subscriber:
     min_score: float
     send_when_empty: bool
     status: SubscriberStatus
-    token: str  # secret, URL-safe, >= 128 bits: unsubscribe, private feed, web view
+    token: str  # secret, URL-safe, 192 bits: unsubscribe, preferences, web view
+    feed_token: str = ""  # a second secret for the private feed: feed URLs get shared
 
 
 # --------------------------------------------------------------------------- rank
@@ -178,7 +179,7 @@ class SiteInfo:
         """kind is "atom" or "rss"; None is the global feed."""
         if subscriber is None:
             return f"{self.base_url}/feeds/all.{kind}"
-        return f"{self.base_url}/feeds/{subscriber.token}.{kind}"
+        return f"{self.base_url}/feeds/{subscriber.feed_token}.{kind}"
 
     @property
     def domain(self) -> str:

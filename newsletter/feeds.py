@@ -162,7 +162,7 @@ def write_feeds(
     directory: Path,
     templates_dir: Path | None = None,
 ) -> list[Path]:
-    """Write ``all.atom``/``all.rss`` (or ``<token>.atom``/``.rss``); return the files that changed.
+    """Write ``all.atom``/``all.rss`` (or ``<feed_token>.atom``/``.rss``); return what changed.
 
     Each file is written to a temporary file in the same directory and moved into place with
     ``os.replace``, so a reader never sees half a feed; identical bytes are not rewritten.
@@ -170,12 +170,13 @@ def write_feeds(
     if subscriber is None:
         stem = "all"
     else:
-        if not _TOKEN_RE.match(subscriber.token) or subscriber.token == "all":
+        if not _TOKEN_RE.match(subscriber.feed_token) or subscriber.feed_token == "all":
             raise NewsletterError(
-                f"subscriber {subscriber.id}: token {subscriber.token!r} cannot name a feed file "
+                f"subscriber {subscriber.id}: feed token {subscriber.feed_token!r} cannot name a "
+                "feed file "
                 "(expected URL-safe characters only); regenerate the subscriber's token"
             )
-        stem = subscriber.token
+        stem = subscriber.feed_token
     documents = build_feeds(items, site=site, subscriber=subscriber, templates_dir=templates_dir)
     directory.mkdir(parents=True, exist_ok=True)
     changed: list[Path] = []

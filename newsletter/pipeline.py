@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from newsletter.config import Settings
@@ -26,10 +27,13 @@ from newsletter.domain import (
     Subscriber,
     SubscriberStatus,
 )
-from newsletter.errors import NewsletterError, ProfileError
+from newsletter.errors import DeliveryError, NewsletterError, ProfileError
 from newsletter.ingest import FileReport, InboxScanner, ingest_paths
 from newsletter.store import Store
 from newsletter.subscribers import Defaults, load_config_file
+
+if TYPE_CHECKING:  # rendering pulls in premailer and lxml: imported where used, not at start
+    from newsletter.render import EmailRenderer
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +97,13 @@ def slot_date_for(subscriber: Subscriber, now: datetime) -> date:
     return now.astimezone(ZoneInfo(subscriber.timezone)).date()
 
 
+def is_send_day(subscriber: Subscriber, now: datetime) -> bool:
+    """Daily subscribers every day; weekly ones on their chosen local weekdays only."""
+    return (
+        not subscriber.weekdays or slot_date_for(subscriber, now).weekday() in subscriber.weekdays
+    )
+
+
 def select_papers(
     store: Store, settings: Settings, subscribers: Sequence[Subscriber], now: datetime
 ) -> dict[int, tuple[tuple[ScoredPaper, ...], Profile]]:
@@ -105,7 +116,9 @@ def select_papers(
     from newsletter.profile import parse_profile
     from newsletter.rank import RankRequest, RankSettings, rank_papers
 
-    papers = store.papers(seen_since=now - timedelta(days=settings.candidate_window_days))
+    papers = store.papers(
+        seen_since=now - timedelta(days=settings.candidate_window_days), seen_until=now
+    )
     paper_ids = frozenset(p.id for p in papers)
     requests, kept = [], []
     for sub in subscribers:
@@ -114,7 +127,7 @@ def select_papers(
         except ProfileError as exc:
             log.error("skipped %s: %s", sub.email, exc)
             continue
-        eligible = paper_ids - store.sent_paper_ids(sub.id)
+        eligible = paper_ids - store.assigned_paper_ids(sub.id)
         requests.append(
             RankRequest(
                 profile=profile,
@@ -137,7 +150,11 @@ def plan_issues(
     Returns (issues planned, subscribers with nothing to send).
     """
     active = [only] if only else store.subscribers(SubscriberStatus.ACTIVE)
-    due = [s for s in active if store.issue(s.id, slot_date_for(s, now)) is None]
+    due = [
+        s
+        for s in active
+        if is_send_day(s, now) and store.issue(s.id, slot_date_for(s, now)) is None
+    ]
     selections = select_papers(store, settings, due, now)
     planned = empty = 0
     for sub in due:
@@ -172,84 +189,133 @@ def deliver_pending(
     now: datetime,
     progress: Callable[[str], None] | None = None,
 ) -> list[dict[str, object]]:
-    """Render and send every issue that is planned, rendered or was in flight at a crash."""
+    """Render and send every issue that is planned, rendered or was in flight at a crash.
+
+    An issue of someone who is no longer active is marked failed with that reason (their
+    papers stay assigned to it, so a later re-subscription never receives them twice).
+    """
     from newsletter.render import EmailRenderer
 
     renderer = EmailRenderer(settings.templates_dir, settings.site)
     subscribers = {s.id: s for s in store.subscribers()}
-    delivered = []
+    delivered: list[dict[str, object]] = []
     pending = store.issues(states=[IssueState.PLANNED, IssueState.RENDERED, IssueState.SENDING])
     for issue in pending:
         sub = subscribers[issue.subscriber_id]
         if sub.status is not SubscriberStatus.ACTIVE:
-            log.info("not sending issue %d: %s is %s", issue.id, sub.email, sub.status.value)
+            store.mark_failed(issue.id, reply=f"not sent: {sub.email} is {sub.status.value}")
+            log.info("issue %d not sent: %s is %s", issue.id, sub.email, sub.status.value)
             continue
         if issue.next_retry_at and issue.next_retry_at > now:
             continue
-        try:
-            if issue.state is IssueState.PLANNED:
-                rendered = renderer.render(_content(store, issue, sub))
-                store.mark_rendered(
-                    issue.id,
-                    subject=rendered.subject,
-                    html=rendered.html,
-                    message=rendered.message,
-                    message_id=rendered.message_id,
-                )
-            message = store.rendered_message(issue.id)
-            assert message is not None
-            store.mark_sending(issue.id)
-            envelope = Envelope(
-                sender=settings.mail.from_address,
-                recipient=sub.email,
-                message_id=settings.site.message_id(sub, issue.slot_date),
-                name_hint=_file_label(issue, sub),
-            )
-            where = mailer.send(envelope, message)
-        except NewsletterError as exc:
-            store.mark_failed(issue.id, reply=str(exc))
-            log.error("issue %d for %s failed: %s", issue.id, sub.email, exc)
+        where = _deliver_one(store, settings, renderer, mailer, issue, sub, now)
+        if where is None:
             continue
-        store.mark_sent(issue.id, sent_at=now, reply=where)
-        log.info(
-            "sent issue %d to %s (%d papers): %s", issue.id, sub.email, len(issue.paper_ids), where
-        )
+        n = len(issue.paper_ids)
+        log.info("sent issue %d to %s (%d papers): %s", issue.id, sub.email, n, where)
         delivered.append(
-            {
-                "email": sub.email,
-                "slot": issue.slot_date.isoformat(),
-                "papers": len(issue.paper_ids),
-                "where": where,
-            }
+            {"email": sub.email, "slot": issue.slot_date.isoformat(), "papers": n, "where": where}
         )
         if progress:
-            progress(f"sent {sub.email}: {len(issue.paper_ids)} papers -> {where}")
+            progress(f"sent {sub.email}: {n} papers -> {where}")
     return delivered
 
 
+MAX_ATTEMPTS = 5
+RETRY_BASE = timedelta(minutes=5)
+
+
+def _deliver_one(
+    store: Store,
+    settings: Settings,
+    renderer: EmailRenderer,
+    mailer: Mailer,
+    issue: IssueRecord,
+    sub: Subscriber,
+    now: datetime,
+) -> str | None:
+    """Render (if needed), claim and send one issue; None when it was not sent now."""
+    try:
+        if issue.state is IssueState.PLANNED:
+            rendered = renderer.render(_content(store, issue, sub))
+            if not store.mark_rendered(
+                issue.id,
+                subject=rendered.subject,
+                html=rendered.html,
+                message=rendered.message,
+                message_id=rendered.message_id,
+            ):
+                return None  # another run got there first
+        if not store.claim_for_sending(issue):
+            return None
+        message = store.rendered_message(issue.id)
+        assert message is not None
+        envelope = Envelope(
+            sender=settings.mail.from_address,
+            recipient=sub.email,
+            message_id=settings.site.message_id(sub, issue.slot_date),
+            name_hint=_file_label(issue, sub),
+        )
+        where = mailer.send(envelope, message)
+    except Exception as exc:  # noqa: BLE001 - one bad issue must never stop the others
+        attempts = issue.attempts + 1
+        permanent = isinstance(exc, DeliveryError) and exc.permanent
+        retry = not permanent and attempts < MAX_ATTEMPTS
+        retry_at = now + RETRY_BASE * 2 ** (attempts - 1) if retry else None
+        reason = str(exc) if isinstance(exc, NewsletterError) else f"{type(exc).__name__}: {exc}"
+        store.mark_failed(issue.id, reply=reason, next_retry_at=retry_at)
+        if retry_at:
+            log.warning("issue %d for %s: %s; retry at %s", issue.id, sub.email, reason, retry_at)
+        else:
+            log.error("issue %d for %s failed: %s", issue.id, sub.email, reason)
+        return None
+    store.mark_sent(issue.id, sent_at=now, reply=where)
+    return where
+
+
 def _file_label(issue: IssueRecord, sub: Subscriber) -> str:
-    """Outbox file name: one per (slot, subscriber), so a re-send replaces, never adds."""
-    return f"{issue.slot_date.isoformat()}_{sub.id:05d}_{sub.email.replace('@', '_at_')}"
+    """Outbox file name: one per (slot, subscriber), so a re-send replaces, never adds.
+
+    Only a short prefix of the address: a valid address can be longer than a file name may be.
+    """
+    return f"{issue.slot_date.isoformat()}_{sub.id:05d}_{sub.email.split('@')[0][:32]}"
 
 
 def write_all_feeds(store: Store, settings: Settings) -> int:
-    """The global feed and one private pair per active subscriber; returns files written."""
+    """The global feed and one private pair per active subscriber; returns files changed.
+
+    The private feeds of people who are no longer active are removed: an unsubscribe also
+    ends their feed.
+    """
     from newsletter.feeds import write_feeds
 
-    site = settings.site
-    written = write_feeds(
-        store.global_feed_items(), site=site, subscriber=None, directory=settings.feeds_dir
-    )
-    count = len(written)
-    for sub in store.subscribers(SubscriberStatus.ACTIVE):
-        count += len(
-            write_feeds(
-                store.subscriber_feed_items(sub.id),
-                site=site,
-                subscriber=sub,
-                directory=settings.feeds_dir,
-            )
+    site, directory, templates = settings.site, settings.feeds_dir, settings.templates_dir
+    count = len(
+        write_feeds(
+            store.global_feed_items(),
+            site=site,
+            subscriber=None,
+            directory=directory,
+            templates_dir=templates,
         )
+    )
+    for sub in store.subscribers():
+        if sub.status is SubscriberStatus.ACTIVE:
+            count += len(
+                write_feeds(
+                    store.subscriber_feed_items(sub.id),
+                    site=site,
+                    subscriber=sub,
+                    directory=directory,
+                    templates_dir=templates,
+                )
+            )
+            continue
+        for kind in ("atom", "rss"):
+            stale = directory / f"{sub.feed_token}.{kind}"
+            if stale.exists():
+                stale.unlink()
+                count += 1
     return count
 
 
@@ -327,6 +393,7 @@ def preview(settings: Settings, email: str, now: datetime, out_dir: Path) -> Pat
 
     store = open_store(settings)
     try:
+        sync_subscribers(store, settings, now)
         sub = store.subscriber(email)
         if sub is None:
             raise NewsletterError(

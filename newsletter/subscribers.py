@@ -59,7 +59,8 @@ class LoadResult:
 
 def normalize_email(raw: str) -> str:
     try:
-        info = validate_email(raw.strip(), check_deliverability=False)
+        # ASCII only: an SMTPUTF8 address could be stored but not sent by every server.
+        info = validate_email(raw.strip(), check_deliverability=False, allow_smtputf8=False)
     except EmailNotValidError as exc:
         raise ValueError(f"invalid email address {raw!r}: {exc}") from None
     return str(info.normalized).lower()
@@ -108,7 +109,7 @@ def make_spec(entry: Mapping[str, Any], defaults: Defaults, *, where: str) -> Su
         field = "days"
         weekdays = parse_days(entry.get("days"))
         field = "max_papers"
-        max_papers = int(entry.get("max_papers") or defaults.max_papers)
+        max_papers = _whole_number(entry.get("max_papers"), defaults.max_papers)
         if not 1 <= max_papers <= 500:
             raise ValueError(f"max_papers must be between 1 and 500, not {max_papers}")
         field = "min_score"
@@ -116,6 +117,8 @@ def make_spec(entry: Mapping[str, Any], defaults: Defaults, *, where: str) -> Su
         min_score = float(defaults.min_score if raw_min in (None, "") else raw_min)
         if min_score < 0:
             raise ValueError(f"min_score must be 0 or more, not {min_score}")
+        field = "send_when_empty"
+        send_when_empty = _boolean(entry.get("send_when_empty"))
         field = "profile"
         profile = str(entry.get("profile") or "").strip()
         parse_profile(profile, who=f"subscriber {email}")
@@ -132,8 +135,32 @@ def make_spec(entry: Mapping[str, Any], defaults: Defaults, *, where: str) -> Su
         profile=profile,
         max_papers=max_papers,
         min_score=min_score,
-        send_when_empty=bool(entry.get("send_when_empty", False)),
+        send_when_empty=send_when_empty,
     )
+
+
+def _whole_number(value: Any, default: int) -> int:
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(f"{value!r} is not a whole number")
+    try:
+        return int(str(value).strip()) if isinstance(value, str) else int(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a whole number") from None
+
+
+_TRUE = frozenset({"true", "yes", "1", "on"})
+_FALSE = frozenset({"false", "no", "0", "off", ""})
+
+
+def _boolean(value: Any) -> bool:
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in _TRUE | _FALSE:
+        return text in _TRUE
+    raise ValueError(f"{value!r} is not true or false")
 
 
 def _clean_name(name: str) -> str:

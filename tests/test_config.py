@@ -95,3 +95,14 @@ def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
     path.write_text("name = \n")
     with pytest.raises(ConfigError, match=f"{path}: not valid TOML"):
         load_settings(path, environ={})
+
+
+def test_misspelled_environment_variable_is_named() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(ROOT / "config" / "newsletter.toml", environ={"NEWSLETTER_INBX": "x"})
+    assert str(err.value) == (
+        "unknown environment variable NEWSLETTER_INBX: not a setting (see README "
+        '"Configuration reference"); unset it or fix its spelling'
+    )
+    ok = {"NEWSLETTER_TEST_POSTGRES_URL": "postgresql://x", "OTHER_VAR": "1"}
+    assert load_settings(ROOT / "config" / "newsletter.toml", environ=ok).inbox == Path("seeds")

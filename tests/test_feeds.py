@@ -26,7 +26,7 @@ SITE = SiteInfo(
 T0 = datetime(2025, 3, 10, 8, 0, tzinfo=UTC)
 
 
-def subscriber(token: str = "tok-ada") -> Subscriber:
+def subscriber(feed_token: str = "feed-ada") -> Subscriber:
     return Subscriber(
         id=1,
         email="ada@example.com",
@@ -39,7 +39,8 @@ def subscriber(token: str = "tok-ada") -> Subscriber:
         min_score=0.0,
         send_when_empty=False,
         status=SubscriberStatus.ACTIVE,
-        token=token,
+        token="tok-ada",
+        feed_token=feed_token,
     )
 
 
@@ -214,12 +215,12 @@ def test_write_feeds_atomically_and_only_when_changed(tmp_path: Path) -> None:
     assert feedparser.parse((out / "all.rss").read_bytes()).entries[0].title == "Later"
 
     mine = write_feeds(items(), site=SITE, subscriber=subscriber(), directory=out)
-    assert mine == [out / "tok-ada.atom", out / "tok-ada.rss"]
+    assert mine == [out / "feed-ada.atom", out / "feed-ada.rss"]
     assert sorted(p.name for p in out.iterdir()) == [
         "all.atom",
         "all.rss",
-        "tok-ada.atom",
-        "tok-ada.rss",
+        "feed-ada.atom",
+        "feed-ada.rss",
     ]
 
 

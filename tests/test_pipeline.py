@@ -10,6 +10,7 @@ from pathlib import Path
 import feedparser
 
 from newsletter.config import Settings
+from newsletter.deliver import Envelope, MemoryMailer
 from newsletter.domain import IssueState
 from newsletter.pipeline import open_store, preview, run_once
 from tests.conftest import NOW
@@ -53,7 +54,16 @@ def test_first_run_ingests_seeds_and_delivers_one_issue_each(settings: Settings)
         assert store.sent_paper_ids(issue.subscriber_id) == set(issue.paper_ids)
     store.close()
     feeds = sorted(p.name for p in settings.feeds_dir.iterdir())
-    assert len(feeds) == 8 and "all.atom" in feeds and "all.rss" in feeds
+    store = open_store(settings)
+    subs = store.subscribers()
+    store.close()
+    assert feeds == sorted(
+        ["all.atom", "all.rss"]
+        + [f"{s.feed_token}.{kind}" for s in subs for kind in ("atom", "rss")]
+    )
+    # The unsubscribe token appears in no feed: a shared feed URL cannot unsubscribe anyone.
+    for path in settings.feeds_dir.iterdir():
+        assert not any(s.token in path.read_text(encoding="utf-8") for s in subs), path.name
     atom = feedparser.parse((settings.feeds_dir / "all.atom").read_bytes())
     assert atom.bozo == 0 and len(atom.entries) == 380
 
@@ -139,6 +149,12 @@ def test_unsubscribed_subscriber_gets_nothing(settings: Settings) -> None:
         "grace@example.org",
         "karen@example.org",
     ]
+    store = open_store(settings)
+    ada = store.subscriber("ada@example.org")
+    store.close()
+    assert ada is not None
+    assert not (settings.feeds_dir / f"{ada.feed_token}.atom").exists()
+    assert not (settings.feeds_dir / f"{ada.feed_token}.rss").exists()
 
 
 def test_preview_writes_html_and_records_nothing(settings: Settings, tmp_path: Path) -> None:
@@ -150,3 +166,121 @@ def test_preview_writes_html_and_records_nothing(settings: Settings, tmp_path: P
     assert len(store.issues()) == 3
     store.close()
     assert len(list(settings.outbox_dir.glob("*.eml"))) == 3
+
+
+class FlakyMailer(MemoryMailer):
+    """Fails for the listed recipients (as a full disk or a refused connection would)."""
+
+    def __init__(self, failing: set[str]) -> None:
+        super().__init__()
+        self.failing = failing
+
+    def send(self, envelope: Envelope, message: bytes) -> str:
+        if envelope.recipient in self.failing:
+            raise OSError(28, "No space left on device")
+        return super().send(envelope, message)
+
+
+def _all_issue_papers(settings: Settings) -> dict[str, list[int]]:
+    store = open_store(settings)
+    emails = {s.id: s.email for s in store.subscribers()}
+    out: dict[str, list[int]] = {}
+    for issue in store.issues():
+        out.setdefault(emails[issue.subscriber_id], []).extend(issue.paper_ids)
+    store.close()
+    return out
+
+
+def test_one_failing_recipient_does_not_stop_the_others(settings: Settings) -> None:
+    mailer = FlakyMailer({"grace@example.org"})
+    summary = run_once(settings, now=NOW, mailer=mailer)
+    assert sorted(d["email"] for d in summary.delivered) == ["ada@example.org", "karen@example.org"]
+    store = open_store(settings)
+    grace = store.subscriber("grace@example.org")
+    assert grace is not None
+    issue = store.issue(grace.id, NOW.date())
+    assert issue is not None
+    assert (issue.state, issue.attempts, issue.next_retry_at) == (
+        IssueState.RENDERED,
+        1,
+        NOW + timedelta(minutes=5),
+    )
+    assert issue.last_reply == "OSError: [Errno 28] No space left on device"
+    assert store.sent_paper_ids(grace.id) == set()
+    store.close()
+    # Before the retry time nothing is sent; after it, the same stored message goes out.
+    assert run_once(settings, now=NOW + timedelta(minutes=1), mailer=mailer).issues_delivered == 0
+    mailer.failing.clear()
+    later = run_once(settings, now=NOW + timedelta(minutes=6), mailer=mailer)
+    assert [d["email"] for d in later.delivered] == ["grace@example.org"]
+    ids = {
+        msg["Message-ID"]
+        for _, raw in mailer.sent
+        for msg in [email.message_from_bytes(raw, policy=email.policy.default)]
+    }
+    assert len(ids) == 3
+
+
+def test_retries_are_bounded(settings: Settings) -> None:
+    mailer = FlakyMailer({"grace@example.org"})
+    when = NOW
+    for _ in range(5):
+        run_once(settings, now=when, mailer=mailer)
+        when += timedelta(hours=3)
+    store = open_store(settings)
+    (failed,) = store.issues(states=[IssueState.FAILED])
+    assert (failed.attempts, failed.next_retry_at) == (5, None)
+    store.close()
+
+
+def test_no_paper_twice_after_a_crashed_run(settings: Settings, workdir: Path) -> None:
+    blocker = workdir / "blocker"
+    blocker.write_text("a file where the outbox folder should be")
+    broken = settings.model_copy(update={"outbox_dir": blocker / "out"})
+    first = run_once(broken, now=NOW)
+    assert first.issues_delivered == 0
+    second = run_once(settings, now=NOW + timedelta(days=1))
+    # Yesterday's three issues, retried, and today's three, holding other papers.
+    assert sorted(d["slot"] for d in second.delivered) == ["2026-11-23"] * 3 + ["2026-11-24"] * 3
+    for email_address, paper_ids in _all_issue_papers(settings).items():
+        assert len(paper_ids) == len(set(paper_ids)), email_address
+
+
+def test_weekly_subscriber_only_on_their_days(settings: Settings, workdir: Path) -> None:
+    (workdir / "config" / "subscribers.toml").write_text(
+        SPEECH_ONLY.replace("max_papers = 100", 'max_papers = 3\ndays = ["wed"]')
+    )
+    monday = NOW  # 2026-11-23 is a Monday
+    assert run_once(settings, now=monday).issues_delivered == 0
+    wednesday = run_once(settings, now=monday + timedelta(days=2))
+    assert [(d["email"], d["slot"]) for d in wednesday.delivered] == [
+        ("sam@example.org", "2026-11-25")
+    ]
+
+
+def test_unsubscribing_cancels_a_pending_issue(settings: Settings) -> None:
+    from newsletter.domain import SubscriberStatus
+
+    mailer = FlakyMailer({"ada@example.org"})
+    run_once(settings, now=NOW, mailer=mailer)
+    store = open_store(settings)
+    store.set_subscriber_status("ada@example.org", SubscriberStatus.UNSUBSCRIBED, NOW)
+    store.close()
+    mailer.failing.clear()
+    summary = run_once(settings, now=NOW + timedelta(hours=1), mailer=mailer)
+    assert summary.issues_delivered == 0
+    store = open_store(settings)
+    (failed,) = store.issues(states=[IssueState.FAILED])
+    assert failed.last_reply == "not sent: ada@example.org is unsubscribed"
+    store.close()
+
+
+def test_a_very_long_address_still_gets_its_issue(settings: Settings, workdir: Path) -> None:
+    address = "a" * 64 + "@" + "b" * 63 + "." + "c" * 63 + ".example.org"
+    (workdir / "config" / "subscribers.toml").write_text(
+        SPEECH_ONLY.replace("sam@example.org", address)
+    )
+    summary = run_once(settings, now=NOW)
+    assert [d["email"] for d in summary.delivered] == [address]
+    (path,) = settings.outbox_dir.glob("*.eml")
+    assert len(path.name) < 100

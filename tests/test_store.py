@@ -40,7 +40,7 @@ def test_migrations_create_exactly_the_models(store: Store) -> None:
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
-    assert store.migrate() == "0002"  # idempotent
+    assert store.migrate() == "0003"  # idempotent
 
 
 def test_subscriber_upsert_never_reactivates(store: Store) -> None:
@@ -86,8 +86,15 @@ def test_issue_lifecycle_writes_sent_log_with_sent_state(store: Store) -> None:
     assert issue is not None and issue.state is IssueState.PLANNED
     assert issue.paper_ids == tuple(ids[:2])
     assert store.plan_issue(sub.id, date(2026, 11, 23), scored, NOW) is None  # one per slot
-    store.mark_rendered(issue.id, subject="S", html="<p>", message=b"m", message_id="<m@x>")
-    store.mark_sending(issue.id)
+    assert store.mark_rendered(issue.id, subject="S", html="<p>", message=b"m", message_id="<m@x>")
+    assert not store.mark_rendered(  # rendered once only
+        issue.id, subject="S2", html="<p>", message=b"m2", message_id="<m@x>"
+    )
+    rendered = store.issue(sub.id, date(2026, 11, 23))
+    assert rendered is not None and rendered.state is IssueState.RENDERED
+    assert store.claim_for_sending(rendered)
+    assert not store.claim_for_sending(rendered)  # an overlapping run reads the same record
+    assert store.rendered_message(issue.id) == b"m"
     assert store.sent_paper_ids(sub.id) == set()
     sent_at = NOW + timedelta(minutes=1)
     store.mark_sent(issue.id, sent_at=sent_at)
@@ -116,8 +123,9 @@ def test_failed_issue_keeps_reason(store: Store) -> None:
     store.mark_failed(issue.id, reply="451 try later", next_retry_at=retry)
     again = store.issue(sub.id, date(2026, 11, 23))
     assert again is not None
+    # Never rendered: it stays planned, due again at the retry time.
     assert (again.state, again.last_reply, again.next_retry_at) == (
-        IssueState.RENDERED,
+        IssueState.PLANNED,
         "451 try later",
         retry,
     )
@@ -139,3 +147,42 @@ def test_datetimes_come_back_utc_aware(store: Store) -> None:
     (paper,) = store.papers()
     assert paper.first_seen_at == berlin
     assert paper.first_seen_at.utcoffset() == timedelta(0)
+
+
+def test_upgrade_from_0001_backfills_title_keys(database_url: str) -> None:
+    from sqlalchemy import text
+
+    store = Store(database_url)
+    assert store.migrate("0001") == "0001"
+    with store.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO papers (key, title, abstract, authors, first_seen_at, updated_at) "
+                "VALUES ('title:e2ganefficienttraining', 'E$^{2}$GAN: Efficient Training', "
+                "'short', '[]', :t, :t)"
+            ),
+            {"t": NOW},
+        )
+    assert store.migrate() == "0003"
+    # A JSON entry with an arXiv id and a differently written title finds the stored paper.
+    incoming = ParsedPaper(
+        title="E2GAN: efficient training", abstract="a longer abstract", arxiv_id="2401.00001"
+    )
+    from newsletter.ingest.identity import paper_key, title_key
+
+    record = store.record_digest(
+        path="x.json",
+        content_hash="j",
+        size=1,
+        seen_at=NOW,
+        format="hf-json",
+        papers=[KeyedPaper(paper_key(incoming), incoming, title_key(incoming.title))],
+    )
+    assert (record.papers_new, record.papers_merged) == (0, 1)
+    (paper,) = store.papers()
+    assert (paper.key, paper.arxiv_id, paper.abstract) == (
+        "title:e2ganefficienttraining",
+        "2401.00001",
+        "a longer abstract",
+    )
+    store.close()

@@ -74,3 +74,27 @@ def test_names_lose_control_characters() -> None:
     )
     assert spec.name == "Eve Bcc: x@evil"
     assert spec.email == "e@example.org"
+
+
+@pytest.mark.parametrize(
+    "entry,message",
+    [
+        ({"max_papers": 0}, "max_papers: max_papers must be between 1 and 500, not 0"),
+        ({"max_papers": 2.9}, "max_papers: 2.9 is not a whole number"),
+        ({"max_papers": "ten"}, "max_papers: 'ten' is not a whole number"),
+        ({"send_when_empty": "maybe"}, "send_when_empty: 'maybe' is not true or false"),
+        ({"email": "josé@example.org"}, "email: invalid email address 'josé@example.org'"),
+    ],
+)
+def test_strict_field_values(entry: dict[str, object], message: str) -> None:
+    base: dict[str, object] = {"email": "x@example.org", "profile": "speech"}
+    with pytest.raises(SubscriberError) as err:
+        make_spec({**base, **entry}, D, where="here")
+    assert str(err.value).startswith(f"here: {message}")
+
+
+def test_send_when_empty_parses_words() -> None:
+    base = {"email": "x@example.org", "profile": "speech"}
+    assert make_spec({**base, "send_when_empty": "false"}, D, where="t").send_when_empty is False
+    assert make_spec({**base, "send_when_empty": "yes"}, D, where="t").send_when_empty is True
+    assert make_spec({**base, "send_when_empty": True}, D, where="t").send_when_empty is True

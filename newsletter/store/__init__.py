@@ -128,8 +128,8 @@ class Store:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def migrate(self) -> str:
-        """Apply Alembic migrations up to head; return the resulting revision."""
+    def migrate(self, revision: str = "head") -> str:
+        """Apply Alembic migrations up to ``revision``; return the resulting revision."""
         from alembic import command
         from alembic.config import Config
         from alembic.runtime.migration import MigrationContext
@@ -141,15 +141,15 @@ class Store:
         try:
             with self.engine.begin() as conn:
                 cfg.attributes["connection"] = conn
-                command.upgrade(cfg, "head")
+                command.upgrade(cfg, revision)
             with self.engine.connect() as conn:
-                revision = MigrationContext.configure(conn).get_current_revision()
+                current = MigrationContext.configure(conn).get_current_revision()
         except OperationalError as exc:
             raise StorageError(
                 f"cannot open database {self.engine.url.render_as_string(hide_password=True)}: "
                 f"{exc.orig}. Check database_url / NEWSLETTER_DATABASE_URL."
             ) from None
-        return revision or ""
+        return current or ""
 
     def table_names(self) -> list[str]:
         return sorted(inspect(self.engine).get_table_names())
@@ -299,11 +299,15 @@ class Store:
         with self._session() as s:
             return int(s.scalar(select(func.count()).select_from(PaperRow)) or 0)
 
-    def papers(self, *, seen_since: datetime | None = None) -> list[Paper]:
+    def papers(
+        self, *, seen_since: datetime | None = None, seen_until: datetime | None = None
+    ) -> list[Paper]:
         with self._session() as s:
             query = select(PaperRow).order_by(PaperRow.id)
             if seen_since is not None:
                 query = query.where(PaperRow.first_seen_at >= seen_since)
+            if seen_until is not None:
+                query = query.where(PaperRow.first_seen_at <= seen_until)
             return [rows.paper(r) for r in s.scalars(query)]
 
     def papers_by_id(self, ids: Iterable[int]) -> dict[int, Paper]:
@@ -335,6 +339,7 @@ class Store:
                     email=spec.email,
                     status=status.value,
                     token=new_token(),
+                    feed_token=new_token(),
                     source=source,
                     created_at=now,
                 )
@@ -375,6 +380,22 @@ class Store:
             return set(
                 s.scalars(
                     select(SentLogRow.paper_id).where(SentLogRow.subscriber_id == subscriber_id)
+                )
+            )
+
+    def assigned_paper_ids(self, subscriber_id: int) -> set[int]:
+        """Papers already in any issue of this subscriber, sent or not yet.
+
+        A paper belongs to at most one issue per subscriber: a planned issue that has not gone
+        out yet (a crash, a retry pending) still owns its papers, so the next slot cannot
+        plan them a second time.
+        """
+        with self._session() as s:
+            return set(
+                s.scalars(
+                    select(IssuePaperRow.paper_id)
+                    .join(IssueRow, IssueRow.id == IssuePaperRow.issue_id)
+                    .where(IssueRow.subscriber_id == subscriber_id)
                 )
             )
 
@@ -444,24 +465,43 @@ class Store:
 
     def mark_rendered(
         self, issue_id: int, *, subject: str, html: str, message: bytes, message_id: str
-    ) -> None:
+    ) -> bool:
+        """Store the rendered message; False if the issue was no longer planned (taken)."""
         with self._session() as s:
-            row = s.get(IssueRow, issue_id)
-            assert row is not None
-            row.subject, row.html, row.message, row.message_id = subject, html, message, message_id
-            row.state = IssueState.RENDERED.value
+            result = s.execute(
+                update(IssueRow)
+                .where(IssueRow.id == issue_id, IssueRow.state == IssueState.PLANNED.value)
+                .values(
+                    subject=subject,
+                    html=html,
+                    message=message,
+                    message_id=message_id,
+                    state=IssueState.RENDERED.value,
+                )
+            )
+            return bool(result.rowcount)  # type: ignore[attr-defined]
 
     def rendered_message(self, issue_id: int) -> bytes | None:
         with self._session() as s:
             return s.scalar(select(IssueRow.message).where(IssueRow.id == issue_id))
 
-    def mark_sending(self, issue_id: int) -> None:
+    def claim_for_sending(self, issue: IssueRecord) -> bool:
+        """Move the issue to ``sending`` and count the attempt, if nobody else did.
+
+        Optimistic: the update only matches the state and attempt count we read, so of two
+        overlapping runs that read the same issue exactly one claims it; the other skips it.
+        """
         with self._session() as s:
-            s.execute(
+            result = s.execute(
                 update(IssueRow)
-                .where(IssueRow.id == issue_id)
+                .where(
+                    IssueRow.id == issue.id,
+                    IssueRow.attempts == issue.attempts,
+                    IssueRow.state.in_([IssueState.RENDERED.value, IssueState.SENDING.value]),
+                )
                 .values(state=IssueState.SENDING.value, attempts=IssueRow.attempts + 1)
             )
+            return bool(result.rowcount)  # type: ignore[attr-defined]
 
     def mark_sent(self, issue_id: int, *, sent_at: datetime, reply: str | None = None) -> None:
         """Mark sent and write the sent log in the same transaction."""
@@ -493,13 +533,19 @@ class Store:
     def mark_failed(
         self, issue_id: int, *, reply: str, next_retry_at: datetime | None = None
     ) -> None:
-        """Record a failure; with next_retry_at the issue stays due (rendered), else failed."""
+        """Record a failure. With ``next_retry_at`` the issue stays due (planned if it was
+        never rendered, else rendered) and is retried then; without, it is failed for good."""
         with self._session() as s:
             row = s.get(IssueRow, issue_id)
             assert row is not None
             row.last_reply = reply
             row.next_retry_at = next_retry_at
-            row.state = (IssueState.RENDERED if next_retry_at else IssueState.FAILED).value
+            if next_retry_at is None:
+                row.state = IssueState.FAILED.value
+            else:
+                row.state = (
+                    IssueState.PLANNED if row.message is None else IssueState.RENDERED
+                ).value
 
     # ------------------------------------------------------------------ feeds
 

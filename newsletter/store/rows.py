@@ -147,6 +147,7 @@ def subscriber(r: SubscriberRow) -> Subscriber:
         send_when_empty=r.send_when_empty,
         status=SubscriberStatus(r.status),
         token=r.token,
+        feed_token=r.feed_token,
     )
 
 
