@@ -38,3 +38,7 @@ class DeliveryError(NewsletterError):
 
 class StorageError(NewsletterError):
     """The database cannot be opened or migrated."""
+
+
+class DataRejected(StorageError):
+    """The database refused values (too long, out of range): the input is at fault."""

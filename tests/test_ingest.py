@@ -77,17 +77,17 @@ def test_all_seeds_store_433_entries_as_380_papers(database_url: str) -> None:
 
 
 def test_merge_keeps_richer_fields_and_never_blanks(database_url: str, tmp_path: Path) -> None:
-    tmp_path = tmp_path / "inbox"
-    tmp_path.mkdir()
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
     store = Store(database_url)
     store.migrate()
-    (tmp_path / "a.txt").write_text("Mar 3\n\nA Paper on Pre-Training\n\nShort abstract.\n")
-    (tmp_path / "b.txt").write_text(
+    (inbox / "a.txt").write_text("Mar 3\n\nA Paper on Pre-Training\n\nShort abstract.\n")
+    (inbox / "b.txt").write_text(
         "Mar 4\n\nA paper on pretraining\n\nA much longer abstract of the same paper.\n\n"
         "  • 4 authors\n·\nMar 1 7\n"
     )
-    (tmp_path / "c.txt").write_text("Mar 5\n\nA PAPER ON PRE TRAINING?\n\nShort.\n")
-    reports = ingest_paths(store, [tmp_path], now=NOW, max_bytes=1 << 20)
+    (inbox / "c.txt").write_text("Mar 5\n\nA PAPER ON PRE TRAINING?\n\nShort.\n")
+    reports = ingest_paths(store, [inbox], now=NOW, max_bytes=1 << 20)
     assert [(r.papers_new, r.papers_merged) for r in reports] == [(1, 0), (0, 1), (0, 1)]
     (paper,) = store.papers()
     assert paper.title == "A Paper on Pre-Training"  # the first title seen stays
@@ -99,16 +99,16 @@ def test_merge_keeps_richer_fields_and_never_blanks(database_url: str, tmp_path:
 def test_bad_files_are_quarantined_and_others_still_ingested(
     database_url: str, tmp_path: Path
 ) -> None:
-    tmp_path = tmp_path / "inbox"
-    tmp_path.mkdir()
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
     store = Store(database_url)
     store.migrate()
-    (tmp_path / "0_empty.txt").write_bytes(b"")
-    (tmp_path / "1_binary.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00")
-    (tmp_path / "2_good.txt").write_text("A Good Title\n\nAn abstract that is long enough.\n")
-    (tmp_path / "3_big.txt").write_text("x" * 2048)
-    (tmp_path / "4_orphan.txt").write_text("Only A Title Here\n")
-    reports = ingest_paths(store, [tmp_path], now=NOW, max_bytes=1024)
+    (inbox / "0_empty.txt").write_bytes(b"")
+    (inbox / "1_binary.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00")
+    (inbox / "2_good.txt").write_text("A Good Title\n\nAn abstract that is long enough.\n")
+    (inbox / "3_big.txt").write_text("x" * 2048)
+    (inbox / "4_orphan.txt").write_text("Only A Title Here\n")
+    reports = ingest_paths(store, [inbox], now=NOW, max_bytes=1024)
     assert [r.status for r in reports] == [
         "quarantined",
         "quarantined",
@@ -122,7 +122,7 @@ def test_bad_files_are_quarantined_and_others_still_ingested(
     assert "3_big.txt: 2048 bytes is over the 1024-byte limit" in reasons[2]
     assert "4_orphan.txt, line 1: the paper 'Only A Title Here' has no abstract" in reasons[3]
     assert [d.state for d in store.list_digests("quarantined")] == ["quarantined"] * 4
-    assert all((tmp_path / n).exists() for n in ("0_empty.txt", "1_binary.txt", "3_big.txt"))
+    assert all((inbox / n).exists() for n in ("0_empty.txt", "1_binary.txt", "3_big.txt"))
     assert store.count_papers() == 1
     store.close()
 

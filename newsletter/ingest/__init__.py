@@ -21,7 +21,7 @@ from datetime import date, datetime
 from pathlib import Path
 
 from newsletter.domain import ParsedDigest
-from newsletter.errors import ParseError
+from newsletter.errors import DataRejected, ParseError
 from newsletter.ingest import arxiv_feed, hf_json, hf_text, html_page
 from newsletter.ingest.identity import paper_key, title_key
 from newsletter.ingest.text import clean_text, decode, looks_binary
@@ -172,43 +172,60 @@ def ingest_paths(
 
 
 def ingest_file(store: Store, path: Path, *, now: datetime, max_bytes: int) -> FileReport:
+    """Ingest one file; whatever is wrong with it is recorded as its quarantine reason.
+
+    Only a database that cannot be reached stops the run (OperationalError propagates): then
+    nothing is recorded and the file is simply read again next time.
+    """
     name = str(path)
     try:
         size = path.stat().st_size
         # Never read a huge file into memory just to reject it.
         data = b"" if size > max_bytes else path.read_bytes()
-    except OSError as exc:
+    except OSError as exc:  # not recorded: a permission fix or a retry may cure it
         return FileReport(path=name, status="quarantined", reason=f"{name}: cannot read: {exc}")
     content_hash = hashlib.sha256(data if data else f"size:{size}:{name}".encode()).hexdigest()
     known = store.find_digest(content_hash)
     if known is not None:
         return FileReport(path=name, status="unchanged", format=known.format, reason=known.reason)
-    try:
-        if size > max_bytes:
-            raise ParseError(
-                f"{name}: {size} bytes is over the {max_bytes}-byte limit; split the file "
-                "or raise max_digest_bytes"
-            )
-        digest = parse_bytes(data, name=name, today=now.date())
-    except ParseError as exc:
-        reason = str(exc)
+
+    def quarantine(reason: str) -> FileReport:
         store.record_digest(
             path=name, content_hash=content_hash, size=size, seen_at=now, reason=reason
         )
         log.warning("quarantined %s", reason)
         return FileReport(path=name, status="quarantined", reason=reason)
+
+    if size > max_bytes:
+        return quarantine(
+            f"{name}: {size} bytes is over the {max_bytes}-byte limit; split the file "
+            "or raise max_digest_bytes"
+        )
+    try:
+        digest = parse_bytes(data, name=name, today=now.date())
+    except ParseError as exc:
+        return quarantine(str(exc))
+    except Exception as exc:  # noqa: BLE001 - a parser bug must not stop the other files
+        log.exception("internal error while parsing %s", name)
+        return quarantine(
+            f"{name}: internal error while parsing ({type(exc).__name__}: {exc}); "
+            "please report it with the file"
+        )
     keyed = [
         KeyedPaper(key=paper_key(p), paper=p, title_key=title_key(p.title)) for p in digest.papers
     ]
-    record = store.record_digest(
-        path=name,
-        content_hash=content_hash,
-        size=size,
-        seen_at=now,
-        format=digest.format,
-        papers=keyed,
-        digest_date=digest.digest_date,
-    )
+    try:
+        record = store.record_digest(
+            path=name,
+            content_hash=content_hash,
+            size=size,
+            seen_at=now,
+            format=digest.format,
+            papers=keyed,
+            digest_date=digest.digest_date,
+        )
+    except DataRejected as exc:
+        return quarantine(f"{name}: {exc}")
     log.info(
         "ingested %s: %d entries, %d new papers, %d merged (%s)",
         name,

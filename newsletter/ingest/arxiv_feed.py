@@ -24,7 +24,7 @@ FORMAT = "arxiv-feed"
 _ROOT = re.compile(r"<(?:feed|rss|rdf:RDF)\b", re.I)
 _ARXIV_IN = re.compile(
     r"(?:arxiv\.org/(?:abs|pdf)/|oai:arXiv\.org:|^arXiv:|^)"
-    r"(\d{4}\.\d{4,5}(?:v\d+)?|[a-z\-]+(?:\.[A-Z]{2})?/\d{7}(?:v\d+)?)",
+    r"(\d{4}\.\d{4,5}(?:v\d+)?|[a-z\-]{1,16}(?:\.[A-Z]{2})?/\d{7}(?:v\d+)?)",
     re.I,
 )
 _RSS_PREFIX = re.compile(r"^\s*arXiv:\S+\s+Announce Type:\s*\S+\s*(?:Abstract:\s*)?", re.I)
@@ -57,7 +57,7 @@ def parse(text: str, *, name: str, today: date) -> ParsedDigest:
     return ParsedDigest(
         format=FORMAT,
         papers=tuple(papers),
-        digest_date=_date(feed.feed.get("updated_parsed") or feed.feed.get("published_parsed")),
+        digest_date=_date(_raw(feed.feed, "updated_parsed") or _raw(feed.feed, "published_parsed")),
         skipped=tuple(skipped),
     )
 
@@ -75,12 +75,17 @@ def _paper(entry: Any, title: str) -> ParsedPaper:
         abstract=summary,
         authors=_authors(entry),
         author_count=len(_authors(entry)) or None,
-        published=_date(entry.get("published_parsed") or entry.get("updated_parsed")),
+        published=_date(_raw(entry, "published_parsed") or _raw(entry, "updated_parsed")),
         arxiv_id=arxiv_id,
         url=f"https://arxiv.org/abs/{arxiv_id}"
         if arxiv_id
         else (str(entry.get("link") or "") or None),
     )
+
+
+def _raw(mapping: Any, key: str) -> Any:
+    """dict.get, bypassing feedparser's deprecated key aliases (and their warnings)."""
+    return dict.get(mapping, key)
 
 
 def _authors(entry: Any) -> tuple[str, ...]:

@@ -19,7 +19,7 @@ MONTHS = {
 }
 DATE_LINE = re.compile(
     r"^(?P<mon>Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)\s+(?P<day>\d{1,2})"
-    r"(?:,\s*(?P<year>\d{4}))?(?:\s+(?P<upvotes>\d+))?$"
+    r"(?:,\s*(?P<year>\d{4}))?(?:\s+(?P<upvotes>\d{1,9}))?$"
 )
 
 

@@ -13,6 +13,8 @@ note naming their index; a file with no paper at all is a parse error.
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Mapping
 from datetime import date, datetime
 from typing import Any
@@ -22,10 +24,13 @@ from newsletter.errors import ParseError
 from newsletter.ingest.identity import normalize_arxiv_id
 
 FORMAT = "hf-json"
+MAX_COUNT = 2**31 - 1  # what the database's integer columns hold
+# JSON, not a text scrape whose first title starts with a bracket ("[Re] Reproducing …").
+_JSON_START = re.compile(r'\s*(?:\[\s*(?:[\[{"\]\d-]|true|false|null)|\{\s*["}])')
 
 
 def sniff(text: str) -> bool:
-    return text.lstrip()[:1] in ("[", "{")
+    return bool(_JSON_START.match(text))
 
 
 def parse(text: str, *, name: str, today: date) -> ParsedDigest:
@@ -36,6 +41,8 @@ def parse(text: str, *, name: str, today: date) -> ParsedDigest:
             f"{name}, line {exc.lineno}, column {exc.colno}: invalid or truncated JSON "
             f"({exc.msg}); was the file still being written?"
         ) from None
+    except (RecursionError, ValueError) as exc:  # nesting too deep, a number too long
+        raise ParseError(f"{name}: JSON this reader refuses ({exc})") from None
     if isinstance(data, Mapping):
         # Some dumps wrap the list: {"papers": [...]} / {"data": [...]}; a single paper also.
         wrapped = next(
@@ -93,9 +100,12 @@ def _text(value: Any) -> str:
 
 
 def _int(value: Any) -> int | None:
+    """A count as the store can hold it: non-negative, finite, at most MAX_COUNT."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return int(value) if value >= 0 else None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return int(value) if 0 <= value <= MAX_COUNT else None
 
 
 def _date(value: Any) -> date | None:

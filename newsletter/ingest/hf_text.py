@@ -34,15 +34,16 @@ BOILERPLATE = frozenset(
         "byAK and the research community",
     }
 )
-_AUTHORS = re.compile(r"^•\s*(\d+)\s+authors?$")
+_AUTHORS = re.compile(r"^•\s*(\d{1,9})\s+authors?$")  # 9 digits: fits the store's integers
 _DOT = "·"
 MAX_TITLE_CHARS = 400
 
 
 def sniff(text: str) -> bool:
-    """Plain text that is not JSON, XML or HTML."""
+    """Any text that is not markup. JSON is sniffed before this parser, so a title that
+    starts with a bracket ("[Re] Reproducing …") still reads as a title."""
     head = text.lstrip()[:1]
-    return bool(head) and head not in "{[<"
+    return bool(head) and head != "<"
 
 
 def _lines(text: str) -> Iterator[tuple[int, str]]:
@@ -50,7 +51,7 @@ def _lines(text: str) -> Iterator[tuple[int, str]]:
         line = raw.strip()
         if not line:
             continue
-        if line.startswith("Subscribe") and line != "Subscribe":
+        if _glued_to_subscribe(line):
             line = line[len("Subscribe") :].strip()
         if line in BOILERPLATE:
             continue
@@ -108,6 +109,14 @@ def parse(text: str, *, name: str, today: date) -> ParsedDigest:
     if not papers:
         raise ParseError(f"{name}: no paper found (expected lines of title, then abstract)")
     return ParsedDigest(format=FORMAT, papers=tuple(papers), digest_date=digest_date)
+
+
+def _glued_to_subscribe(line: str) -> bool:
+    """``SubscribeDeep Clustering…`` (button text glued to a title), not ``Subscriber …``."""
+    rest = line[len("Subscribe") :]
+    return (
+        line.startswith("Subscribe") and bool(rest) and not (rest[0].islower() or rest[0].isspace())
+    )
 
 
 def _is_meta(line: str) -> bool:

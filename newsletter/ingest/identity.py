@@ -7,12 +7,16 @@ markup (``E$^{2}$GAN`` = ``E2GAN``), because digests copy titles with all of tho
 
 from __future__ import annotations
 
+import hashlib
 import re
 import unicodedata
 
 from newsletter.domain import ParsedPaper
 
-_ARXIV_ID = re.compile(r"(?:arxiv:)?(\d{4}\.\d{4,5}|[a-z\-]+(?:\.[A-Z]{2})?/\d{7})(?:v\d+)?$", re.I)
+_ARXIV_ID = re.compile(
+    r"(?:arxiv:)?(\d{4}\.\d{4,5}|[a-z\-]{1,16}(?:\.[A-Z]{2})?/\d{7})(?:v\d+)?$", re.I
+)
+MAX_KEY_CHARS = 200  # a title key longer than this is shortened with a hash of the rest
 _LATEX_COMMAND = re.compile(r"\\[a-zA-Z]+")
 _NOT_WORD = re.compile(r"[\W_]+")
 
@@ -26,7 +30,11 @@ def normalize_arxiv_id(raw: str) -> str | None:
 def title_key(title: str) -> str:
     text = unicodedata.normalize("NFKC", title)
     text = _LATEX_COMMAND.sub("", text)
-    return _NOT_WORD.sub("", text.casefold())
+    key = _NOT_WORD.sub("", text.casefold())
+    if len(key) > MAX_KEY_CHARS:  # keys are indexed columns of bounded width
+        digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+        key = f"{key[: MAX_KEY_CHARS - 33]}~{digest}"
+    return key
 
 
 def paper_key(paper: ParsedPaper) -> str:

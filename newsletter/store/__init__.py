@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, func, inspect, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from newsletter.domain import (
@@ -36,7 +36,7 @@ from newsletter.domain import (
     SubscriberSpec,
     SubscriberStatus,
 )
-from newsletter.errors import StorageError
+from newsletter.errors import DataRejected, StorageError
 from newsletter.store import rows
 from newsletter.store.schema import (
     DigestFileRow,
@@ -206,6 +206,10 @@ class Store:
                 if attempt == 2:
                     raise
                 log.info("concurrent insert while storing %s; retrying", path)
+            except (DataError, OverflowError) as exc:
+                # A value the columns cannot hold: the file's fault, not the database's.
+                detail = getattr(exc, "orig", None) or exc
+                raise DataRejected(f"the database refused a value ({detail})") from None
         raise AssertionError("unreachable")
 
     def _record_digest(
