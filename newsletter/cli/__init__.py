@@ -1,0 +1,13 @@
+"""Command line: ``newsletter`` (or ``python -m newsletter``).
+
+Only this package configures logging handlers and writes to the terminal. Every command has
+help with an example (``newsletter COMMAND -h``); commands a script would read take ``--json``.
+One module per group of commands; importing them registers them on the group.
+"""
+
+from __future__ import annotations
+
+from newsletter.cli import run, status, subscribers  # noqa: F401  (registers the commands)
+from newsletter.cli._base import cli, main
+
+__all__ = ["cli", "main"]

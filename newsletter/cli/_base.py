@@ -1,0 +1,113 @@
+"""The command group, its shared options and the entry point.
+
+Only this module configures logging handlers and writes to the terminal. Every command has
+help with an example (``newsletter COMMAND -h``); commands a script would read take ``--json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from newsletter import __version__
+from newsletter.config import Settings, load_settings
+from newsletter.errors import NewsletterError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def parse_now(value: str | None) -> datetime:
+    if not value:
+        return datetime.now(UTC)
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not an ISO date-time like 2026-11-23T07:30+01:00"
+        ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+NOW_OPTION = click.option(
+    "--now",
+    "now_text",
+    metavar="ISO",
+    default=None,
+    help="Act as if the current time were ISO (e.g. 2026-11-24T08:00+00:00): replays and tests.",
+)
+
+
+class Context:
+    def __init__(self, config: Path | None, verbose: int) -> None:
+        self.config = config
+        self.verbose = verbose
+        self._settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(self.config)
+        return self._settings
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, "--version", prog_name="newsletter")
+@click.option(
+    "--config",
+    "-c",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Settings file (default: $NEWSLETTER_CONFIG or config/newsletter.toml).",
+)
+@click.option("-v", "--verbose", count=True, help="More detail: -v info, -vv debug.")
+@click.pass_context
+def cli(ctx: click.Context, config: Path | None, verbose: int) -> None:
+    """A daily research-paper newsletter: digests in, personal emails and feeds out.
+
+    \b
+    Quick start:
+      newsletter run --once        ingest seeds/, email everyone, write feeds
+      newsletter subscriber list   who gets what
+      newsletter COMMAND -h        help and an example for every command
+    """
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    for noisy in ("alembic", "cssutils"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    ctx.obj = Context(config, verbose)
+
+
+def main() -> None:
+    """Console-script entry point: package errors become one clear line and exit code 1."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except NewsletterError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
+def emit(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+def progress_printer(as_json: bool) -> Any:
+    return None if as_json else (lambda line: click.echo(f"  {line}", err=True))

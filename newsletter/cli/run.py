@@ -1,0 +1,190 @@
+"""Commands of the main job: run, ingest, preview, feeds, db."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+
+from newsletter.cli._base import (
+    CONTEXT,
+    NOW_OPTION,
+    Context,
+    cli,
+    emit,
+    parse_now,
+    pass_ctx,
+    progress_printer,
+)
+
+# ---------------------------------------------------------------------- run
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--once", is_flag=True, help="Do one full pass and exit (no scheduler).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@NOW_OPTION
+@pass_ctx
+def run(ctx: Context, once: bool, as_json: bool, now_text: str | None) -> None:
+    """Ingest the inbox, send every due issue, write the feeds.
+
+    With --once: one pass in which every active subscriber's current slot (their local date)
+    is due, whatever their send time; a slot that already has an issue is never sent again.
+
+    \b
+    Example:
+      newsletter run --once
+      newsletter run --once --json | jq .issues_delivered
+    """
+    from newsletter.pipeline import run_once
+
+    if not once:
+        raise click.UsageError(
+            "the scheduled daemon is not built yet; run `newsletter run --once` "
+            "(from cron or a systemd timer) meanwhile"
+        )
+    settings = ctx.settings
+    summary = run_once(settings, now=parse_now(now_text), progress=progress_printer(as_json))
+    if as_json:
+        emit(asdict(summary))
+        return
+    click.echo(
+        f"files: {summary.files_ingested} ingested, {summary.files_unchanged} unchanged, "
+        f"{summary.files_quarantined} quarantined; papers: {summary.papers_new} new, "
+        f"{summary.papers_total} stored"
+    )
+    for reason in summary.quarantined:
+        click.echo(f"  quarantined: {reason}")
+    if summary.files_waiting:
+        click.echo(f"  {summary.files_waiting} file(s) still being written: read on the next run")
+    for error in summary.subscriber_errors:
+        click.echo(f"  skipped subscriber: {error}")
+    if summary.issues_delivered:
+        click.echo(f"issues: {summary.issues_delivered} delivered to {summary.outbox_dir}")
+    else:
+        click.echo("issues: none delivered (nothing new for anyone, or already sent this slot)")
+    if summary.issues_failed:
+        click.echo(f"  {summary.issues_failed} failed issue(s): see `newsletter status`")
+    click.echo(f"feeds: {summary.feeds_dir} ({summary.feeds_written} file(s) changed)")
+
+
+# ---------------------------------------------------------------------- ingest
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per file.")
+@pass_ctx
+def ingest(ctx: Context, paths: tuple[Path, ...], as_json: bool) -> None:
+    """Ingest digest files or folders by hand, with a report per file.
+
+    \b
+    Example:
+      newsletter ingest ~/Downloads/daily_papers.txt seeds/
+    """
+    from newsletter.ingest import ingest_paths
+    from newsletter.pipeline import open_store
+
+    settings = ctx.settings
+    store = open_store(settings)
+    try:
+        reports = ingest_paths(
+            store, list(paths), now=parse_now(None), max_bytes=settings.max_digest_bytes
+        )
+    finally:
+        store.close()
+    if as_json:
+        emit([asdict(r) for r in reports])
+        return
+    for r in reports:
+        if r.status == "ingested":
+            click.echo(
+                f"{r.path}: {r.entries} papers found, {r.papers_new} new, "
+                f"{r.papers_merged} merged ({r.format})"
+            )
+            for note in r.skipped:
+                click.echo(f"  {note}")
+        elif r.status == "quarantined":
+            click.echo(f"{r.path}: quarantined: {r.reason}")
+        elif r.reason:
+            click.echo(f"{r.path}: quarantined before (same bytes): {r.reason}")
+        else:
+            click.echo(f"{r.path}: already ingested (same bytes), nothing to do")
+
+
+# ---------------------------------------------------------------------- preview
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--subscriber", "email", required=True, help="The subscriber's email address.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=Path("var/preview"),
+    show_default=True,
+    help="Folder for the HTML file.",
+)
+@NOW_OPTION
+@pass_ctx
+def preview(ctx: Context, email: str, out_dir: Path, now_text: str | None) -> None:
+    """Write a subscriber's next issue as an HTML file; send and record nothing.
+
+    \b
+    Example:
+      newsletter preview --subscriber ada@example.org
+    """
+    from newsletter.pipeline import preview as build_preview
+
+    path = build_preview(ctx.settings, email.strip().lower(), parse_now(now_text), out_dir)
+    click.echo(str(path.resolve()))
+
+
+# ---------------------------------------------------------------------- db
+
+
+@cli.group(context_settings=CONTEXT)
+def db() -> None:
+    """Database schema commands."""
+
+
+@db.command(context_settings=CONTEXT)
+@pass_ctx
+def upgrade(ctx: Context) -> None:
+    """Apply all migrations (run automatically on first use too).
+
+    \b
+    Example:
+      NEWSLETTER_DATABASE_URL=postgresql://localhost/newsletter newsletter db upgrade
+    """
+    from newsletter.store import Store
+
+    store = Store(ctx.settings.database_url)
+    try:
+        revision = store.migrate()
+    finally:
+        store.close()
+    click.echo(f"database at revision {revision}")
+
+
+# ---------------------------------------------------------------------- feeds
+
+
+@cli.command(context_settings=CONTEXT)
+@pass_ctx
+def feeds(ctx: Context) -> None:
+    """Rebuild the RSS and Atom feeds from the database.
+
+    \b
+    Example:
+      newsletter feeds
+    """
+    from newsletter.pipeline import open_store, write_all_feeds
+
+    store = open_store(ctx.settings)
+    try:
+        count = write_all_feeds(store, ctx.settings)
+    finally:
+        store.close()
+    click.echo(f"{ctx.settings.feeds_dir.resolve()}: {count} file(s) changed")
