@@ -163,7 +163,39 @@ def test_upgrade_from_0001_backfills_title_keys(database_url: str) -> None:
             ),
             {"t": NOW},
         )
+        # ... referenced by a sent issue: upgrades must not trip over the foreign keys.
+        conn.execute(
+            text(
+                "INSERT INTO subscribers (email, name, timezone, send_at, weekdays, profile, "
+                "max_papers, min_score, send_when_empty, status, token, source, created_at, "
+                "updated_at) VALUES ('a@example.org', '', 'UTC', '07:00', '', 'gan', 10, 1.0, "
+                "false, 'active', 'tok', 'config', :t, :t)"
+            ),
+            {"t": NOW},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO issues (subscriber_id, slot_date, state, attempts, created_at) "
+                "VALUES (1, '2026-11-23', 'sent', 1, :t)"
+            ),
+            {"t": NOW},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO issue_papers (issue_id, paper_id, position, score, reasons) "
+                "VALUES (1, 1, 1, 2.0, '[]')"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO sent_log (subscriber_id, paper_id, issue_id, sent_at) "
+                "VALUES (1, 1, 1, :t)"
+            ),
+            {"t": NOW},
+        )
     assert store.migrate() == "0003"
+    (sub,) = store.subscribers()
+    assert len(sub.feed_token) >= 32 and sub.feed_token != sub.token
     # A JSON entry with an arXiv id and a differently written title finds the stored paper.
     incoming = ParsedPaper(
         title="E2GAN: efficient training", abstract="a longer abstract", arxiv_id="2401.00001"

@@ -116,7 +116,7 @@ class SubscriberRow(Base):
     send_when_empty: Mapped[bool] = mapped_column(Boolean, default=False)
     status: Mapped[str] = mapped_column(String(16))
     token: Mapped[str] = mapped_column(String(64), unique=True)
-    feed_token: Mapped[str] = mapped_column(String(64), unique=True)
+    feed_token: Mapped[str] = mapped_column(String(64), index=True, unique=True)
     source: Mapped[str] = mapped_column(String(16))  # config | cli | csv | web
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -23,8 +23,13 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("papers") as batch:
-        batch.add_column(sa.Column("title_key", sa.String(length=512), nullable=True))
+    # NOT NULL with a default: SQLite can add that column in place. Altering nullability
+    # later would make Alembic's batch mode copy and drop the papers table, which the foreign
+    # keys of issue_papers and sent_log refuse.
+    op.add_column(
+        "papers",
+        sa.Column("title_key", sa.String(length=512), nullable=False, server_default=""),
+    )
     papers = sa.table(
         "papers",
         sa.column("id", sa.Integer),
@@ -37,12 +42,10 @@ def upgrade() -> None:
         conn.execute(
             papers.update().where(papers.c.id == paper_id).values(title_key=title_key(title))
         )
-    with op.batch_alter_table("papers") as batch:
-        batch.alter_column("title_key", existing_type=sa.String(length=512), nullable=False)
-        batch.create_index(batch.f("ix_papers_title_key"), ["title_key"], unique=False)
+    op.create_index(op.f("ix_papers_title_key"), "papers", ["title_key"], unique=False)
 
 
 def downgrade() -> None:
+    op.drop_index(op.f("ix_papers_title_key"), table_name="papers")
     with op.batch_alter_table("papers") as batch:
-        batch.drop_index(batch.f("ix_papers_title_key"))
         batch.drop_column("title_key")

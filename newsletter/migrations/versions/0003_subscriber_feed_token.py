@@ -23,8 +23,11 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("subscribers") as batch:
-        batch.add_column(sa.Column("feed_token", sa.String(length=64), nullable=True))
+    # NOT NULL with a default, then a unique index: both in place on SQLite (no table copy).
+    op.add_column(
+        "subscribers",
+        sa.Column("feed_token", sa.String(length=64), nullable=False, server_default=""),
+    )
     subscribers = sa.table("subscribers", sa.column("id", sa.Integer), sa.column("feed_token"))
     conn = op.get_bind()
     for (subscriber_id,) in conn.execute(sa.select(subscribers.c.id)).all():
@@ -33,12 +36,12 @@ def upgrade() -> None:
             .where(subscribers.c.id == subscriber_id)
             .values(feed_token=secrets.token_urlsafe(24))
         )
-    with op.batch_alter_table("subscribers") as batch:
-        batch.alter_column("feed_token", existing_type=sa.String(length=64), nullable=False)
-        batch.create_unique_constraint(batch.f("uq_subscribers_feed_token"), ["feed_token"])
+    op.create_index(
+        op.f("ix_subscribers_feed_token"), "subscribers", ["feed_token"], unique=True
+    )
 
 
 def downgrade() -> None:
+    op.drop_index(op.f("ix_subscribers_feed_token"), table_name="subscribers")
     with op.batch_alter_table("subscribers") as batch:
-        batch.drop_constraint(batch.f("uq_subscribers_feed_token"), type_="unique")
         batch.drop_column("feed_token")
