@@ -143,3 +143,37 @@ def test_identity_keys() -> None:
     assert paper_key(ParsedPaper(title="Some Title!")) == "title:sometitle"
     assert normalize_arxiv_id("hep-th/9901001v1") == "hep-th/9901001"
     assert normalize_arxiv_id("not an id") is None
+
+
+def test_a_daemon_scanner_reads_each_stable_file_once(tmp_path: Path, database_url: str) -> None:
+    from newsletter.ingest import InboxScanner
+
+    store = Store(database_url)
+    store.migrate()
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "a.txt").write_text("A Title\n\nAn abstract.\n")
+    scanner = InboxScanner()
+    scan = [
+        [
+            (Path(r.path).name, r.status)
+            for r in ingest_paths(
+                store, [inbox], now=NOW, max_bytes=1 << 20, scanner=scanner, two_scans=False
+            )
+        ]
+        for _ in range(3)
+    ]
+    assert scan == [[("a.txt", "waiting")], [("a.txt", "ingested")], []]
+    (inbox / "a.txt").write_text("A Title\n\nAn abstract.\n\nB Title\n\nAnother.\n")
+    again = [
+        [
+            (Path(r.path).name, r.status)
+            for r in ingest_paths(
+                store, [inbox], now=NOW, max_bytes=1 << 20, scanner=scanner, two_scans=False
+            )
+        ]
+        for _ in range(2)
+    ]
+    assert again == [[("a.txt", "waiting")], [("a.txt", "ingested")]]
+    assert store.count_papers() == 2
+    store.close()

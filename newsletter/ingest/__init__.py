@@ -55,6 +55,7 @@ class FileReport:
     papers_merged: int = 0
     reason: str | None = None
     skipped: tuple[str, ...] = ()  # entries of an ingested file that were not papers
+    recorded: bool = True  # False when the file could not even be read: retried next scan
 
 
 def parse_bytes(data: bytes, *, name: str, today: date) -> ParsedDigest:
@@ -109,6 +110,15 @@ class InboxScanner:
     def __init__(self, settle_seconds: float = 1.0) -> None:
         self.settle_seconds = settle_seconds
         self._last: dict[Path, tuple[int, int]] = {}
+        self._handled: dict[Path, tuple[int, int]] = {}  # files read in an earlier scan
+
+    def handled(self, path: Path) -> None:
+        """Remember ``path`` as read: unchanged, it is not even hashed again by later scans."""
+        if path in self._last:
+            self._handled[path] = self._last[path]
+
+    def is_handled(self, path: Path) -> bool:
+        return path in self._handled and self._handled[path] == self._last.get(path)
 
     def scan(self, paths: Sequence[Path]) -> tuple[list[Path], list[Path]]:
         """Return (ready, still being written) among the files under ``paths``."""
@@ -147,17 +157,23 @@ def ingest_paths(
     max_bytes: int,
     progress: Callable[[FileReport], None] | None = None,
     scanner: InboxScanner | None = None,
+    two_scans: bool = True,
 ) -> list[FileReport]:
     """Ingest every digest file under ``paths``; one report per file, in order.
 
     With a scanner, files still being written are reported as ``waiting`` and left for the
-    next scan; without one (``newsletter ingest`` by hand) every file is read now.
+    next scan; without one (``newsletter ingest`` by hand) every file is read now. The daemon
+    passes ``two_scans=False``: its scans, minutes apart, are the two scans.
     """
     waiting: list[Path] = []
     if scanner is None:
         ready = digest_files(paths)
     else:
-        ready, waiting = scanner.scan_settled(paths, wall_clock_ns=time.time_ns())
+        ready, waiting = (
+            scanner.scan_settled(paths, wall_clock_ns=time.time_ns())
+            if two_scans
+            else scanner.scan(paths)
+        )
     reports: list[FileReport] = []
     for path in waiting:
         reason = f"{path}: still being written (size or time changed); retried next scan"
@@ -165,7 +181,11 @@ def ingest_paths(
         if progress:
             progress(reports[-1])
     for path in ready:
+        if scanner is not None and scanner.is_handled(path):
+            continue
         reports.append(ingest_file(store, path, now=now, max_bytes=max_bytes))
+        if scanner is not None and reports[-1].recorded:
+            scanner.handled(path)
         if progress:
             progress(reports[-1])
     return reports
@@ -183,7 +203,9 @@ def ingest_file(store: Store, path: Path, *, now: datetime, max_bytes: int) -> F
         # Never read a huge file into memory just to reject it.
         data = b"" if size > max_bytes else path.read_bytes()
     except OSError as exc:  # not recorded: a permission fix or a retry may cure it
-        return FileReport(path=name, status="quarantined", reason=f"{name}: cannot read: {exc}")
+        return FileReport(
+            path=name, status="quarantined", reason=f"{name}: cannot read: {exc}", recorded=False
+        )
     content_hash = hashlib.sha256(data if data else f"size:{size}:{name}".encode()).hexdigest()
     known = store.find_digest(content_hash)
     if known is not None:
