@@ -4,7 +4,8 @@ Precedence, lowest first: built-in defaults, the TOML file (``NEWSLETTER_CONFIG`
 ``config/newsletter.toml``), then ``NEWSLETTER_*`` environment variables. A top-level key
 ``inbox`` is overridden by ``NEWSLETTER_INBOX``; a key ``from_address`` in the ``[mail]`` table
 by ``NEWSLETTER_MAIL_FROM_ADDRESS``. Secrets (the SMTP password) are read from the
-environment only and never from the file.
+environment only (``NEWSLETTER_SMTP_PASSWORD``) and never from the file: a settings file is
+copied, committed and pasted into bug reports; an environment variable of a service is not.
 
 Everything is validated at start-up: an unknown key or a bad value raises
 :class:`~newsletter.errors.ConfigError` naming the key and where it came from, so a typo in
@@ -23,7 +24,15 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 
 from newsletter.domain import SiteInfo
 from newsletter.errors import ConfigError
@@ -38,7 +47,6 @@ class _Section(BaseModel):
 
 
 class MailSettings(_Section):
-    mailer: Literal["outbox"] = "outbox"
     from_address: str = "digest@papers.example.org"
     from_name: str = "Paper Digest"
     list_id: str = "daily.papers.example.org"
@@ -53,6 +61,25 @@ class MailSettings(_Section):
             or any(c.isspace() for c in value)
         ):
             raise ValueError("must be an email address such as digest@example.org")
+        return value
+
+
+class SmtpSettings(_Section):
+    """The SMTP server, used when ``mailer = "smtp"``. No password here: see module docstring."""
+
+    host: str = ""
+    port: int = Field(587, ge=1, le=65535)
+    security: Literal["none", "starttls", "ssl"] = "starttls"
+    username: str = ""
+    timeout_seconds: float = Field(30.0, gt=0, le=600)
+    rate_per_second: float = Field(0.0, ge=0)
+    ca_file: Path | None = None
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        if any(c.isspace() for c in value) or "/" in value:
+            raise ValueError("must be a host name or address such as smtp.example.org")
         return value
 
 
@@ -80,8 +107,17 @@ class Settings(_Section):
     paper_url_template: str = "https://arxiv.org/search/?query={title}&searchtype=title"
     max_digest_bytes: int = Field(50 * 1024 * 1024, ge=1)
     inbox_settle_seconds: float = Field(1.0, ge=0, le=300)
+    mailer: Literal["outbox", "smtp"] = "outbox"
     mail: MailSettings = MailSettings()
+    smtp: SmtpSettings = SmtpSettings()
     ranking: RankingSettings = RankingSettings()
+    # From NEWSLETTER_SMTP_PASSWORD only (see load_settings); SecretStr keeps it out of reprs.
+    _smtp_password: SecretStr | None = PrivateAttr(default=None)
+
+    @property
+    def smtp_password(self) -> str | None:
+        """The SMTP password from the environment, or None; never logged, never in a repr."""
+        return None if self._smtp_password is None else self._smtp_password.get_secret_value()
 
     @field_validator("timezone")
     @classmethod
@@ -134,7 +170,8 @@ def check_timezone(value: str) -> ZoneInfo:
 
 
 # NEWSLETTER_* variables that are not settings keys, read where they are used.
-OTHER_ENV = frozenset({"CONFIG", "TEST_POSTGRES_URL"})
+OTHER_ENV = frozenset({"CONFIG", "TEST_POSTGRES_URL", "SMTP_PASSWORD"})
+PASSWORD_ENV = ENV_PREFIX + "SMTP_PASSWORD"
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -144,7 +181,11 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     a systemd unit must not silently run with the default.
     """
     overrides: dict[str, Any] = {}
-    sections: dict[str, type[_Section]] = {"mail": MailSettings, "ranking": RankingSettings}
+    sections: dict[str, type[_Section]] = {
+        "mail": MailSettings,
+        "smtp": SmtpSettings,
+        "ranking": RankingSettings,
+    }
     for var, value in environ.items():
         if not var.startswith(ENV_PREFIX) or var[len(ENV_PREFIX) :] in OTHER_ENV:
             continue
@@ -188,9 +229,14 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
         raise ConfigError(
             f"config file {config_path} does not exist: fix NEWSLETTER_CONFIG or --config"
         )
+    if isinstance(data.get("smtp"), dict) and "password" in data["smtp"]:
+        raise ConfigError(
+            f"{config_path}: remove 'smtp.password': the SMTP password is read only from the "
+            f"environment variable {PASSWORD_ENV}, never from a settings file"
+        )
     env = _env_overrides(environ)
     try:
-        return Settings.model_validate(_merge(data, env))
+        settings = Settings.model_validate(_merge(data, env))
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
@@ -199,11 +245,41 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
             env_var = ENV_PREFIX + "_".join(str(p) for p in loc).upper()
             source = f"environment {env_var}" if _in_env(loc, env) else str(config_path)
             if err["type"] == "extra_forbidden":
-                problems.append(f"unknown key {key!r} in {source}: remove it or fix its spelling")
+                hint = " (it is now the top-level key 'mailer')" if key == "mail.mailer" else ""
+                problems.append(
+                    f"unknown key {key!r} in {source}: remove it or fix its spelling{hint}"
+                )
             else:
                 msg = err["msg"].removeprefix("Value error, ")
                 problems.append(f"bad value for {key!r} in {source}: {msg}")
         raise ConfigError("; ".join(problems)) from None
+    return _with_smtp_secret(settings, environ, config_path, env)
+
+
+def _with_smtp_secret(
+    settings: Settings, environ: Mapping[str, str], config_path: Path, env: Mapping[str, Any]
+) -> Settings:
+    """Check what SMTP delivery needs and attach the password from the environment.
+
+    Only when ``mailer = "smtp"``: a file may carry an ``[smtp]`` table for production while a
+    developer switches to the outbox with NEWSLETTER_MAILER=outbox and no password at hand.
+    """
+    password = environ.get(PASSWORD_ENV)
+    if settings.mailer == "smtp":
+        source = "environment NEWSLETTER_MAILER" if "mailer" in env else str(config_path)
+        if not settings.smtp.host:
+            raise ConfigError(
+                f"mailer is 'smtp' (from {source}) but 'smtp.host' is not set: set host in the "
+                "[smtp] table or NEWSLETTER_SMTP_HOST"
+            )
+        if settings.smtp.username and not password:
+            raise ConfigError(
+                f"'smtp.username' is set but {PASSWORD_ENV} is not: export the SMTP password "
+                f"in {PASSWORD_ENV} (it is never read from the settings file)"
+            )
+    if password:
+        settings._smtp_password = SecretStr(password)
+    return settings
 
 
 def _in_env(loc: tuple[Any, ...], env: Mapping[str, Any]) -> bool:

@@ -2,11 +2,13 @@
 
 * :class:`OutboxMailer` writes each message as an ``.eml`` file (the embedded default: no
   server needed, and any mail client opens the files);
-* :class:`MemoryMailer` keeps messages in a list, for unit tests.
+* :class:`MemoryMailer` keeps messages in a list, for unit tests;
+* :class:`newsletter.smtp.SmtpMailer` talks to an SMTP server.
 
-The SMTP mailer (issue 5) implements the same :class:`Mailer` protocol. A mailer only moves
-bytes: the issue state machine around it (planned → rendered → sending → sent) lives in
-:mod:`newsletter.pipeline` and the database.
+A mailer only moves bytes: the issue state machine around it (planned → rendered → sending →
+sent) lives in :mod:`newsletter.pipeline` and the database. A mailer reports a failure as a
+:class:`~newsletter.errors.DeliveryError` (transient, or ``permanent`` for this message), or as
+:class:`MailerUnavailable` when no message can go out at all right now.
 """
 
 from __future__ import annotations
@@ -19,7 +21,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from newsletter.errors import DeliveryError
+
 log = logging.getLogger(__name__)
+
+
+class MailerUnavailable(DeliveryError):
+    """Nothing can be delivered now (server unreachable, session refused), whatever the message.
+
+    Unlike a per-message error this says nothing about the issue being sent, so the pipeline
+    does not count it against the issue: it hands the claimed issue back, stops delivering for
+    this run, and leaves every remaining issue pending for the next run.
+    """
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from newsletter.config import Settings
-from newsletter.deliver import Envelope, Mailer, OutboxMailer
+from newsletter.deliver import Envelope, Mailer, MailerUnavailable, OutboxMailer
 from newsletter.domain import (
     IssueContent,
     IssueRecord,
@@ -53,6 +53,8 @@ class RunSummary:
     issues_delivered: int = 0
     issues_empty: int = 0
     issues_failed: int = 0
+    issues_pending: int = 0
+    delivery_stopped: str = ""  # why delivery stopped early (mail server unavailable), if it did
     quarantined: list[str] = field(default_factory=list)
     delivered: list[dict[str, object]] = field(default_factory=list)
     outbox_dir: str = ""
@@ -68,6 +70,11 @@ def open_store(settings: Settings) -> Store:
 
 
 def make_mailer(settings: Settings) -> Mailer:
+    """The configured mailer: the outbox folder (default) or an SMTP server."""
+    if settings.mailer == "smtp":
+        from newsletter.smtp import SmtpMailer
+
+        return SmtpMailer.from_settings(settings)
     return OutboxMailer(settings.outbox_dir)
 
 
@@ -182,25 +189,40 @@ def _content(store: Store, issue: IssueRecord, sub: Subscriber) -> IssueContent:
     )
 
 
+@dataclass
+class Delivery:
+    """What :func:`deliver_pending` did: the issues sent, and why it stopped early, if it did."""
+
+    delivered: list[dict[str, object]] = field(default_factory=list)
+    stopped: str = ""
+
+
+PENDING_STATES = (IssueState.PLANNED, IssueState.RENDERED, IssueState.SENDING)
+
+
 def deliver_pending(
     store: Store,
     settings: Settings,
     mailer: Mailer,
     now: datetime,
     progress: Callable[[str], None] | None = None,
-) -> list[dict[str, object]]:
+) -> Delivery:
     """Render and send every issue that is planned, rendered or was in flight at a crash.
 
     An issue of someone who is no longer active is marked failed with that reason (their
     papers stay assigned to it, so a later re-subscription never receives them twice).
+    When the mailer reports that nothing can go out (:class:`MailerUnavailable`: the SMTP
+    server is down or refuses our session), delivery stops for this run with one log line and
+    every remaining issue stays pending, its attempts untouched, for the next run.
     """
     from newsletter.render import EmailRenderer
 
     renderer = EmailRenderer(settings.templates_dir, settings.site)
     subscribers = {s.id: s for s in store.subscribers()}
-    delivered: list[dict[str, object]] = []
-    pending = store.issues(states=[IssueState.PLANNED, IssueState.RENDERED, IssueState.SENDING])
-    for issue in pending:
+    result = Delivery()
+    delivered = result.delivered
+    pending = store.issues(states=PENDING_STATES)
+    for position, issue in enumerate(pending):
         sub = subscribers[issue.subscriber_id]
         if sub.status is not SubscriberStatus.ACTIVE:
             store.mark_failed(issue.id, reply=f"not sent: {sub.email} is {sub.status.value}")
@@ -208,7 +230,13 @@ def deliver_pending(
             continue
         if issue.next_retry_at and issue.next_retry_at > now:
             continue
-        where = _deliver_one(store, settings, renderer, mailer, issue, sub, now)
+        try:
+            where = _deliver_one(store, settings, renderer, mailer, issue, sub, now)
+        except MailerUnavailable as exc:
+            left = len(pending) - position
+            log.error("%s; delivery stopped, %d issue(s) left pending for the next run", exc, left)
+            result.stopped = str(exc)
+            break
         if where is None:
             continue
         n = len(issue.paper_ids)
@@ -218,7 +246,7 @@ def deliver_pending(
         )
         if progress:
             progress(f"sent {sub.email}: {n} papers -> {where}")
-    return delivered
+    return result
 
 
 MAX_ATTEMPTS = 5
@@ -234,7 +262,12 @@ def _deliver_one(
     sub: Subscriber,
     now: datetime,
 ) -> str | None:
-    """Render (if needed), claim and send one issue; None when it was not sent now."""
+    """Render (if needed), claim and send one issue; None when it was not sent now.
+
+    Raises :class:`MailerUnavailable` after handing the claimed issue back (``rendered``, its
+    attempt not counted): an outage says nothing about this issue, and counting it would fail
+    whichever issues happened to be first in line after a few outages.
+    """
     try:
         if issue.state is IssueState.PLANNED:
             rendered = renderer.render(_content(store, issue, sub))
@@ -257,6 +290,9 @@ def _deliver_one(
             name_hint=_file_label(issue, sub),
         )
         where = mailer.send(envelope, message)
+    except MailerUnavailable as exc:
+        store.release_claim(issue.id, reply=f"not sent yet: {exc}")
+        raise
     except Exception as exc:  # noqa: BLE001 - one bad issue must never stop the others
         attempts = issue.attempts + 1
         permanent = isinstance(exc, DeliveryError) and exc.permanent
@@ -346,11 +382,17 @@ def run_once(
             store, settings, now
         )
         _planned, summary.issues_empty = plan_issues(store, settings, now)
-        summary.delivered = deliver_pending(
-            store, settings, mailer or make_mailer(settings), now, progress
-        )
+        own_mailer = mailer is None
+        active_mailer = make_mailer(settings) if mailer is None else mailer
+        try:
+            delivery = deliver_pending(store, settings, active_mailer, now, progress)
+        finally:
+            if own_mailer:  # a caller's mailer is the caller's to close
+                active_mailer.close()
+        summary.delivered, summary.delivery_stopped = delivery.delivered, delivery.stopped
         summary.issues_delivered = len(summary.delivered)
         summary.issues_failed = len(store.issues(states=[IssueState.FAILED]))
+        summary.issues_pending = len(store.issues(states=PENDING_STATES))
         summary.feeds_written = write_all_feeds(store, settings)
         summary.papers_total = store.count_papers()
         return summary

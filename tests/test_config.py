@@ -16,7 +16,7 @@ def test_defaults_file_loads_with_documented_values() -> None:
     assert s.outbox_dir == Path("var/outbox")
     assert s.feeds_dir == Path("var/feeds")
     assert s.candidate_window_days == 7
-    assert s.mail.mailer == "outbox"
+    assert s.mailer == "outbox"
     assert s.site.from_address == "digest@papers.example.org"
 
 

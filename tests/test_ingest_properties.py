@@ -183,3 +183,13 @@ def test_hf_json_hostile_json_raises_only_parse_error(text: str) -> None:
 def test_hf_text_huge_counts_raise_only_parse_error() -> None:
     text = "T\n\nAbstract.\n\n  • 3 authors\n·\nMar 1 " + "9" * 5000 + "\n"
     _check(lambda: hf_text.parse(text, name=NAME, today=TODAY))
+
+
+@pytest.mark.parametrize(
+    "text", ["http://127.0.0.1:9/feed.atom", "/etc/hostname", "file:///etc/hostname"]
+)
+def test_a_feed_parser_never_fetches_or_opens_what_the_text_names(text: str) -> None:
+    from newsletter.ingest import arxiv_feed
+
+    with pytest.raises(ParseError, match="no paper entries|not a well-formed feed"):
+        arxiv_feed.parse(text, name=NAME, today=TODAY)

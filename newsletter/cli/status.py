@@ -1,4 +1,4 @@
-"""What the operator checks: status."""
+"""What the operator checks and does about it: status, retry."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from newsletter.cli._base import (
     pass_ctx,
 )
 from newsletter.domain import IssueState
+from newsletter.errors import NewsletterError
 
 # ---------------------------------------------------------------------- status
 
@@ -23,6 +24,9 @@ from newsletter.domain import IssueState
 @pass_ctx
 def status(ctx: Context, as_json: bool) -> None:
     """Papers, quarantined files, pending and failed issues, last issue per subscriber.
+
+    Pending issues show their attempts, the last server reply and when they are retried;
+    failed ones why they failed (`newsletter retry` puts them back in line).
 
     \b
     Example:
@@ -55,7 +59,14 @@ def status(ctx: Context, as_json: bool) -> None:
         "last_ingest": max((d.seen_at for d in digests), default=None),
         "quarantined": [{"path": d.path, "reason": d.reason} for d in quarantined],
         "pending": [
-            {"email": subs[i.subscriber_id].email, "slot": i.slot_date, "state": i.state.value}
+            {
+                "email": subs[i.subscriber_id].email,
+                "slot": i.slot_date,
+                "state": i.state.value,
+                "attempts": i.attempts,
+                "reason": i.last_reply,
+                "next_retry_at": i.next_retry_at,
+            }
             for i in pending
         ],
         "failed": [
@@ -72,6 +83,8 @@ def status(ctx: Context, as_json: bool) -> None:
                 "email": s.email,
                 "status": s.status.value,
                 "last_sent": last_sent[s.id].slot_date if s.id in last_sent else None,
+                "last_sent_at": last_sent[s.id].sent_at if s.id in last_sent else None,
+                "last_reply": last_sent[s.id].last_reply if s.id in last_sent else None,
             }
             for s in subs.values()
         ],
@@ -87,6 +100,13 @@ def status(ctx: Context, as_json: bool) -> None:
     for d in quarantined:
         click.echo(f"  {d.reason}")
     click.echo(f"pending issues: {len(pending)}; failed issues: {len(failed)}")
+    for p in data["pending"]:
+        line = f"  pending: {p['email']} {p['slot']} ({p['state']}, {p['attempts']} attempt(s))"
+        if p["next_retry_at"]:
+            line += f", retry at {p['next_retry_at']}"
+        if p["reason"]:
+            line += f": {p['reason']}"
+        click.echo(line)
     for f in data["failed"]:
         click.echo(
             f"  failed: {f['email']} {f['slot']} after {f['attempts']} attempt(s): {f['reason']}"
@@ -94,3 +114,49 @@ def status(ctx: Context, as_json: bool) -> None:
     click.echo("subscribers:")
     for s in data["subscribers"]:
         click.echo(f"  {s['email']:<32} {s['status']:<13} last issue: {s['last_sent'] or '-'}")
+
+
+# ---------------------------------------------------------------------- retry
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--subscriber", "email", metavar="EMAIL", help="Only this subscriber's issues.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@pass_ctx
+def retry(ctx: Context, email: str | None, as_json: bool) -> None:
+    """Put failed issues back in line; the next `newsletter run --once` sends them.
+
+    Each failed issue of an active subscriber goes back to rendered (planned if it was never
+    rendered) with its attempts reset; its last server reply is kept until the next try.
+    Issues of people who unsubscribed stay failed. Re-sent issues carry the same Message-ID.
+
+    \b
+    Example:
+      newsletter retry --subscriber ada@example.org
+      newsletter retry --json | jq .requeued
+    """
+    from newsletter.pipeline import open_store
+
+    store = open_store(ctx.settings)
+    try:
+        if email is not None and store.subscriber(email) is None:
+            raise NewsletterError(
+                f"retry: no subscriber {email!r}: see `newsletter subscriber list --all`"
+            )
+        requeued = store.requeue_failed(email)
+    finally:
+        store.close()
+    if as_json:
+        emit(
+            {
+                "requeued": len(requeued),
+                "issues": [{"email": e, "slot": slot} for e, slot in requeued],
+            }
+        )
+        return
+    for address, slot in requeued:
+        click.echo(f"  requeued: {address} {slot}")
+    click.echo(
+        f"requeued {len(requeued)} failed issue(s)"
+        + ("; they go out on the next `newsletter run --once`" if requeued else "")
+    )

@@ -9,6 +9,7 @@ link. The feed's own date is the digest date.
 
 from __future__ import annotations
 
+import io
 import re
 import time
 from datetime import date
@@ -37,7 +38,9 @@ def sniff(text: str) -> bool:
 
 
 def parse(text: str, *, name: str, today: date) -> ParsedDigest:
-    feed: Any = feedparser.parse(text)
+    # A stream, never a str: feedparser treats a string that looks like a URL or a path as a
+    # location and fetches or opens it, which a digest file must never make us do.
+    feed: Any = feedparser.parse(io.BytesIO(text.encode("utf-8")))
     entries = list(feed.entries)
     if feed.bozo and not entries:
         raise ParseError(

@@ -124,6 +124,7 @@ class Store:
         self.engine: Engine = create_engine(url, **kwargs)
         if self.dialect == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "begin", _sqlite_begin)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     # ------------------------------------------------------------------ lifecycle
@@ -139,9 +140,19 @@ class Store:
         cfg = Config()
         cfg.set_main_option("script_location", str(Path(migrations.__file__).parent))
         try:
-            with self.engine.begin() as conn:
-                cfg.attributes["connection"] = conn
-                command.upgrade(cfg, revision)
+            with self.engine.connect() as conn:
+                if self.dialect == "sqlite":
+                    # Alembic's batch mode copies and drops tables; SQLite would refuse the drop
+                    # of a table other tables reference. The pragma only works outside a
+                    # transaction, hence on the raw connection before SQLAlchemy begins one.
+                    _raw_sqlite(conn).execute("PRAGMA foreign_keys=OFF")
+                try:
+                    with conn.begin():
+                        cfg.attributes["connection"] = conn
+                        command.upgrade(cfg, revision)
+                finally:
+                    if self.dialect == "sqlite":
+                        _raw_sqlite(conn).execute("PRAGMA foreign_keys=ON")
             with self.engine.connect() as conn:
                 current = MigrationContext.configure(conn).get_current_revision()
         except OperationalError as exc:
@@ -551,6 +562,68 @@ class Store:
                     IssueState.PLANNED if row.message is None else IssueState.RENDERED
                 ).value
 
+    def release_claim(self, issue_id: int, *, reply: str) -> bool:
+        """Hand back an issue we claimed but could not even try to send (mail server down).
+
+        Back to ``rendered`` with the attempt uncounted and no retry delay, so it goes out as
+        soon as the server is back; ``reply`` says why it is still waiting. False if the issue
+        was not ``sending`` (nothing to release).
+        """
+        with self._session() as s:
+            result = s.execute(
+                update(IssueRow)
+                .where(IssueRow.id == issue_id, IssueRow.state == IssueState.SENDING.value)
+                .values(
+                    state=IssueState.RENDERED.value,
+                    attempts=func.max(IssueRow.attempts - 1, 0)
+                    if self.dialect == "sqlite"
+                    else func.greatest(IssueRow.attempts - 1, 0),
+                    last_reply=reply,
+                    next_retry_at=None,
+                )
+            )
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def requeue_failed(self, email: str | None = None) -> list[tuple[str, date]]:
+        """Put failed issues of active subscribers back in line: ``newsletter retry``.
+
+        Each goes back to ``rendered`` (or ``planned`` if it never was), attempts reset and no
+        retry delay, so the next run sends it. ``last_reply`` is kept until that try replaces
+        it: it is the reason the operator is retrying. Issues of people who left stay failed.
+        Returns (email, slot date) of every requeued issue.
+        """
+        with self._session() as s:
+            query = (
+                select(IssueRow, SubscriberRow.email)
+                .join(SubscriberRow, SubscriberRow.id == IssueRow.subscriber_id)
+                .where(
+                    IssueRow.state == IssueState.FAILED.value,
+                    SubscriberRow.status == SubscriberStatus.ACTIVE.value,
+                )
+                .order_by(IssueRow.id)
+            )
+            if email is not None:
+                query = query.where(SubscriberRow.email == email.lower())
+            requeued = []
+            for row, address in s.execute(query).all():
+                row.state = (
+                    IssueState.PLANNED if row.message is None else IssueState.RENDERED
+                ).value
+                row.attempts = 0
+                row.next_retry_at = None
+                requeued.append((address, row.slot_date))
+            return requeued
+
+    def sent_log(self) -> list[tuple[int, int, int]]:
+        """Every (subscriber id, paper id, issue id) of the sent log: audits and tests."""
+        with self._session() as s:
+            found = s.execute(
+                select(SentLogRow.subscriber_id, SentLogRow.paper_id, SentLogRow.issue_id).order_by(
+                    SentLogRow.subscriber_id, SentLogRow.paper_id
+                )
+            ).all()
+            return [(a, b, c) for a, b, c in found]
+
     # ------------------------------------------------------------------ feeds
 
     def global_feed_items(self) -> list[FeedItem]:
@@ -585,7 +658,18 @@ class Store:
 # ---------------------------------------------------------------------- helpers
 
 
+def _raw_sqlite(conn: Any) -> Any:
+    return conn.connection.dbapi_connection
+
+
+def _sqlite_begin(conn: Any) -> None:
+    """Emit BEGIN ourselves: pysqlite's own transaction handling skips DDL, which would leave a
+    failed migration half-applied (SQLAlchemy's documented recipe for SQLite)."""
+    conn.exec_driver_sql("BEGIN")
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.isolation_level = None  # autocommit at the driver: transactions are ours
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA busy_timeout=30000")

@@ -1,0 +1,184 @@
+"""How fast our SMTP delivery is, next to the floor smtplib itself sets.
+
+Usage: ``.venv/bin/python bench/bench_smtp.py --issues 500``
+
+Both sides send to the same local sink (aiosmtpd's ``Sink`` handler in its own process, so it
+does not compete with us for the GIL):
+
+* **ours**: the deliver stage as a run does it — for each rendered issue: claim it in the
+  database (``sending``, attempt counted), send its stored bytes with :class:`SmtpMailer` over
+  one reused connection, mark it sent and write the sent log (a temp SQLite database);
+* **floor**: the same messages, pre-built in memory, over one ``smtplib`` connection with
+  ``sendmail`` and no database at all.
+
+Rendering and planning happen before the clock starts: this measures delivery only. The
+ratio says what the exactly-once bookkeeping (two transactions per message) costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import smtplib
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from newsletter.config import Settings, load_settings
+from newsletter.domain import IssueState, SubscriberSpec
+from newsletter.ingest import ingest_paths
+from newsletter.pipeline import _content, deliver_pending, open_store, plan_issues
+from newsletter.render import EmailRenderer
+from newsletter.smtp import SmtpMailer
+
+ROOT = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+DIGEST = """Daily Papers
+
+Nov 22
+
+Quantum Error Correction with Surface Codes at Scale
+
+We study quantum error correction with surface codes and report logical error rates.
+
+Variational Quantum Eigensolvers for Molecular Ground States
+
+A variational quantum algorithm estimates molecular ground-state energies on noisy hardware.
+
+Quantum Annealing Benchmarks on Combinatorial Optimization
+
+We benchmark quantum annealing against classical heuristics on combinatorial problems.
+"""
+
+log = logging.getLogger("bench_smtp")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def _start_sink(port: int) -> subprocess.Popen[bytes]:
+    sink = subprocess.Popen(
+        [sys.executable, "-m", "aiosmtpd", "-n", "-l", f"{HOST}:{port}"]
+        + ["-c", "aiosmtpd.handlers.Sink"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((HOST, port), timeout=0.5) as probe:
+                probe.recv(100)  # the greeting: the server is serving
+            return sink
+        except OSError:
+            time.sleep(0.05)
+    sink.kill()
+    raise SystemExit(f"the aiosmtpd sink did not start on {HOST}:{port}")
+
+
+def _prepare(folder: Path, issues: int) -> Settings:
+    """A temp database with ``issues`` subscribers, each with one rendered issue."""
+    (folder / "inbox").mkdir()
+    (folder / "inbox" / "today.txt").write_text(DIGEST, encoding="utf-8")
+    settings = load_settings(
+        ROOT / "config" / "newsletter.toml",
+        environ={
+            "NEWSLETTER_DATABASE_URL": f"sqlite:///{folder / 'bench.db'}",
+            "NEWSLETTER_INBOX": str(folder / "inbox"),
+            "NEWSLETTER_OUTBOX_DIR": str(folder / "outbox"),
+            "NEWSLETTER_FEEDS_DIR": str(folder / "feeds"),
+            "NEWSLETTER_SUBSCRIBERS_FILE": str(folder / "none.toml"),
+        },
+    )
+    store = open_store(settings)
+    try:
+        ingest_paths(store, [settings.inbox], now=NOW, max_bytes=settings.max_digest_bytes)
+        for i in range(issues):
+            spec = SubscriberSpec(
+                email=f"reader{i:05d}@example.org",
+                name=f"Reader {i}",
+                profile="quantum",
+                max_papers=3,
+                min_score=0.01,
+            )
+            store.upsert_subscriber(spec, source="cli", now=NOW)
+        plan_issues(store, settings, NOW)
+        renderer = EmailRenderer(settings.templates_dir, settings.site)
+        subscribers = {s.id: s for s in store.subscribers()}
+        for issue in store.issues(states=[IssueState.PLANNED]):
+            rendered = renderer.render(_content(store, issue, subscribers[issue.subscriber_id]))
+            store.mark_rendered(
+                issue.id,
+                subject=rendered.subject,
+                html=rendered.html,
+                message=rendered.message,
+                message_id=rendered.message_id,
+            )
+    finally:
+        store.close()
+    return settings
+
+
+def _ours(settings: Settings, port: int) -> tuple[int, float, list[tuple[str, bytes]]]:
+    store = open_store(settings)
+    mailer = SmtpMailer(HOST, port, security="none")
+    try:
+        emails = {s.id: s.email for s in store.subscribers()}
+        start = time.perf_counter()
+        delivery = deliver_pending(store, settings, mailer, NOW)
+        elapsed = time.perf_counter() - start
+        sent = store.issues(states=[IssueState.SENT])
+        messages = []
+        for issue in sent:
+            raw = store.rendered_message(issue.id)
+            assert raw is not None
+            messages.append((emails[issue.subscriber_id], raw))
+    finally:
+        mailer.close()
+        store.close()
+    assert mailer.connections == 1, "one connection for the whole run"
+    return len(delivery.delivered), elapsed, messages
+
+
+def _floor(messages: list[tuple[str, bytes]], sender: str, port: int) -> float:
+    conn = smtplib.SMTP(HOST, port)
+    try:
+        start = time.perf_counter()
+        for recipient, raw in messages:
+            conn.sendmail(sender, [recipient], raw)
+        return time.perf_counter() - start
+    finally:
+        conn.quit()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--issues", type=int, default=500, help="issues to send (default 500)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    port = _free_port()
+    sink = _start_sink(port)
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench_smtp_") as tmp:
+            settings = _prepare(Path(tmp), args.issues)
+            sent, ours, messages = _ours(settings, port)
+            floor = _floor(messages, settings.mail.from_address, port)
+    finally:
+        sink.terminate()
+        sink.wait()
+    size = sum(len(raw) for _, raw in messages) / max(len(messages), 1)
+    print(f"issues: {sent} sent, {size / 1024:.1f} KiB per message, one connection each side")
+    print(f"ours  (claim + SMTP + mark sent, SQLite): {sent / ours:8.1f} msg/s ({ours:.2f} s)")
+    print(f"floor (smtplib sendmail, no database):   {sent / floor:8.1f} msg/s ({floor:.2f} s)")
+    print(f"ours / floor: {floor / ours:.2f}")
+
+
+if __name__ == "__main__":
+    main()

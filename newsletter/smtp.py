@@ -1,0 +1,291 @@
+"""Delivery to an SMTP server with :mod:`smtplib`: one session reused for many messages.
+
+Why the transaction is driven command by command (``mail``, ``rcpt``, ``data``) rather than
+with ``sendmail``: ``sendmail`` throws the server's final reply away, and that reply
+("250 2.0.0 Ok: queued as 4Xk2…") is what an operator greps the server's log for. It also lets
+each reply be classified where it happens:
+
+* 2xx: accepted; the final reply is returned and stored on the issue.
+* 4xx (including 421, after which the server closes), timeouts and network errors: transient
+  :class:`~newsletter.errors.DeliveryError`; the pipeline retries with backoff.
+* 5xx to RCPT TO, DATA or at the end of DATA: ``permanent`` for this message (this recipient
+  or this content); the other issues go on.
+* Anything that stops every message alike — the server cannot be reached, TLS or login fails,
+  the sender address is refused — is :class:`~newsletter.deliver.MailerUnavailable`, so the
+  pipeline stops for this run instead of burning every issue's attempts one by one.
+
+A connection found closed when a message starts (the server dropped an idle session, a broken
+pipe) is reopened once and the message sent again within the same :meth:`SmtpMailer.send`.
+If the drop came after the server had accepted the message but before its reply reached us,
+that re-send is a duplicate; it carries the same Message-ID, like the re-send after a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+import smtplib
+import ssl
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, NoReturn
+
+from newsletter.deliver import Envelope, MailerUnavailable
+from newsletter.errors import ConfigError, DeliveryError
+
+if TYPE_CHECKING:
+    from newsletter.config import Settings
+
+log = logging.getLogger(__name__)
+
+Security = Literal["none", "starttls", "ssl"]
+
+__all__ = ["RateLimiter", "SmtpMailer"]
+
+
+class RateLimiter:
+    """Starts at most ``rate`` sends per second, evenly spaced (``0``: no limit).
+
+    Spacing rather than bursts of ``rate`` per second: providers meter short windows, and an
+    even pace never trips a limit that a burst would.
+    """
+
+    def __init__(
+        self,
+        rate_per_second: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.interval = 1.0 / rate_per_second if rate_per_second > 0 else 0.0
+        self._clock = clock
+        self._sleep = sleep
+        self._next: float | None = None
+
+    def wait(self) -> None:
+        if not self.interval:
+            return
+        now = self._clock()
+        if self._next is not None and now < self._next:
+            self._sleep(self._next - now)
+            now = self._next
+        self._next = now + self.interval
+
+
+def _reply(code: int, text: bytes | str) -> str:
+    """``"550 5.1.1 <x>: user unknown"``: a multi-line reply on one line, as stored and logged."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    return f"{code} {' '.join(text.split())}".strip()
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """smtplib reports a socket timeout as SMTPServerDisconnected; the cause tells them apart."""
+    cause = exc.__cause__ or exc.__context__
+    return isinstance(exc, TimeoutError) or isinstance(cause, TimeoutError)
+
+
+class SmtpMailer:
+    """Sends each message over one SMTP session, kept open between messages.
+
+    ``password`` is given by the caller (from ``NEWSLETTER_SMTP_PASSWORD`` via the settings)
+    and is never logged or shown in a repr. ``connections`` counts the sessions opened, for
+    the operator's log and the tests.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int = 587,
+        *,
+        security: Security = "starttls",
+        username: str = "",
+        password: str | None = None,
+        timeout: float = 30.0,
+        rate_per_second: float = 0.0,
+        ca_file: Path | None = None,
+    ) -> None:
+        if not host:
+            raise ConfigError("the SMTP mailer needs a host: set smtp.host or NEWSLETTER_SMTP_HOST")
+        if username and not password:
+            raise ConfigError(
+                "smtp.username is set but NEWSLETTER_SMTP_PASSWORD is not: export the password"
+            )
+        self.host, self.port, self.security = host, port, security
+        self.username = username
+        self._password = password
+        self.timeout = timeout
+        self.ca_file = ca_file
+        self._limiter = RateLimiter(rate_per_second)
+        self._conn: smtplib.SMTP | None = None
+        self.connections = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SmtpMailer:
+        s = settings.smtp
+        return cls(
+            s.host,
+            s.port,
+            security=s.security,
+            username=s.username,
+            password=settings.smtp_password,
+            timeout=s.timeout_seconds,
+            rate_per_second=s.rate_per_second,
+            ca_file=s.ca_file,
+        )
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def __repr__(self) -> str:
+        user = f", username={self.username!r}" if self.username else ""
+        return f"SmtpMailer({self.address}, security={self.security!r}{user})"
+
+    # ------------------------------------------------------------------ Mailer protocol
+
+    def send(self, envelope: Envelope, message: bytes) -> str:
+        """Send one message; return the server's final reply (e.g. ``250 2.0.0 Ok: queued``)."""
+        self._limiter.wait()
+        for attempt in (1, 2):
+            conn = self._session()
+            try:
+                return self._transaction(conn, envelope, message)
+            except smtplib.SMTPServerDisconnected as exc:
+                self._discard()
+                if _timed_out(exc):
+                    raise DeliveryError(
+                        f"timed out after {self.timeout:g} s waiting for {self.address}; will retry"
+                    ) from None
+                if attempt == 2:
+                    raise DeliveryError(
+                        f"connection to {self.address} lost again after reconnecting ({exc}); "
+                        "will retry"
+                    ) from None
+                log.info("connection to %s lost (%s); reconnecting once", self.address, exc)
+            except OSError as exc:  # smtplib wraps most socket errors, not all
+                self._discard()
+                raise DeliveryError(f"network error talking to {self.address}: {exc}") from None
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        """End the session politely (QUIT); a dead connection is simply dropped."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            conn.quit()
+        except (smtplib.SMTPException, OSError):
+            conn.close()
+
+    # ------------------------------------------------------------------ session
+
+    def _session(self) -> smtplib.SMTP:
+        if self._conn is not None:
+            return self._conn
+        try:
+            self._conn = self._connect()
+        except smtplib.SMTPAuthenticationError as exc:
+            raise MailerUnavailable(
+                f"SMTP server {self.address} refused the login of {self.username!r}: "
+                f"{_reply(exc.smtp_code, exc.smtp_error)}; check smtp.username and "
+                "NEWSLETTER_SMTP_PASSWORD"
+            ) from None
+        except smtplib.SMTPNotSupportedError as exc:
+            raise MailerUnavailable(
+                f"SMTP server {self.address} does not support what we need ({exc}); check "
+                "smtp.security and smtp.username"
+            ) from None
+        except ssl.SSLError as exc:
+            raise MailerUnavailable(
+                f"TLS with SMTP server {self.address} failed: {exc}; check smtp.security, "
+                "smtp.port and smtp.ca_file"
+            ) from None
+        except smtplib.SMTPResponseException as exc:  # e.g. "421 too busy" as the greeting
+            raise MailerUnavailable(
+                f"SMTP server unreachable: {self.address} answered "
+                f"{_reply(exc.smtp_code, exc.smtp_error)}"
+            ) from None
+        except (smtplib.SMTPException, OSError) as exc:
+            detail = exc
+            raise MailerUnavailable(
+                f"SMTP server unreachable: cannot connect to {self.address} ({detail})"
+            ) from None
+        return self._conn
+
+    def _connect(self) -> smtplib.SMTP:
+        context = None
+        if self.security != "none":
+            context = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+        conn: smtplib.SMTP
+        if self.security == "ssl":
+            conn = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=context)
+        else:
+            conn = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+        try:
+            conn.ehlo_or_helo_if_needed()
+            if self.security == "starttls":
+                code, text = conn.starttls(context=context)
+                if code != 220:  # smtplib returns a refusal instead of raising
+                    raise MailerUnavailable(
+                        f"SMTP server {self.address} refused STARTTLS: {_reply(code, text)}; "
+                        "check smtp.security"
+                    )
+                conn.ehlo_or_helo_if_needed()
+            if self.username:
+                assert self._password is not None
+                conn.login(self.username, self._password)
+        except BaseException:
+            conn.close()
+            raise
+        self.connections += 1
+        log.info(
+            "connected to SMTP server %s (%s%s)",
+            self.address,
+            self.security,
+            f", as {self.username}" if self.username else "",
+        )
+        return conn
+
+    def _discard(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    # ------------------------------------------------------------------ transaction
+
+    def _transaction(self, conn: smtplib.SMTP, envelope: Envelope, message: bytes) -> str:
+        text: bytes | str
+        code, text = conn.mail(envelope.sender)
+        if code != 250:
+            self._refused(conn, "MAIL FROM", code, text, envelope)
+        code, text = conn.rcpt(envelope.recipient)
+        if code not in (250, 251):
+            self._refused(conn, "RCPT TO", code, text, envelope)
+        try:
+            code, text = conn.data(message)
+            stage = "end of DATA"
+        except smtplib.SMTPDataError as exc:  # the DATA command itself was refused
+            code, text, stage = exc.smtp_code, exc.smtp_error, "DATA"
+        if code != 250:
+            self._refused(conn, stage, code, text, envelope)
+        return _reply(code, text)
+
+    def _refused(
+        self, conn: smtplib.SMTP, stage: str, code: int, text: bytes | str, envelope: Envelope
+    ) -> NoReturn:
+        """Turn a refusal into the right error, leaving the session usable for the next one."""
+        reply = _reply(code, text)
+        if code == 421:  # the server is closing the session
+            self._discard()
+        else:
+            try:
+                conn.rset()
+            except (smtplib.SMTPException, OSError):
+                self._discard()
+        if stage == "MAIL FROM" and code >= 500:
+            raise MailerUnavailable(
+                f"SMTP server {self.address} refuses the sender {envelope.sender}: {reply}; "
+                "check mail.from_address"
+            )
+        raise DeliveryError(f"{reply} (reply to {stage})", permanent=500 <= code < 600)
