@@ -107,6 +107,13 @@ class Settings(_Section):
     paper_url_template: str = "https://arxiv.org/search/?query={title}&searchtype=title"
     max_digest_bytes: int = Field(50 * 1024 * 1024, ge=1)
     inbox_settle_seconds: float = Field(1.0, ge=0, le=300)
+    scan_interval_seconds: int = Field(60, ge=1, le=86400)
+    subscriber_refresh_seconds: int = Field(60, ge=1, le=86400)
+    catch_up_grace_hours: float = Field(12.0, ge=0, le=168)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Test and debugging only: every subscriber's send job fires every N seconds instead of at
+    # their local send time (still one issue per slot, i.e. per local date).
+    debug_send_every_seconds: int | None = Field(None, ge=1)
     mailer: Literal["outbox", "smtp"] = "outbox"
     mail: MailSettings = MailSettings()
     smtp: SmtpSettings = SmtpSettings()

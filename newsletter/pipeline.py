@@ -177,6 +177,23 @@ def plan_issues(
     return planned, empty
 
 
+def plan_slot(
+    store: Store, settings: Settings, sub: Subscriber, slot_date: date, now: datetime
+) -> bool:
+    """Plan one subscriber's issue for ``slot_date`` (the daemon's send job); False if the
+    slot already has its issue or there is nothing to send."""
+    if store.issue(sub.id, slot_date) is not None:
+        return False
+    selection = select_papers(store, settings, [sub], now).get(sub.id)
+    if selection is None:
+        return False
+    papers, _profile = selection
+    if not papers and not sub.send_when_empty:
+        log.info("nothing new for %s at or above min score %.2f", sub.email, sub.min_score)
+        return False
+    return store.plan_issue(sub.id, slot_date, papers, now) is not None
+
+
 def _content(store: Store, issue: IssueRecord, sub: Subscriber) -> IssueContent:
     from newsletter.profile import parse_profile
 
@@ -206,6 +223,7 @@ def deliver_pending(
     mailer: Mailer,
     now: datetime,
     progress: Callable[[str], None] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> Delivery:
     """Render and send every issue that is planned, rendered or was in flight at a crash.
 
@@ -223,6 +241,9 @@ def deliver_pending(
     delivered = result.delivered
     pending = store.issues(states=PENDING_STATES)
     for position, issue in enumerate(pending):
+        if should_stop():  # SIGTERM: the message in flight is done; the rest stay pending
+            log.info("stopping: %d issue(s) left pending", len(pending) - position)
+            break
         sub = subscribers[issue.subscriber_id]
         if sub.status is not SubscriberStatus.ACTIVE:
             store.mark_failed(issue.id, reply=f"not sent: {sub.email} is {sub.status.value}")

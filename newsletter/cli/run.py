@@ -27,24 +27,29 @@ from newsletter.cli._base import (
 @NOW_OPTION
 @pass_ctx
 def run(ctx: Context, once: bool, as_json: bool, now_text: str | None) -> None:
-    """Ingest the inbox, send every due issue, write the feeds.
+    """Run the daemon: scan the inbox, send each issue at its subscriber's local time.
+
+    Without --once: runs until SIGTERM/SIGINT (SIGHUP re-reads subscribers now), one daemon
+    per database; a second one exits with status 3 naming the first. Logs one line per event
+    to stderr (level: log_level, or -v/-vv).
 
     With --once: one pass in which every active subscriber's current slot (their local date)
     is due, whatever their send time; a slot that already has an issue is never sent again.
 
     \b
     Example:
+      newsletter run                 # the daemon (see deploy/newsletter.service)
       newsletter run --once
       newsletter run --once --json | jq .issues_delivered
     """
     from newsletter.pipeline import run_once
 
-    if not once:
-        raise click.UsageError(
-            "the scheduled daemon is not built yet; run `newsletter run --once` "
-            "(from cron or a systemd timer) meanwhile"
-        )
     settings = ctx.settings
+    if not once:
+        if as_json or now_text:
+            raise click.UsageError("--json and --now apply to --once only")
+        _run_daemon(ctx)
+        return
     summary = run_once(settings, now=parse_now(now_text), progress=progress_printer(as_json))
     if as_json:
         emit(asdict(summary))
@@ -60,10 +65,18 @@ def run(ctx: Context, once: bool, as_json: bool, now_text: str | None) -> None:
         click.echo(f"  {summary.files_waiting} file(s) still being written: read on the next run")
     for error in summary.subscriber_errors:
         click.echo(f"  skipped subscriber: {error}")
+    where = (
+        summary.outbox_dir if settings.mailer == "outbox" else f"SMTP server {settings.smtp.host}"
+    )
     if summary.issues_delivered:
-        click.echo(f"issues: {summary.issues_delivered} delivered to {summary.outbox_dir}")
+        click.echo(f"issues: {summary.issues_delivered} delivered to {where}")
     else:
         click.echo("issues: none delivered (nothing new for anyone, or already sent this slot)")
+    if summary.delivery_stopped:
+        click.echo(
+            f"  delivery stopped: {summary.delivery_stopped}; {summary.issues_pending} issue(s) "
+            "pending, sent on the next run"
+        )
     if summary.issues_failed:
         click.echo(f"  {summary.issues_failed} failed issue(s): see `newsletter status`")
     click.echo(f"feeds: {summary.feeds_dir} ({summary.feeds_written} file(s) changed)")
@@ -188,3 +201,18 @@ def feeds(ctx: Context) -> None:
     finally:
         store.close()
     click.echo(f"{ctx.settings.feeds_dir.resolve()}: {count} file(s) changed")
+
+
+def _run_daemon(ctx: Context) -> None:
+    import logging
+
+    from newsletter.daemon import Daemon
+    from newsletter.store.lock import AlreadyRunning
+
+    if ctx.verbose == 0:
+        logging.getLogger().setLevel(ctx.settings.log_level)
+    try:
+        Daemon(ctx.settings).run()
+    except AlreadyRunning as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise SystemExit(3) from None

@@ -13,7 +13,7 @@ from newsletter.cli._base import (
     emit,
     pass_ctx,
 )
-from newsletter.domain import IssueState
+from newsletter.domain import IssueState, Subscriber, SubscriberStatus
 from newsletter.errors import NewsletterError
 
 # ---------------------------------------------------------------------- status
@@ -85,6 +85,7 @@ def status(ctx: Context, as_json: bool) -> None:
                 "last_sent": last_sent[s.id].slot_date if s.id in last_sent else None,
                 "last_sent_at": last_sent[s.id].sent_at if s.id in last_sent else None,
                 "last_reply": last_sent[s.id].last_reply if s.id in last_sent else None,
+                "next_send": _next_send(s),
             }
             for s in subs.values()
         ],
@@ -113,7 +114,22 @@ def status(ctx: Context, as_json: bool) -> None:
         )
     click.echo("subscribers:")
     for s in data["subscribers"]:
-        click.echo(f"  {s['email']:<32} {s['status']:<13} last issue: {s['last_sent'] or '-'}")
+        click.echo(
+            f"  {s['email']:<32} {s['status']:<13} last issue: {s['last_sent'] or '-'}; "
+            f"next send: {s['next_send'] or '-'}"
+        )
+
+
+def _next_send(sub: Subscriber) -> str | None:
+    """When the daemon sends this subscriber's next issue, in their own timezone."""
+    from datetime import UTC, datetime
+
+    from newsletter.schedule import SendSchedule, next_send_time
+
+    if sub.status is not SubscriberStatus.ACTIVE:
+        return None
+    moment = next_send_time(SendSchedule.of(sub), datetime.now(UTC), inclusive=True)
+    return moment.strftime("%Y-%m-%d %H:%M %Z")
 
 
 # ---------------------------------------------------------------------- retry

@@ -1,0 +1,211 @@
+"""The real daemon as a subprocess: ingest, send, catch up, one per database, clean stop."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, SEEDS
+
+SEED = "000_3a916ff8f52d44d3.txt"  # 72 papers, several on diffusion
+
+
+def _subscribers(path: Path, *entries: tuple[str, str]) -> None:
+    path.write_text(
+        "".join(
+            f'[[subscriber]]\nemail = "{email}"\nprofile = "diffusion"\ntimezone = "UTC"\n'
+            f'send_at = "{send_at}"\nmin_score = 0.5\n\n'
+            for email, send_at in entries
+        )
+    )
+
+
+@pytest.fixture
+def env(tmp_path: Path, database_url: str) -> dict[str, str]:
+    (tmp_path / "inbox").mkdir()
+    (tmp_path / "config").mkdir()
+    return {
+        **os.environ,
+        "NEWSLETTER_CONFIG": str(ROOT / "config" / "newsletter.toml"),
+        "NEWSLETTER_DATABASE_URL": database_url,
+        "NEWSLETTER_INBOX": str(tmp_path / "inbox"),
+        "NEWSLETTER_OUTBOX_DIR": str(tmp_path / "outbox"),
+        "NEWSLETTER_FEEDS_DIR": str(tmp_path / "feeds"),
+        "NEWSLETTER_SUBSCRIBERS_FILE": str(tmp_path / "config" / "subscribers.toml"),
+        "NEWSLETTER_SCAN_INTERVAL_SECONDS": "1",
+        "NEWSLETTER_SUBSCRIBER_REFRESH_SECONDS": "1",
+        "NEWSLETTER_INBOX_SETTLE_SECONDS": "0",
+    }
+
+
+class Daemon:
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "newsletter", "-v", "run"],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=log.open("w"),
+        )
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def wait_for(self, text: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.output():
+            assert self.proc.poll() is None, f"daemon exited:\n{self.output()}"
+            assert time.monotonic() < deadline, f"no {text!r} in time:\n{self.output()}"
+            time.sleep(0.1)
+
+    def stop(self, sig: int = signal.SIGTERM) -> tuple[int, float]:
+        started = time.monotonic()
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=15)
+        return code, time.monotonic() - started
+
+
+@pytest.fixture
+def daemons(tmp_path: Path) -> Iterator[list[Daemon]]:
+    running: list[Daemon] = []
+    yield running
+    for d in running:
+        if d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait()
+
+
+def _emls(env: dict[str, str]) -> list[Path]:
+    return sorted(Path(env["NEWSLETTER_OUTBOX_DIR"]).glob("*.eml"))
+
+
+def test_daemon_ingests_sends_and_stops_on_sigterm(
+    env: dict[str, str], tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    _subscribers(Path(env["NEWSLETTER_SUBSCRIBERS_FILE"]), ("d@example.org", "07:00"))
+    daemon = Daemon({**env, "NEWSLETTER_DEBUG_SEND_EVERY_SECONDS": "2"}, tmp_path / "d.log")
+    daemons.append(daemon)
+    daemon.wait_for("next send to d@example.org")
+    shutil.copy(SEEDS / SEED, Path(env["NEWSLETTER_INBOX"]) / SEED)
+    daemon.wait_for("sent issue")
+    time.sleep(3)  # more send ticks: the slot already has its issue, nothing more goes out
+    assert [p.name.split("_", 1)[1] for p in _emls(env)] == ["00001_d.eml"]
+    log = daemon.output()
+    assert f"ingested {Path(env['NEWSLETTER_INBOX']) / SEED}: 72 entries" in log
+    assert log.count("sent issue") == 1
+    code, seconds = daemon.stop()
+    assert code == 0 and seconds < 10
+    assert "daemon stopped" in daemon.output()
+
+
+def test_second_daemon_refuses_and_names_the_first(
+    env: dict[str, str], tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    _subscribers(Path(env["NEWSLETTER_SUBSCRIBERS_FILE"]), ("d@example.org", "07:00"))
+    first = Daemon(env, tmp_path / "first.log")
+    daemons.append(first)
+    first.wait_for("daemon started")
+    started = time.monotonic()
+    second = subprocess.run(
+        [sys.executable, "-m", "newsletter", "run"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert second.returncode == 3
+    assert time.monotonic() - started < 15
+    assert "another newsletter daemon is running on" in second.stderr
+    assert f"pid={first.proc.pid}" in second.stderr or f"pid {first.proc.pid}" in second.stderr
+    assert first.proc.poll() is None  # the first one is untouched
+    code, _ = first.stop(signal.SIGINT)
+    assert code == 0
+
+
+def test_catch_up_within_grace_and_skip_older(
+    env: dict[str, str], tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    now = datetime.now(UTC)  # slots 1 h and 13.5 h ago (possibly yesterday's: same rule)
+    recent = (now - timedelta(hours=1)).strftime("%H:%M")
+    old = (now - timedelta(hours=13, minutes=30)).strftime("%H:%M")
+    _subscribers(
+        Path(env["NEWSLETTER_SUBSCRIBERS_FILE"]),
+        ("recent@example.org", recent),
+        ("old@example.org", old),
+    )
+    shutil.copy(SEEDS / SEED, Path(env["NEWSLETTER_INBOX"]) / SEED)
+    daemon = Daemon(env, tmp_path / "c.log")
+    daemons.append(daemon)
+    daemon.wait_for("sent issue")
+    daemon.wait_for("skipped old@example.org's missed slot")
+    assert [p.name.split("_", 2)[2] for p in _emls(env)] == ["recent.eml"]
+    assert daemon.stop()[0] == 0
+    # Restarting does not send the caught-up slot again.
+    again = Daemon(env, tmp_path / "c2.log")
+    daemons.append(again)
+    again.wait_for("daemon started")
+    time.sleep(2)
+    assert len(_emls(env)) == 1
+    assert again.stop()[0] == 0
+
+
+def test_sigterm_mid_delivery_leaves_nothing_half_recorded(
+    env: dict[str, str], tmp_path: Path, daemons: list[Daemon], database_url: str
+) -> None:
+    from newsletter.domain import IssueState
+    from newsletter.store import Store
+    from tests.smtp_server import HOST, SmtpServer
+
+    _subscribers(
+        Path(env["NEWSLETTER_SUBSCRIBERS_FILE"]),
+        *[(f"s{n:02d}@example.org", "07:00") for n in range(40)],
+    )
+    shutil.copy(SEEDS / SEED, Path(env["NEWSLETTER_INBOX"]) / SEED)
+    with SmtpServer() as server:
+        smtp_env = {
+            **env,
+            "NEWSLETTER_MAILER": "smtp",
+            "NEWSLETTER_SMTP_HOST": HOST,
+            "NEWSLETTER_SMTP_PORT": str(server.port),
+            "NEWSLETTER_SMTP_SECURITY": "none",
+            "NEWSLETTER_SMTP_RATE_PER_SECOND": "5",
+            "NEWSLETTER_DEBUG_SEND_EVERY_SECONDS": "1",
+        }
+        daemon = Daemon(smtp_env, tmp_path / "t.log")
+        daemons.append(daemon)
+        deadline = time.monotonic() + 60
+        while len(server.handler.received) < 5:
+            assert time.monotonic() < deadline, daemon.output()
+            time.sleep(0.05)
+        code, seconds = daemon.stop(signal.SIGTERM)
+        assert code == 0 and seconds < 10, daemon.output()
+        received = {r.message_id for r in server.handler.received}
+        store = Store(database_url)
+        issues = store.issues()
+        states = {i.state for i in issues}
+        sent = {i.message_id for i in issues if i.state is IssueState.SENT}
+        # Every message the server got is recorded sent, and nothing is left mid-send.
+        assert IssueState.SENDING not in states
+        assert sent == received and 5 <= len(sent) < 40
+        store.close()
+        # A restart sends the rest, each once.
+        again = Daemon(smtp_env, tmp_path / "t2.log")
+        daemons.append(again)
+        deadline = time.monotonic() + 60
+        while len(server.handler.received) < 40:
+            assert time.monotonic() < deadline, again.output()
+            time.sleep(0.1)
+        assert again.stop()[0] == 0
+        ids = [r.message_id for r in server.handler.received]
+        assert len(ids) == len(set(ids)) == 40
