@@ -177,7 +177,7 @@ def check_timezone(value: str) -> ZoneInfo:
 
 
 # NEWSLETTER_* variables that are not settings keys, read where they are used.
-OTHER_ENV = frozenset({"CONFIG", "TEST_POSTGRES_URL", "SMTP_PASSWORD"})
+OTHER_ENV = frozenset({"CONFIG", "TEST_POSTGRES_URL", "SECRET_KEY", "SMTP_PASSWORD"})
 PASSWORD_ENV = ENV_PREFIX + "SMTP_PASSWORD"
 
 

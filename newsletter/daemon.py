@@ -24,7 +24,6 @@ import signal
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from types import FrameType
 from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -66,6 +65,8 @@ class Daemon:
         self.settings = settings
         self.clock = clock
         self.stopping = threading.Event()
+        self._hup = threading.Event()
+        self._finished = threading.Event()
         self.mailer = mailer or make_mailer(settings)
         self.scanner = InboxScanner(settings.inbox_settle_seconds)
         self.executor = ThreadPoolExecutor(max_workers=1)
@@ -84,9 +85,11 @@ class Daemon:
         """Run until SIGTERM/SIGINT. Raises AlreadyRunning if another daemon has the database."""
         self.store = open_store(self.settings)
         lock = DaemonLock(self.store.engine)
+        watcher = threading.Thread(target=self._watch_signals, name="signals", daemon=True)
         try:
             lock.acquire()
             self._install_signal_handlers()
+            watcher.start()
             log.info("daemon started (pid lock %s)", lock.path or "advisory")
             self.refresh_subscribers()
             self.scan_inbox(two_scans=True)  # papers first, so a catch-up issue has them
@@ -104,35 +107,45 @@ class Daemon:
                 name="subscriber refresh",
             )
             if not self.stopping.is_set():
-                self.scheduler.start()  # blocks until request_stop()
-            self.executor._pool.shutdown(wait=True)  # the job in progress finishes its message
+                self.scheduler.start()  # blocks until the watcher shuts it down
+            pool = getattr(self.executor, "_pool", None)
+            if pool is not None:
+                pool.shutdown(wait=True)  # the job in progress finishes its message
         finally:
+            self._finished.set()
             self.mailer.close()
             lock.release()
             self.store.close()
             log.info("daemon stopped")
 
     def request_stop(self, *_: Any) -> None:
-        if self.stopping.is_set():
-            return
-        log.info("stopping: finishing the message in flight")
+        """Signal handler: only set a flag. Taking the scheduler's or an executor's locks here
+        could deadlock: the handler runs on the main thread, which may be holding them."""
         self.stopping.set()
-        try:
-            self.scheduler.shutdown(wait=False)
-        except SchedulerNotRunningError:
-            pass
 
     def _install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
+        signal.signal(signal.SIGHUP, lambda _signum, _frame: self._hup.set())
 
-        def on_hup(_signum: int, _frame: FrameType | None) -> None:
-            log.info("SIGHUP: refreshing subscribers")
-            self.scheduler.add_job(
-                self.refresh_subscribers, id="subscribers-now", replace_existing=True
-            )
-
-        signal.signal(signal.SIGHUP, on_hup)
+    def _watch_signals(self) -> None:
+        """Act on the flags the signal handlers set, from an ordinary thread."""
+        while not self._finished.wait(0.2):
+            if self._hup.is_set():
+                self._hup.clear()
+                log.info("SIGHUP: refreshing subscribers")
+                self.scheduler.add_job(
+                    self.refresh_subscribers, id="subscribers-now", replace_existing=True
+                )
+            if self.stopping.is_set():
+                log.info("stopping: finishing the message in flight")
+                break
+        while not self._finished.is_set():
+            try:
+                self.scheduler.shutdown(wait=False)
+                return
+            except SchedulerNotRunningError:  # not started yet: look again until run() ends
+                self._finished.wait(0.1)
 
     # ------------------------------------------------------------------ jobs
 

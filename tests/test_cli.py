@@ -189,4 +189,4 @@ def test_ingest_reports_per_file(env: dict[str, str], tmp_path: Path) -> None:
 
 def test_db_upgrade(env: dict[str, str]) -> None:
     out = _run(env, "db", "upgrade")
-    assert out.returncode == 0 and out.stdout == "database at revision 0003\n"
+    assert out.returncode == 0 and out.stdout == "database at revision 0004\n"

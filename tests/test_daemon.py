@@ -209,3 +209,26 @@ def test_sigterm_mid_delivery_leaves_nothing_half_recorded(
         assert again.stop()[0] == 0
         ids = [r.message_id for r in server.handler.received]
         assert len(ids) == len(set(ids)) == 40
+
+
+def test_sighup_rebuilds_jobs_and_a_stop_during_start_up_exits(
+    env: dict[str, str], tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    subs = Path(env["NEWSLETTER_SUBSCRIBERS_FILE"])
+    _subscribers(subs, ("a@example.org", "07:00"))
+    slow_refresh = {**env, "NEWSLETTER_SUBSCRIBER_REFRESH_SECONDS": "3600"}
+    daemon = Daemon(slow_refresh, tmp_path / "h.log")
+    daemons.append(daemon)
+    daemon.wait_for("Scheduler started")
+    _subscribers(subs, ("a@example.org", "07:00"), ("b@example.org", "09:15"))
+    daemon.proc.send_signal(signal.SIGHUP)
+    daemon.wait_for("next send to b@example.org at ")
+    assert "SIGHUP: refreshing subscribers" in daemon.output()
+    assert daemon.stop()[0] == 0
+    # A stop signal as soon as the daemon says it started (before its scheduler runs).
+    early = Daemon(slow_refresh, tmp_path / "e.log")
+    daemons.append(early)
+    early.wait_for("daemon started")
+    code, seconds = early.stop(signal.SIGTERM)
+    assert code == 0 and seconds < 10
+    assert "daemon stopped" in early.output()

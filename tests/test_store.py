@@ -40,7 +40,7 @@ def test_migrations_create_exactly_the_models(store: Store) -> None:
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
-    assert store.migrate() == "0003"  # idempotent
+    assert store.migrate() == "0004"  # idempotent
 
 
 def test_subscriber_upsert_never_reactivates(store: Store) -> None:
@@ -193,7 +193,7 @@ def test_upgrade_from_0001_backfills_title_keys(database_url: str) -> None:
             ),
             {"t": NOW},
         )
-    assert store.migrate() == "0003"
+    assert store.migrate() == "0004"
     (sub,) = store.subscribers()
     assert len(sub.feed_token) >= 32 and sub.feed_token != sub.token
     # A JSON entry with an arXiv id and a differently written title finds the stored paper.

@@ -119,9 +119,7 @@ class DaemonLock:
             else "unknown holder"
         )
         url = make_url(self.engine.url).render_as_string(hide_password=True)
-        raise AlreadyRunning(
-            f"another newsletter daemon is running on {url}: {who}; stop it first"
-        )
+        raise AlreadyRunning(f"another newsletter daemon is running on {url}: {who}; stop it first")
 
 
 def _describe(holder: str) -> str:

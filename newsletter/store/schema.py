@@ -6,6 +6,7 @@ Every change to these classes needs an Alembic migration in ``newsletter/migrati
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -22,9 +23,10 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    event,
 )
-from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, Mapper, mapped_column
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -120,6 +122,16 @@ class SubscriberRow(Base):
     source: Mapped[str] = mapped_column(String(16))  # config | cli | csv | web
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # The web side finds a subscriber by the SHA-256 of a token, never by the token itself:
+    # an index lookup compares bytes with early exit, and a hash an attacker cannot steer
+    # makes that timing useless (see newsletter/store/accounts.py). Kept in step with the
+    # tokens by the mapper events below.
+    token_hash: Mapped[str | None] = mapped_column(String(64), index=True, unique=True)
+    feed_token_hash: Mapped[str | None] = mapped_column(String(64), index=True, unique=True)
+    # Double opt-in: only the hash of the emailed confirmation token is stored (single use,
+    # cleared on confirmation), and when the last one was sent (at most one an hour).
+    confirm_token_hash: Mapped[str | None] = mapped_column(String(64), index=True, unique=True)
+    confirm_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class IssueRow(Base):
@@ -159,3 +171,17 @@ class SentLogRow(Base):
     paper_id: Mapped[int] = mapped_column(ForeignKey("papers.id"), primary_key=True)
     issue_id: Mapped[int] = mapped_column(ForeignKey("issues.id"), index=True)
     sent_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+def token_digest(token: str) -> str:
+    """The SHA-256 (hex) under which a secret token is looked up."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+@event.listens_for(SubscriberRow, "before_insert")
+@event.listens_for(SubscriberRow, "before_update")
+def _hash_tokens(_mapper: Mapper[SubscriberRow], _conn: Connection, row: SubscriberRow) -> None:
+    """Every ORM write of a subscriber keeps the lookup hashes equal to its tokens, so code
+    that creates subscribers (config sync, CLI, CSV, web) needs to know nothing about them."""
+    row.token_hash = token_digest(row.token) if row.token else None
+    row.feed_token_hash = token_digest(row.feed_token) if row.feed_token else None

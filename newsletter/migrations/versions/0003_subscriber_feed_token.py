@@ -36,9 +36,7 @@ def upgrade() -> None:
             .where(subscribers.c.id == subscriber_id)
             .values(feed_token=secrets.token_urlsafe(24))
         )
-    op.create_index(
-        op.f("ix_subscribers_feed_token"), "subscribers", ["feed_token"], unique=True
-    )
+    op.create_index(op.f("ix_subscribers_feed_token"), "subscribers", ["feed_token"], unique=True)
 
 
 def downgrade() -> None:

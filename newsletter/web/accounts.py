@@ -1,0 +1,229 @@
+"""Subscribe (double opt-in), confirm, unsubscribe and preferences pages.
+
+Decisions, and why:
+
+* **Unsubscribe** ``POST /unsubscribe/<token>`` unsubscribes at once, whatever the body: it is
+  the RFC 8058 one-click target (``List-Unsubscribe=One-Click``, sent by mail providers with
+  no cookies and no CSRF token) and the button of the ``GET`` page posts the same body. No CSRF
+  token there: the secret token in the URL is the only authority, and anybody holding it could
+  make the one-click POST anyway. ``GET`` never unsubscribes, because link scanners and
+  prefetchers follow links in emails.
+* **Confirm** ``GET /confirm/<token>`` shows a button; its ``POST`` activates. Corporate mail
+  scanners open every link in a message: a confirming GET would let them subscribe an address
+  whose owner never clicked, which is what double opt-in exists to prevent.
+* **Subscribe** answers with the same "check your inbox" page whether the address is new,
+  pending, active or was sent a confirmation within the hour, so the form does not reveal who
+  is subscribed; at most one confirmation per address per :data:`RESEND_AFTER`.
+* **Preferences** changes need a signed form (see :mod:`newsletter.web.security`).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from newsletter.domain import Subscriber, SubscriberStatus
+from newsletter.errors import DeliveryError
+from newsletter.pipeline import defaults_from
+from newsletter.store import accounts
+from newsletter.subscribers import WEEKDAYS
+from newsletter.web.context import WebContext
+from newsletter.web.forms import preferences_values, validate
+from newsletter.web.mail import confirmation_message
+from newsletter.web.security import first, read_form
+
+log = logging.getLogger(__name__)
+
+RESEND_AFTER = timedelta(hours=1)
+CONFIRM_MAX_AGE = timedelta(days=7)
+PREFERENCES = "preferences"
+
+
+def _subscriber(ctx: WebContext, request: Request) -> Subscriber:
+    found = accounts.subscriber_by_token(ctx.store, str(request.path_params["token"]))
+    if found is None:
+        raise HTTPException(404)
+    return found
+
+
+# ---------------------------------------------------------------------- subscribe
+
+
+def subscribe_form(ctx: WebContext, request: Request) -> Response:
+    return ctx.page(
+        "subscribe.html.j2",
+        form={"timezone": ctx.settings.timezone},
+        errors={},
+        timezones=ctx.timezones,
+    )
+
+
+async def subscribe(ctx: WebContext, request: Request) -> Response:
+    form = await read_form(request)
+    return await run_in_threadpool(_subscribe, ctx, form)
+
+
+def _subscribe(ctx: WebContext, form: dict[str, list[str]]) -> Response:
+    values = {name: first(form, name).strip() for name in ("email", "name", "profile", "timezone")}
+    entry = {k: v for k, v in values.items() if v}
+    result = validate(entry, defaults_from(ctx.settings))
+    if result.spec is None:
+        return ctx.page(
+            "subscribe.html.j2",
+            status=400,
+            form=values,
+            errors=result.errors,
+            timezones=ctx.timezones,
+        )
+    spec = result.spec
+    now = ctx.now()
+    request = accounts.request_confirmation(ctx.store, spec, now, resend_after=RESEND_AFTER)
+    if request.token is None or request.subscriber_id is None:
+        log.info("subscribe: no confirmation sent (%s)", request.reason)
+    else:
+        envelope, message = confirmation_message(
+            ctx,
+            subscriber_id=request.subscriber_id,
+            email=spec.email,
+            name=spec.name,
+            token=request.token,
+            now=now,
+        )
+        try:
+            ctx.send_mail(envelope, message)
+        except (DeliveryError, OSError) as exc:
+            # Same page for the visitor (it must not reveal anything about the address); the
+            # token is withdrawn so that a new submission can send a new one at once.
+            log.error(
+                "subscribe: confirmation for subscriber %s not sent: %s", request.subscriber_id, exc
+            )
+            accounts.cancel_confirmation(ctx.store, request.subscriber_id, request.token)
+        else:
+            log.info(
+                "subscribe: confirmation sent to subscriber %s (%s)",
+                request.subscriber_id,
+                request.reason,
+            )
+    return ctx.page("check_inbox.html.j2", email=spec.email)
+
+
+# ---------------------------------------------------------------------- confirm
+
+
+def confirm_page(ctx: WebContext, request: Request) -> Response:
+    token = str(request.path_params["token"])
+    sub = accounts.pending_confirmation(ctx.store, token, ctx.now(), max_age=CONFIRM_MAX_AGE)
+    if sub is None:
+        return ctx.page("confirm.html.j2", status=404, state="invalid")
+    return ctx.page("confirm.html.j2", state="ask", email=sub.email)
+
+
+def confirm(ctx: WebContext, request: Request) -> Response:
+    token = str(request.path_params["token"])
+    sub = accounts.confirm_subscription(ctx.store, token, ctx.now(), max_age=CONFIRM_MAX_AGE)
+    if sub is None:
+        return ctx.page("confirm.html.j2", status=404, state="invalid")
+    log.info("confirm: subscriber %s is active", sub.id)
+    return ctx.page(
+        "confirm.html.j2",
+        state="done",
+        email=sub.email,
+        preferences_path=f"/preferences/{sub.token}",
+    )
+
+
+# ---------------------------------------------------------------------- unsubscribe
+
+
+def unsubscribe_page(ctx: WebContext, request: Request) -> Response:
+    sub = _subscriber(ctx, request)
+    state = "done" if sub.status is SubscriberStatus.UNSUBSCRIBED else "ask"
+    return ctx.page("unsubscribe.html.j2", state=state, email=sub.email)
+
+
+def unsubscribe(ctx: WebContext, request: Request) -> Response:
+    sub = _subscriber(ctx, request)
+    if accounts.unsubscribe(ctx.store, sub.id, ctx.now()):
+        log.info("unsubscribe: subscriber %s unsubscribed", sub.id)
+    return ctx.page("unsubscribe.html.j2", state="done", email=sub.email)
+
+
+# ---------------------------------------------------------------------- preferences
+
+
+def _preferences(
+    ctx: WebContext,
+    sub: Subscriber,
+    form: dict[str, Any],
+    *,
+    status: int = 200,
+    errors: dict[str, str] | None = None,
+    notice: str = "",
+) -> Response:
+    return ctx.page(
+        "preferences.html.j2",
+        status=status,
+        sub=sub,
+        form=form,
+        errors=errors or {},
+        notice=notice,
+        weekdays=WEEKDAYS,
+        timezones=ctx.timezones,
+        csrf=ctx.signer.issue(PREFERENCES, sub.token, ctx.now()),
+        # The run syncs config/subscribers.toml over its entries: say so rather than let a
+        # saved change silently come undone.
+        from_file=accounts.subscriber_source(ctx.store, sub.id) == "config",
+        action=f"/preferences/{sub.token}",
+    )
+
+
+def preferences_page(ctx: WebContext, request: Request) -> Response:
+    sub = _subscriber(ctx, request)
+    return _preferences(ctx, sub, preferences_values(sub))
+
+
+async def save_preferences(ctx: WebContext, request: Request) -> Response:
+    form = await read_form(request)
+    return await run_in_threadpool(_save_preferences, ctx, request, form)
+
+
+def _save_preferences(ctx: WebContext, request: Request, form: dict[str, list[str]]) -> Response:
+    sub = _subscriber(ctx, request)
+    submitted: dict[str, Any] = {
+        name: first(form, name).strip()
+        for name in ("name", "profile", "timezone", "send_at", "max_papers")
+    }
+    submitted["days"] = [d for d in form.get("days", []) if d in WEEKDAYS]
+    if not ctx.signer.check(first(form, "csrf"), PREFERENCES, sub.token, ctx.now()):
+        log.warning("preferences: form signature refused for subscriber %s", sub.id)
+        return _preferences(
+            ctx,
+            sub,
+            submitted,
+            status=403,
+            notice="This form has expired or did not come from this site. Nothing was saved: "
+            "check your changes and save again.",
+        )
+    entry = {
+        "email": sub.email,
+        "min_score": sub.min_score,
+        "send_when_empty": sub.send_when_empty,
+        **{k: v for k, v in submitted.items() if k != "days"},
+        "days": list(form.get("days", [])),  # an unknown day is make_spec's to refuse
+    }
+    result = validate(
+        {k: v for k, v in entry.items() if v not in ("", None)}, defaults_from(ctx.settings)
+    )
+    if result.spec is None:
+        return _preferences(ctx, sub, submitted, status=400, errors=result.errors)
+    saved = accounts.update_preferences(ctx.store, sub.id, result.spec, ctx.now())
+    if saved is None:
+        raise HTTPException(404)
+    log.info("preferences: subscriber %s saved", sub.id)
+    return _preferences(ctx, saved, preferences_values(saved), notice="Saved.")

@@ -1,0 +1,142 @@
+"""The ASGI application: ``create_app(settings)`` wires routes, headers and error pages.
+
+The web side shares the daemon's database and nothing else: it reads issues and papers,
+writes subscriber rows, and sends only the double opt-in email. Every URL it serves is one
+that :class:`newsletter.domain.SiteInfo` builds into emails and feeds.
+
+The app never redirects (trailing-slash redirects are switched off too), so no URL taken
+from a request can send a visitor elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from functools import partial
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from newsletter.config import Settings
+from newsletter.deliver import Mailer
+from newsletter.pipeline import make_mailer, open_store
+from newsletter.store import accounts as store_accounts
+from newsletter.web import accounts, pages
+from newsletter.web.context import Clock, WebContext
+from newsletter.web.feeds import FeedHandler
+from newsletter.web.security import DEFAULT_HEADERS, FormSigner, SecurityHeaders
+
+log = logging.getLogger(__name__)
+
+__all__ = ["create_app"]
+
+STYLESHEET = "site.css"
+ERROR_TITLES = {
+    400: "Bad request",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    413: "Too large",
+    415: "Unsupported form",
+}
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    mailer: Mailer | None = None,
+    clock: Clock | None = None,
+    secret: bytes | None = None,
+) -> Starlette:
+    """Build the app on the settings' database (migrated to the current schema).
+
+    ``mailer`` sends confirmation emails (default: the configured outbox or SMTP mailer,
+    created on first use and closed at shutdown; a given one is the caller's to close).
+    ``clock`` is for tests. ``secret`` signs forms; the default is a random key per process,
+    so forms served before a restart are refused once (the page says to save again), and all
+    workers of one deployment must share a configured secret.
+    """
+    store = open_store(settings)
+    fixed = store_accounts.backfill_token_hashes(store)
+    if fixed:
+        log.info("web: hashed the tokens of %d subscriber(s)", fixed)
+    ctx = WebContext(
+        settings=settings,
+        store=store,
+        clock=clock or _utc_now,
+        signer=FormSigner(secret or secrets.token_bytes(32)),
+        mailer_factory=(lambda: mailer) if mailer is not None else partial(make_mailer, settings),
+    )
+    stylesheet = (settings.templates_dir / "web" / STYLESHEET).read_bytes()
+
+    def bind(
+        handler: Callable[[WebContext, Request], Response | Awaitable[Response]],
+    ) -> Callable[[Request], Response | Awaitable[Response]]:
+        """Give a handler its context. Starlette runs sync handlers (database work) in its
+        thread pool; async ones read the body first and hand the rest to the pool."""
+        return partial(handler, ctx)
+
+    def css(_request: Request) -> Response:
+        return Response(
+            stylesheet,
+            media_type="text/css; charset=utf-8",
+            headers={"cache-control": "public, max-age=3600"},
+        )
+
+    routes = [
+        Route("/", bind(pages.index), methods=["GET"]),
+        Route(f"/static/{STYLESHEET}", css, methods=["GET"]),
+        Route("/feeds/{name}", FeedHandler(ctx).__call__, methods=["GET"]),
+        Route("/days/{day}", bind(pages.day_page), methods=["GET"]),
+        Route("/issues/{token}/{day}", bind(pages.archived_issue), methods=["GET"]),
+        Route("/subscribe", bind(accounts.subscribe_form), methods=["GET"]),
+        Route("/subscribe", bind(accounts.subscribe), methods=["POST"]),
+        Route("/confirm/{token}", bind(accounts.confirm_page), methods=["GET"]),
+        Route("/confirm/{token}", bind(accounts.confirm), methods=["POST"]),
+        Route("/unsubscribe/{token}", bind(accounts.unsubscribe_page), methods=["GET"]),
+        Route("/unsubscribe/{token}", bind(accounts.unsubscribe), methods=["POST"]),
+        Route("/preferences/{token}", bind(accounts.preferences_page), methods=["GET"]),
+        Route("/preferences/{token}", bind(accounts.save_preferences), methods=["POST"]),
+    ]
+
+    def http_error(request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        if status == 500:
+            log.exception("web: %s %s failed", request.method, request.url.path, exc_info=exc)
+        # A 500 is answered outside the header middleware: set the headers here too.
+        headers = dict(DEFAULT_HEADERS)
+        if isinstance(exc, HTTPException):
+            headers.update(exc.headers or {})
+        return ctx.page(
+            "error.html.j2",
+            status=status,
+            headers=headers,
+            title=ERROR_TITLES.get(status, "Something went wrong"),
+            status_code=status,
+        )
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        yield
+        ctx.close(close_mailer=mailer is None)
+
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(SecurityHeaders)],
+        exception_handlers={HTTPException: http_error, Exception: http_error},
+        lifespan=lifespan,
+    )
+    app.router.redirect_slashes = False
+    app.state.web = ctx
+    return app

@@ -1,0 +1,79 @@
+"""Form validation through :func:`newsletter.subscribers.make_spec`, one error per field.
+
+The web must accept exactly what the subscribers file and the CLI accept, so it validates with
+the same function. ``make_spec`` stops at the first bad field; to show every error next to its
+field at once, the failing field is set aside (replaced by a known-good value) and validation
+runs again, until it passes or every field has been tried.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from newsletter.domain import Subscriber, SubscriberSpec
+from newsletter.errors import SubscriberError
+from newsletter.subscribers import FIELDS, WEEKDAYS, Defaults, make_spec
+
+__all__ = ["FormResult", "preferences_values", "validate"]
+
+_WHERE = "form"
+#: Values that always pass, to keep validating the other fields once one has failed.
+_PLACEHOLDERS: Mapping[str, Any] = {
+    "email": "placeholder@example.org",
+    "profile": "placeholder",
+    "timezone": "UTC",
+    "send_at": "07:00",
+    "days": "",
+    "max_papers": 10,
+    "min_score": 0,
+    "send_when_empty": False,
+    "name": "",
+}
+
+
+@dataclass(frozen=True)
+class FormResult:
+    spec: SubscriberSpec | None
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+def _split(error: SubscriberError) -> tuple[str, str]:
+    """``form: send_at: …`` -> ("send_at", "…"); a profile error names the subscriber instead."""
+    rest = str(error).removeprefix(f"{_WHERE}: ")
+    head, sep, tail = rest.partition(": ")
+    if sep and head in FIELDS:
+        return head, tail
+    if head.startswith("subscriber ") and sep:  # parse_profile's "subscriber <email>: …"
+        return "profile", tail
+    return "profile", rest
+
+
+def validate(entry: Mapping[str, Any], defaults: Defaults) -> FormResult:
+    values = dict(entry)
+    errors: dict[str, str] = {}
+    for _ in range(len(FIELDS) + 1):
+        try:
+            spec = make_spec(values, defaults, where=_WHERE)
+        except SubscriberError as exc:
+            name, message = _split(exc)
+            if name in errors:  # the placeholder failed too: give up on the others
+                break
+            errors[name] = message
+            values[name] = _PLACEHOLDERS[name]
+            continue
+        return FormResult(None if errors else spec, errors)
+    return FormResult(None, errors)
+
+
+def preferences_values(sub: Subscriber) -> dict[str, Any]:
+    """The preferences form filled with the stored settings."""
+    return {
+        "name": sub.name,
+        "profile": sub.profile,
+        "timezone": sub.timezone,
+        "send_at": sub.send_at.strftime("%H:%M"),
+        "days": [WEEKDAYS[d] for d in sub.weekdays],
+        "max_papers": str(sub.max_papers),
+    }

@@ -1,0 +1,84 @@
+"""Public and archive pages: the index, one page per day of new papers, archived issues.
+
+An archived issue is served as the HTML that was emailed (stored on the issue when it was
+rendered), so the web view is exactly what the reader got; paper text in it was escaped or
+sanitized by the renderer, and its page gets a CSP that allows inline styles and nothing
+executable. Day pages are rendered here, with autoescaped templates.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from typing import Any
+
+from markupsafe import Markup
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+
+from newsletter.domain import Paper
+from newsletter.render import authors_label
+from newsletter.render_html import sanitize_abstract, strip_controls
+from newsletter.store import accounts
+from newsletter.web.context import WebContext
+from newsletter.web.security import ARCHIVE_CSP, safe_link
+
+RECENT_DAYS = 14
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+DAY_CACHE_CONTROL = "public, max-age=300"
+
+
+def parse_day(text: str) -> date:
+    """A YYYY-MM-DD path segment, else 404 (fromisoformat alone also takes 20261123)."""
+    if not _ISO_DATE.match(text):
+        raise HTTPException(404)
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise HTTPException(404) from None
+
+
+def paper_view(ctx: WebContext, paper: Paper) -> dict[str, Any]:
+    """What a template shows of a paper: one-line title, safe link, sanitized abstract."""
+    return {
+        "title": strip_controls(paper.title) or "(untitled)",
+        "url": safe_link(ctx.site.paper_url(paper)),
+        "authors": authors_label(paper),
+        "published": paper.published.isoformat() if paper.published else "",
+        "upvotes": paper.upvotes,
+        "abstract_html": Markup(sanitize_abstract(paper.abstract)),
+    }
+
+
+def index(ctx: WebContext, request: Request) -> Response:
+    return ctx.page(
+        "index.html.j2",
+        days=accounts.recent_days(ctx.store, RECENT_DAYS),
+        form={"timezone": ctx.settings.timezone},
+        errors={},
+        timezones=ctx.timezones,
+    )
+
+
+def day_page(ctx: WebContext, request: Request) -> Response:
+    day = parse_day(str(request.path_params["day"]))
+    papers = accounts.papers_first_seen_on(ctx.store, day)
+    if not papers:
+        return ctx.page("day.html.j2", status=404, day=day, papers=[])
+    return ctx.page(
+        "day.html.j2",
+        day=day,
+        papers=[paper_view(ctx, p) for p in papers],
+        headers={"cache-control": DAY_CACHE_CONTROL},
+    )
+
+
+def archived_issue(ctx: WebContext, request: Request) -> Response:
+    subscriber = accounts.subscriber_by_token(ctx.store, str(request.path_params["token"]))
+    if subscriber is None:
+        raise HTTPException(404)
+    html = accounts.issue_html(ctx.store, subscriber.id, parse_day(str(request.path_params["day"])))
+    if html is None:
+        raise HTTPException(404)
+    return HTMLResponse(html, headers={"content-security-policy": ARCHIVE_CSP})
