@@ -234,18 +234,19 @@ def rank_papers(
     skip_r, skip_c = _skip_cells(requests, column_of_id)
     indexed = time.perf_counter()
     results: list[tuple[ScoredPaper, ...]] = []
+    batch = _Batch(
+        requests,
+        ordered,
+        weights,
+        data,
+        excl,
+        hits,
+        (e_ptr, e_cells, e_weights, e_refs, e_parts, text_rank, refs),
+        (skip_r, skip_c),
+    )
     with _no_cyclic_gc():
-        _select_all(
-            requests,
-            ordered,
-            weights,
-            data,
-            excl,
-            hits,
-            (e_ptr, e_cells, e_weights, e_refs, e_parts, text_rank, refs),
-            (skip_r, skip_c),
-            results,
-        )
+        for lo in range(0, len(requests), _CHUNK):
+            results.extend(_select_chunk(batch, lo, min(lo + _CHUNK, len(requests))))
     log.debug(
         "ranked %d papers for %d requests (%d terms) in %.3f s (%.3f s to index)",
         n_papers,
@@ -275,24 +276,6 @@ def _no_cyclic_gc() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
-
-
-def _select_all(
-    requests: Sequence[RankRequest],
-    ordered: Sequence[Paper],
-    weights: sp.csr_matrix,
-    data: sp.csr_matrix,
-    excl: sp.csr_matrix,
-    hits: sp.csr_matrix,
-    entries: _Entries,
-    skips: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]],
-    results: list[tuple[ScoredPaper, ...]],
-) -> None:
-    for lo in range(0, len(requests), _CHUNK):
-        hi = min(lo + _CHUNK, len(requests))
-        results.extend(
-            _select_chunk(lo, hi, requests, ordered, weights, data, excl, hits, entries, skips)
-        )
 
 
 def _skip_cells(
@@ -327,30 +310,34 @@ _Entries = tuple[
 ]
 
 
-def _select_chunk(
-    lo: int,
-    hi: int,
-    requests: Sequence[RankRequest],
-    ordered: Sequence[Paper],
-    weights: sp.csr_matrix,
-    data: sp.csr_matrix,
-    excl: sp.csr_matrix,
-    hits: sp.csr_matrix,
-    entries: _Entries,
-    skips: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]],
-) -> list[tuple[ScoredPaper, ...]]:
+@dataclass(frozen=True)
+class _Batch:
+    """Everything one ranking call indexed once and every chunk of requests reads."""
+
+    requests: Sequence[RankRequest]
+    ordered: Sequence[Paper]  # papers in tie-break order: the columns
+    weights: sp.csr_matrix  # requests x (2 x terms): profile weights, title then abstract part
+    data: sp.csr_matrix  # (2 x terms) x papers: boosted title and abstract BM25
+    excl: sp.csr_matrix  # requests x (2 x terms): exclusions
+    hits: sp.csr_matrix  # (2 x terms) x papers: matched anywhere / in the title
+    entries: _Entries
+    skips: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]
+
+
+def _select_chunk(batch: _Batch, lo: int, hi: int) -> list[tuple[ScoredPaper, ...]]:
     """Score, filter and select requests [lo, hi); build their ScoredPapers with reasons.
 
     All of it is array work except the last step, which creates the result objects.
     """
-    e_ptr, e_cells, e_weights, e_refs, e_parts, text_rank, refs = entries
+    requests, ordered, data = batch.requests, batch.ordered, batch.data
+    e_ptr, e_cells, e_weights, e_refs, e_parts, text_rank, refs = batch.entries
     n = hi - lo
-    scores: _F = np.asarray((weights[lo:hi] @ data).toarray(), dtype=np.float64)
+    scores: _F = np.asarray((batch.weights[lo:hi] @ data).toarray(), dtype=np.float64)
     valid = scores > 0
-    valid &= ~(np.asarray((excl[lo:hi] @ hits).toarray()) > 0)
+    valid &= ~(np.asarray((batch.excl[lo:hi] @ batch.hits).toarray()) > 0)
     mins = np.fromiter((requests[r].min_score for r in range(lo, hi)), np.float64, n)
     valid &= scores >= mins[:, None]
-    skip_r, skip_c = skips
+    skip_r, skip_c = batch.skips
     in_chunk = (skip_r >= lo) & (skip_r < hi)
     valid[skip_r[in_chunk] - lo, skip_c[in_chunk]] = False
     maxp = np.fromiter((max(requests[r].max_papers, 0) for r in range(lo, hi)), np.int64, n)
