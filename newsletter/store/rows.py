@@ -50,46 +50,37 @@ def richer(old: ParsedPaper, new: ParsedPaper) -> ParsedPaper:
     )
 
 
+# The paper metadata columns, shared by ParsedPaper and Paper; authors is JSON in the row.
+_METADATA = (
+    "title",
+    "abstract",
+    "authors",
+    "author_count",
+    "published",
+    "upvotes",
+    "arxiv_id",
+    "url",
+)
+
+
 def paper_values(p: ParsedPaper) -> dict[str, Any]:
-    return {
-        "title": p.title,
-        "abstract": p.abstract,
-        "authors": json.dumps(list(p.authors), ensure_ascii=False),
-        "author_count": p.author_count,
-        "published": p.published,
-        "upvotes": p.upvotes,
-        "arxiv_id": p.arxiv_id,
-        "url": p.url,
-    }
+    values = {name: getattr(p, name) for name in _METADATA}
+    values["authors"] = json.dumps(list(p.authors), ensure_ascii=False)
+    return values
+
+
+def _metadata(r: PaperRow) -> dict[str, Any]:
+    values = {name: getattr(r, name) for name in _METADATA}
+    values["authors"] = tuple(json.loads(r.authors or "[]"))
+    return values
 
 
 def parsed_from_row(r: PaperRow) -> ParsedPaper:
-    return ParsedPaper(
-        title=r.title,
-        abstract=r.abstract,
-        authors=tuple(json.loads(r.authors or "[]")),
-        author_count=r.author_count,
-        published=r.published,
-        upvotes=r.upvotes,
-        arxiv_id=r.arxiv_id,
-        url=r.url,
-    )
+    return ParsedPaper(**_metadata(r))
 
 
 def paper(r: PaperRow) -> Paper:
-    return Paper(
-        id=r.id,
-        key=r.key,
-        title=r.title,
-        abstract=r.abstract,
-        authors=tuple(json.loads(r.authors or "[]")),
-        author_count=r.author_count,
-        published=r.published,
-        upvotes=r.upvotes,
-        arxiv_id=r.arxiv_id,
-        url=r.url,
-        first_seen_at=r.first_seen_at,
-    )
+    return Paper(id=r.id, key=r.key, first_seen_at=r.first_seen_at, **_metadata(r))
 
 
 def reasons(raw: str) -> tuple[Reason, ...]:
