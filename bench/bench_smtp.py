@@ -5,9 +5,10 @@ Usage: ``.venv/bin/python bench/bench_smtp.py --issues 500``
 Both sides send to the same local sink (aiosmtpd's ``Sink`` handler in its own process, so it
 does not compete with us for the GIL):
 
-* **ours**: the deliver stage as a run does it — for each rendered issue: claim it in the
-  database (``sending``, attempt counted), send its stored bytes with :class:`SmtpMailer` over
-  one reused connection, mark it sent and write the sent log (a temp SQLite database);
+* **ours**: the deliver stage as a run does it (``Newsletter.deliver``, one application kept
+  for the whole benchmark) — for each rendered issue: claim it in the database (``sending``,
+  attempt counted), send its stored bytes with :class:`SmtpMailer` over one reused connection,
+  mark it sent and write the sent log (a temp SQLite database);
 * **floor**: the same messages, pre-built in memory, over one ``smtplib`` connection with
   ``sendmail`` and no database at all.
 
@@ -28,11 +29,10 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from newsletter.app import Newsletter
 from newsletter.config import Settings, load_settings
-from newsletter.domain import IssueState, SubscriberSpec
-from newsletter.ingest import ingest_paths
-from newsletter.pipeline import _content, deliver_pending, open_store, plan_issues
-from newsletter.render import EmailRenderer
+from newsletter.domain import IssueState, SubscriberSource, SubscriberSpec
+from newsletter.pipeline import issue_content
 from newsletter.smtp import SmtpMailer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,11 +83,11 @@ def _start_sink(port: int) -> subprocess.Popen[bytes]:
     raise SystemExit(f"the aiosmtpd sink did not start on {HOST}:{port}")
 
 
-def _prepare(folder: Path, issues: int) -> Settings:
-    """A temp database with ``issues`` subscribers, each with one rendered issue."""
+def _settings(folder: Path) -> Settings:
+    """Settings on a temp folder and SQLite database, with one digest in the inbox."""
     (folder / "inbox").mkdir()
     (folder / "inbox" / "today.txt").write_text(DIGEST, encoding="utf-8")
-    settings = load_settings(
+    return load_settings(
         ROOT / "config" / "newsletter.toml",
         environ={
             "NEWSLETTER_DATABASE_URL": f"sqlite:///{folder / 'bench.db'}",
@@ -97,53 +97,47 @@ def _prepare(folder: Path, issues: int) -> Settings:
             "NEWSLETTER_SUBSCRIBERS_FILE": str(folder / "none.toml"),
         },
     )
-    store = open_store(settings)
-    try:
-        ingest_paths(store, [settings.inbox], now=NOW, max_bytes=settings.max_digest_bytes)
-        for i in range(issues):
-            spec = SubscriberSpec(
-                email=f"reader{i:05d}@example.org",
-                name=f"Reader {i}",
-                profile="quantum",
-                max_papers=3,
-                min_score=0.01,
-            )
-            store.upsert_subscriber(spec, source="cli", now=NOW)
-        plan_issues(store, settings, NOW)
-        renderer = EmailRenderer(settings.templates_dir, settings.site)
-        subscribers = {s.id: s for s in store.subscribers()}
-        for issue in store.issues(states=[IssueState.PLANNED]):
-            rendered = renderer.render(_content(store, issue, subscribers[issue.subscriber_id]))
-            store.mark_rendered(
-                issue.id,
-                subject=rendered.subject,
-                html=rendered.html,
-                message=rendered.message,
-                message_id=rendered.message_id,
-            )
-    finally:
-        store.close()
-    return settings
 
 
-def _ours(settings: Settings, port: int) -> tuple[int, float, list[tuple[str, bytes]]]:
-    store = open_store(settings)
-    mailer = SmtpMailer(HOST, port, security="none")
-    try:
-        emails = {s.id: s.email for s in store.subscribers()}
-        start = time.perf_counter()
-        delivery = deliver_pending(store, settings, mailer, NOW)
-        elapsed = time.perf_counter() - start
-        sent = store.issues(states=[IssueState.SENT])
-        messages = []
-        for issue in sent:
-            raw = store.rendered_message(issue.id)
-            assert raw is not None
-            messages.append((emails[issue.subscriber_id], raw))
-    finally:
-        mailer.close()
-        store.close()
-    assert mailer.connections == 1, "one connection for the whole run"
+def _prepare(app: Newsletter, issues: int) -> None:
+    """``issues`` subscribers, each with one rendered issue (nothing of this is timed)."""
+    app.ingest(now=NOW)
+    for i in range(issues):
+        spec = SubscriberSpec(
+            email=f"reader{i:05d}@example.org",
+            name=f"Reader {i}",
+            profile="quantum",
+            max_papers=3,
+            min_score=0.01,
+        )
+        app.store.upsert_subscriber(spec, source=SubscriberSource.CLI, now=NOW)
+    plan = app.plan_current_slots(NOW)
+    assert plan.planned == issues, plan
+    subscribers = app.store.subscribers_by_id()
+    for issue in app.store.issues(states=[IssueState.PLANNED]):
+        content = issue_content(app.store, issue, subscribers[issue.subscriber_id])
+        rendered = app.renderer.render(content)
+        app.store.mark_rendered(
+            issue.id,
+            subject=rendered.subject,
+            html=rendered.html,
+            message=rendered.message,
+            message_id=rendered.message_id,
+        )
+
+
+def _ours(app: Newsletter) -> tuple[int, float, list[tuple[str, bytes]]]:
+    """Deliver every rendered issue through the application; (sent, seconds, messages)."""
+    start = time.perf_counter()
+    delivery = app.deliver(NOW)
+    elapsed = time.perf_counter() - start
+    assert not delivery.stopped, delivery.stopped
+    emails = {s.id: s.email for s in app.store.subscribers_by_id().values()}
+    messages = []
+    for issue in app.store.issues(states=[IssueState.SENT]):
+        raw = app.store.rendered_message(issue.id)
+        assert raw is not None
+        messages.append((emails[issue.subscriber_id], raw))
     return len(delivery.delivered), elapsed, messages
 
 
@@ -167,8 +161,15 @@ def main() -> None:
     sink = _start_sink(port)
     try:
         with tempfile.TemporaryDirectory(prefix="bench_smtp_") as tmp:
-            settings = _prepare(Path(tmp), args.issues)
-            sent, ours, messages = _ours(settings, port)
+            settings = _settings(Path(tmp))
+            mailer = SmtpMailer(HOST, port, security="none")
+            try:
+                with Newsletter(settings, mailer=mailer) as app:  # one app for the whole run
+                    _prepare(app, args.issues)
+                    sent, ours, messages = _ours(app)
+            finally:
+                mailer.close()  # a given mailer is the caller's to close
+            assert mailer.connections == 1, "one connection for the whole run"
             floor = _floor(messages, settings.mail.from_address, port)
     finally:
         sink.terminate()

@@ -100,7 +100,9 @@ class Settings(_Section):
     outbox_dir: Path = Path("var/outbox")
     feeds_dir: Path = Path("var/feeds")
     subscribers_file: Path | None = Path("config/subscribers.toml")
-    templates_dir: Path = PROJECT_ROOT / "templates"
+    # None: the templates shipped in the package. A folder: searched first, file by file
+    # (same layout: email.html.j2, email.css, web/base.html.j2...), the package the fallback.
+    templates_dir: Path | None = None
     base_url: str = "http://127.0.0.1:8080"
     timezone: str = "UTC"
     candidate_window_days: int = Field(7, ge=1, le=365)
@@ -120,11 +122,21 @@ class Settings(_Section):
     ranking: RankingSettings = RankingSettings()
     # From NEWSLETTER_SMTP_PASSWORD only (see load_settings); SecretStr keeps it out of reprs.
     _smtp_password: SecretStr | None = PrivateAttr(default=None)
+    # From NEWSLETTER_SECRET_KEY only: signs the web's forms, shared by every web worker.
+    _secret_key: SecretStr | None = PrivateAttr(default=None)
 
     @property
     def smtp_password(self) -> str | None:
         """The SMTP password from the environment, or None; never logged, never in a repr."""
         return None if self._smtp_password is None else self._smtp_password.get_secret_value()
+
+    @property
+    def secret_key(self) -> bytes | None:
+        """The web's form-signing key from the environment, or None (a random one per
+        process); never logged, never in a repr."""
+        if self._secret_key is None:
+            return None
+        return self._secret_key.get_secret_value().encode("utf-8")
 
     @field_validator("timezone")
     @classmethod
@@ -179,6 +191,7 @@ def check_timezone(value: str) -> ZoneInfo:
 # NEWSLETTER_* variables that are not settings keys, read where they are used.
 OTHER_ENV = frozenset({"CONFIG", "TEST_POSTGRES_URL", "SECRET_KEY", "SMTP_PASSWORD"})
 PASSWORD_ENV = ENV_PREFIX + "SMTP_PASSWORD"
+SECRET_KEY_ENV = ENV_PREFIX + "SECRET_KEY"
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -286,6 +299,9 @@ def _with_smtp_secret(
             )
     if password:
         settings._smtp_password = SecretStr(password)
+    secret_key = environ.get(SECRET_KEY_ENV)
+    if secret_key:
+        settings._secret_key = SecretStr(secret_key)
     return settings
 
 

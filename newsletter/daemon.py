@@ -22,8 +22,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -31,92 +30,107 @@ from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
+from newsletter.app import Clock, Newsletter, utc_now
 from newsletter.config import Settings
 from newsletter.deliver import Mailer
-from newsletter.domain import Subscriber, SubscriberStatus
-from newsletter.ingest import InboxScanner, ingest_paths
-from newsletter.pipeline import (
-    deliver_pending,
-    make_mailer,
-    open_store,
-    plan_slot,
-    sync_subscribers,
-    write_all_feeds,
-)
-from newsletter.schedule import SendSchedule, SendTimeTrigger, last_send_time, slot_of
-from newsletter.store import Store
-from newsletter.store.lock import DaemonLock
+from newsletter.domain import IngestStatus, Subscriber
+from newsletter.ingest import InboxScanner
+from newsletter.schedule import SendSchedule, SendTimeTrigger, slot_of
 
 log = logging.getLogger(__name__)
 
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
+#: Logged when start-up work (subscribers, inbox, catch-up) is done and the scheduler starts:
+#: tests wait for it instead of sleeping.
+READY = "daemon ready"
 
 
 class Daemon:
+    """The scheduler around one :class:`Newsletter`.
+
+    ``with Daemon(settings, mailer=..., clock=...) as daemon:`` opens the application without
+    starting the scheduler, so each job (:meth:`refresh_subscribers`, :meth:`scan_inbox`,
+    :meth:`catch_up`, :meth:`send`) can be driven in-process with a fake clock; :meth:`run`
+    does the start-up work and runs the scheduler until SIGTERM/SIGINT.
+    """
+
     def __init__(
         self,
         settings: Settings,
         *,
         mailer: Mailer | None = None,
-        clock: Callable[[], datetime] = _utcnow,
+        clock: Clock = utc_now,
     ) -> None:
         self.settings = settings
         self.clock = clock
         self.stopping = threading.Event()
         self._hup = threading.Event()
         self._finished = threading.Event()
-        self.mailer = mailer or make_mailer(settings)
+        self._mailer = mailer
         self.scanner = InboxScanner(settings.inbox_settle_seconds)
         self.executor = ThreadPoolExecutor(max_workers=1)
-        grace = int(settings.catch_up_grace_hours * 3600)
+        # APScheduler refuses a zero grace: one second is "no catch-up by the scheduler".
+        grace = max(1, int(settings.catch_up_grace_hours * 3600))
         self.scheduler = BlockingScheduler(
             timezone=UTC,
             executors={"default": self.executor},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": grace},
         )
+        self._schedules: dict[int, SendSchedule] = {}
         self._signatures: dict[int, tuple[object, ...]] = {}
-        self.store: Store | None = None
+        self._app: Newsletter | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
+    @property
+    def app(self) -> Newsletter:
+        if self._app is None:
+            raise RuntimeError("the daemon is not open: use `with Daemon(...)` or run()")
+        return self._app
+
+    def __enter__(self) -> Daemon:
+        self._app = Newsletter(self.settings, mailer=self._mailer, clock=self.clock)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._app is not None:
+            self._app.close()
+            self._app = None
+
     def run(self) -> None:
         """Run until SIGTERM/SIGINT. Raises AlreadyRunning if another daemon has the database."""
-        self.store = open_store(self.settings)
-        lock = DaemonLock(self.store.engine)
-        watcher = threading.Thread(target=self._watch_signals, name="signals", daemon=True)
-        try:
-            lock.acquire()
-            self._install_signal_handlers()
-            watcher.start()
-            log.info("daemon started (pid lock %s)", lock.path or "advisory")
-            self.refresh_subscribers()
-            self.scan_inbox(two_scans=True)  # papers first, so a catch-up issue has them
-            self.catch_up()
-            self.scheduler.add_job(
-                self.scan_inbox,
-                IntervalTrigger(seconds=self.settings.scan_interval_seconds),
-                id="inbox",
-                name="inbox scan",
-            )
-            self.scheduler.add_job(
-                self.refresh_subscribers,
-                IntervalTrigger(seconds=self.settings.subscriber_refresh_seconds),
-                id="subscribers",
-                name="subscriber refresh",
-            )
-            if not self.stopping.is_set():
-                self.scheduler.start()  # blocks until the watcher shuts it down
-            pool = getattr(self.executor, "_pool", None)
-            if pool is not None:
-                pool.shutdown(wait=True)  # the job in progress finishes its message
-        finally:
-            self._finished.set()
-            self.mailer.close()
-            lock.release()
-            self.store.close()
-            log.info("daemon stopped")
+        with self:
+            lock = self.app.daemon_lock()
+            watcher = threading.Thread(target=self._watch_signals, name="signals", daemon=True)
+            try:
+                lock.acquire()
+                self._install_signal_handlers()
+                watcher.start()
+                log.info("daemon started (pid lock %s)", lock.path or "advisory")
+                self.refresh_subscribers()
+                self.scan_inbox(two_scans=True)  # papers first, so a catch-up issue has them
+                self.catch_up()
+                self.scheduler.add_job(
+                    self.scan_inbox,
+                    IntervalTrigger(seconds=self.settings.scan_interval_seconds),
+                    id="inbox",
+                    name="inbox scan",
+                )
+                self.scheduler.add_job(
+                    self.refresh_subscribers,
+                    IntervalTrigger(seconds=self.settings.subscriber_refresh_seconds),
+                    id="subscribers",
+                    name="subscriber refresh",
+                )
+                log.info(READY)
+                if not self.stopping.is_set():
+                    self.scheduler.start()  # blocks until the watcher shuts it down
+                pool = getattr(self.executor, "_pool", None)
+                if pool is not None:
+                    pool.shutdown(wait=True)  # the job in progress finishes its message
+            finally:
+                self._finished.set()
+                lock.release()
+                log.info("daemon stopped")
 
     def request_stop(self, *_: Any) -> None:
         """Signal handler: only set a flag. Taking the scheduler's or an executor's locks here
@@ -149,41 +163,35 @@ class Daemon:
 
     # ------------------------------------------------------------------ jobs
 
-    def _store(self) -> Store:
-        assert self.store is not None
-        return self.store
-
     def scan_inbox(self, two_scans: bool = False) -> None:
         """Ingest stable files, refresh the feeds if anything came in, send due retries."""
-        store, now = self._store(), self.clock()
-        reports = ingest_paths(
-            store,
-            [self.settings.inbox],
-            now=now,
-            max_bytes=self.settings.max_digest_bytes,
-            scanner=self.scanner,
-            two_scans=two_scans,
-        )
-        if any(r.status == "ingested" for r in reports):
-            write_all_feeds(store, self.settings)
+        now = self.clock()
+        reports = self.app.ingest(now=now, scanner=self.scanner, two_scans=two_scans)
+        if any(r.status is IngestStatus.INGESTED for r in reports):
+            self.app.write_feeds()
         self._deliver(now)
+        log.debug("inbox scan done: %d file(s) looked at", len(reports))
 
     def refresh_subscribers(self) -> None:
-        store, now = self._store(), self.clock()
-        sync_subscribers(store, self.settings, now)
-        active = {s.id: s for s in store.subscribers(SubscriberStatus.ACTIVE)}
+        """Sync the subscribers file, then add, move or remove send jobs to match."""
+        self.app.sync_subscribers(self.clock())
+        active = self.app.active_subscribers()
         for sub_id in set(self._signatures) - set(active):
             self.scheduler.remove_job(f"send-{sub_id}")
             del self._signatures[sub_id]
+            del self._schedules[sub_id]
             log.info("removed send job of subscriber %d (no longer active)", sub_id)
         for sub in active.values():
             signature = (sub.timezone, sub.send_at, sub.weekdays)
             if self._signatures.get(sub.id) == signature:
                 continue
+            if sub.id in self._signatures:  # moved: a scheduler not started yet keeps duplicates
+                self.scheduler.remove_job(f"send-{sub.id}")
+            schedule = SendSchedule.of(sub)
             trigger: Any = (
                 IntervalTrigger(seconds=self.settings.debug_send_every_seconds)
                 if self.settings.debug_send_every_seconds
-                else SendTimeTrigger(SendSchedule.of(sub))
+                else SendTimeTrigger(schedule)
             )
             job = self.scheduler.add_job(
                 self.send,
@@ -194,51 +202,49 @@ class Daemon:
                 replace_existing=True,
             )
             self._signatures[sub.id] = signature
-            next_run = getattr(job, "next_run_time", None) or trigger.get_next_fire_time(None, now)
+            self._schedules[sub.id] = schedule
+            next_run = getattr(job, "next_run_time", None) or trigger.get_next_fire_time(
+                None, self.clock()
+            )
             log.info("next send to %s at %s", sub.email, _local(next_run, sub))
+        log.debug("subscriber refresh done: %d send job(s)", len(self._signatures))
 
     def send(self, subscriber_id: int, scheduled: datetime | None = None) -> None:
-        store, now = self._store(), self.clock()
-        sub = next((s for s in store.subscribers() if s.id == subscriber_id), None)
-        if sub is None or sub.status is not SubscriberStatus.ACTIVE:
-            return
-        schedule = SendSchedule.of(sub)
-        slot = slot_of(schedule, scheduled or now)
-        plan_slot(store, self.settings, sub, slot, now)
+        """A send job: plan this subscriber's slot (reading that subscriber only), deliver."""
+        now = self.clock()
+        schedule = self._schedules.get(subscriber_id)
+        if schedule is None:
+            return  # removed by a refresh since the job was queued
+        self.app.plan_slots({subscriber_id: slot_of(schedule, scheduled or now)}, now)
         self._deliver(now)
 
     def catch_up(self) -> None:
         """Send, once, each slot missed while the daemon was down, if within the grace period."""
-        store, now = self._store(), self.clock()
-        grace = timedelta(hours=self.settings.catch_up_grace_hours)
-        for sub in store.subscribers(SubscriberStatus.ACTIVE):
-            if self.settings.debug_send_every_seconds:
-                break
-            schedule = SendSchedule.of(sub)
-            missed = last_send_time(schedule, now)
-            if missed is None or store.issue(sub.id, slot_of(schedule, missed)) is not None:
-                continue
-            if now - missed <= grace:
+        if self.settings.debug_send_every_seconds:
+            return
+        now = self.clock()
+        missed = self.app.missed_slots(now)
+        for m in missed:
+            if m.within_grace:
                 log.info(
                     "catching up %s's slot %s (due %s)",
-                    sub.email,
-                    slot_of(schedule, missed),
-                    _local(missed, sub),
+                    m.subscriber.email,
+                    m.slot,
+                    _local(m.due, m.subscriber),
                 )
-                self.send(sub.id, missed)
             else:
                 log.warning(
                     "skipped %s's missed slot %s: due %s, older than the %g h grace",
-                    sub.email,
-                    slot_of(schedule, missed),
-                    _local(missed, sub),
+                    m.subscriber.email,
+                    m.slot,
+                    _local(m.due, m.subscriber),
                     self.settings.catch_up_grace_hours,
                 )
+        self.app.plan_slots({m.subscriber.id: m.slot for m in missed if m.within_grace}, now)
+        self._deliver(now)
 
     def _deliver(self, now: datetime) -> None:
-        deliver_pending(
-            self._store(), self.settings, self.mailer, now, should_stop=self.stopping.is_set
-        )
+        self.app.deliver(now, should_stop=self.stopping.is_set)
 
 
 def _local(moment: datetime | None, sub: Subscriber) -> str:

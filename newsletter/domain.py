@@ -41,6 +41,15 @@ class ParsedDigest:
     skipped: tuple[str, ...] = ()  # one note per entry that was not a paper (file, index)
 
 
+class IngestStatus(enum.StrEnum):
+    """What ingest did with one file (``newsletter.ingest.FileReport.status``)."""
+
+    INGESTED = "ingested"  # read, its papers stored
+    QUARANTINED = "quarantined"  # unreadable: recorded with a reason, left on disk
+    UNCHANGED = "unchanged"  # the same bytes were seen before: nothing to do
+    WAITING = "waiting"  # still being written: read at a later scan
+
+
 # --------------------------------------------------------------------------- store
 
 
@@ -75,6 +84,15 @@ class SubscriberStatus(enum.StrEnum):
     PENDING = "pending"
     ACTIVE = "active"
     UNSUBSCRIBED = "unsubscribed"
+
+
+class SubscriberSource(enum.StrEnum):
+    """Where a subscriber came from (stored with the subscriber, as its value)."""
+
+    CONFIG = "config"  # the subscribers file
+    CLI = "cli"  # ``newsletter subscribers add``
+    CSV = "csv"  # a CSV import
+    WEB = "web"  # the subscribe form
 
 
 @dataclass(frozen=True)
@@ -121,12 +139,19 @@ class Profile:
         return tuple(t for t in self.terms if t.exclude)
 
 
+class MatchField(enum.StrEnum):
+    """The field of a paper a profile term matched in."""
+
+    TITLE = "title"
+    ABSTRACT = "abstract"
+
+
 @dataclass(frozen=True)
 class Reason:
     """Why a paper was selected: one matched term, where, and how much it added."""
 
     term: str
-    where: str  # "title" or "abstract"
+    where: MatchField
     contribution: float
 
 
@@ -239,6 +264,13 @@ class SubscriberSpec:
     send_when_empty: bool = False
 
 
+class DigestState(enum.StrEnum):
+    """A recorded digest file's state (stored as its value)."""
+
+    INGESTED = "ingested"
+    QUARANTINED = "quarantined"
+
+
 @dataclass(frozen=True)
 class DigestRecord:
     """A digest file as ingest saw it: ingested with its counts, or quarantined with a reason."""
@@ -247,7 +279,7 @@ class DigestRecord:
     path: str
     content_hash: str
     size: int
-    state: str  # "ingested" | "quarantined"
+    state: DigestState
     format: str | None
     reason: str | None
     entries: int

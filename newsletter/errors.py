@@ -25,7 +25,20 @@ class ProfileError(NewsletterError):
 
 
 class SubscriberError(NewsletterError):
-    """A subscriber entry is invalid (the message names the field and, if known, the line)."""
+    """A subscriber entry is invalid (the message names the entry, its line if known, the field).
+
+    ``field`` is the subscriber field at fault ("email", "send_at", "profile", …), or None when
+    the fault is no one field's value (an unknown field name, an unreadable file, a CSV header).
+    ``detail`` is the message without the entry and the field: what a form shows next to the
+    field. Without ``detail``, it is the whole message.
+    """
+
+    def __init__(
+        self, message: str, *, field: str | None = None, detail: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.field = field
+        self.detail = message if detail is None else detail
 
 
 class DeliveryError(NewsletterError):

@@ -34,7 +34,6 @@ __all__ = ["EMPTY_FEED_DATE", "build_feeds", "write_feeds"]
 
 #: ``updated`` of a feed without entries: fixed, so an empty feed is byte-stable too.
 EMPTY_FEED_DATE = datetime(1970, 1, 1, tzinfo=UTC)
-DEFAULT_TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 GENERATOR = "newsletter"
 
 #: Characters XML 1.0 forbids (lxml refuses them): C0 controls but tab/LF/CR, lone surrogates,
@@ -42,7 +41,8 @@ GENERATOR = "newsletter"
 _XML_ILLEGAL_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
-_environments: dict[Path, Environment] = {}
+#: One environment per override folder (None: the packaged templates only).
+_environments: dict[Path | None, Environment] = {}
 
 
 def xml_text(text: str) -> str:
@@ -55,7 +55,7 @@ def _one_line(text: str) -> str:
     return " ".join(_XML_ILLEGAL_RE.sub(" ", text).split())
 
 
-def _environment(templates_dir: Path) -> Environment:
+def _environment(templates_dir: Path | None) -> Environment:
     env = _environments.get(templates_dir)
     if env is None:
         env = _environments[templates_dir] = make_environment(templates_dir)
@@ -90,7 +90,7 @@ def build_feeds(
     ``subscriber=None`` is the global feed; otherwise the subscriber's private feed, whose
     entries also say why the paper was picked.
     """
-    env = _environment(templates_dir or DEFAULT_TEMPLATES_DIR)
+    env = _environment(templates_dir)
     entry_template = env.get_template("feed_entry.html.j2")
     ordered = _sorted(items)
     updated = max((_utc(i.when, i.paper.guid) for i in ordered), default=EMPTY_FEED_DATE)

@@ -22,7 +22,7 @@ import numpy.typing as npt
 import scipy.sparse as sp
 
 from newsletter import analysis
-from newsletter.domain import Paper, Profile, ProfileTerm, Reason, ScoredPaper
+from newsletter.domain import MatchField, Paper, Profile, ProfileTerm, Reason, ScoredPaper
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,9 @@ class RankRequest:
 
 
 _F = npt.NDArray[np.float64]
+_I = npt.NDArray[np.int64]
+#: A weight or hit "part" is an index into this: 0 is the title, 1 the abstract.
+_PART_FIELD = (MatchField.TITLE, MatchField.ABSTRACT)
 
 
 class _Vocabulary:
@@ -222,15 +225,21 @@ def rank_papers(
 
     # Every positive (request, term, part) entry, in request order, with the term's reference:
     # the reasons of a selected (request, paper) pair are its entries with a non-zero cell.
-    e_rows = np.asarray(w_rows, dtype=np.int64)
-    e_cells = np.asarray(w_cols, dtype=np.int64) + n_terms * np.asarray(w_parts, dtype=np.int64)
-    e_weights = np.asarray(w_data, dtype=np.float64)
-    e_refs = np.asarray(w_refs, dtype=np.int64)
-    e_parts = np.asarray(w_parts, dtype=np.int64)
-    e_ptr = np.searchsorted(e_rows, np.arange(len(requests) + 1)).astype(np.int64)
+    w_parts_array = np.asarray(w_parts, dtype=np.int64)
     # Reason order: contribution desc, then term text, then title before abstract.
     text_rank = np.empty(len(refs), dtype=np.int64)
     text_rank[sorted(range(len(refs)), key=lambda k: refs[k][0])] = np.arange(len(refs))
+    entries = _TermEntries(
+        request_start=np.searchsorted(
+            np.asarray(w_rows, dtype=np.int64), np.arange(len(requests) + 1)
+        ).astype(np.int64),
+        cells=np.asarray(w_cols, dtype=np.int64) + n_terms * w_parts_array,
+        weights=np.asarray(w_data, dtype=np.float64),
+        ref_ids=np.asarray(w_refs, dtype=np.int64),
+        parts=w_parts_array,
+        text_rank=text_rank,
+        refs=refs,
+    )
     skip_r, skip_c = _skip_cells(requests, column_of_id)
     indexed = time.perf_counter()
     results: list[tuple[ScoredPaper, ...]] = []
@@ -241,7 +250,7 @@ def rank_papers(
         data,
         excl,
         hits,
-        (e_ptr, e_cells, e_weights, e_refs, e_parts, text_rank, refs),
+        entries,
         (skip_r, skip_c),
     )
     with _no_cyclic_gc():
@@ -299,15 +308,24 @@ def _skip_cells(
     return np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
 
 
-_Entries = tuple[
-    npt.NDArray[np.int64],
-    npt.NDArray[np.int64],
-    _F,
-    npt.NDArray[np.int64],
-    npt.NDArray[np.int64],
-    npt.NDArray[np.int64],
-    Sequence["_TermRef"],
-]
+@dataclass(frozen=True)
+class _TermEntries:
+    """The positive profile-term entries of all requests, from which reasons are built.
+
+    An entry is one (request, term, part) with a weight: a term counts in the title part and,
+    unless ``title_only``, in the abstract part. Entries are sorted by request; the arrays
+    ``cells``, ``weights``, ``ref_ids`` and ``parts`` hold one element per entry. The reasons
+    of a selected (request, paper) pair are the request's entries whose cell of the BM25 data
+    is non-zero for that paper.
+    """
+
+    request_start: _I  # request r's entries are [request_start[r], request_start[r + 1])
+    cells: _I  # the entry's row of the stacked BM25 data: part * n_terms + term column
+    weights: _F  # the term's profile weight
+    ref_ids: _I  # the term's index in ``refs``
+    parts: _I  # 0 = title, 1 = abstract (an index into _PART_FIELD)
+    text_rank: _I  # per ref id: the rank of the term text in sorted order, a reason tie-break
+    refs: Sequence[_TermRef]  # per ref id: the term as written, column, weight, title_only
 
 
 @dataclass(frozen=True)
@@ -320,7 +338,7 @@ class _Batch:
     data: sp.csr_matrix  # (2 x terms) x papers: boosted title and abstract BM25
     excl: sp.csr_matrix  # requests x (2 x terms): exclusions
     hits: sp.csr_matrix  # (2 x terms) x papers: matched anywhere / in the title
-    entries: _Entries
+    entries: _TermEntries
     skips: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]
 
 
@@ -330,7 +348,7 @@ def _select_chunk(batch: _Batch, lo: int, hi: int) -> list[tuple[ScoredPaper, ..
     All of it is array work except the last step, which creates the result objects.
     """
     requests, ordered, data = batch.requests, batch.ordered, batch.data
-    e_ptr, e_cells, e_weights, e_refs, e_parts, text_rank, refs = batch.entries
+    entries = batch.entries
     n = hi - lo
     scores: _F = np.asarray((batch.weights[lo:hi] @ data).toarray(), dtype=np.float64)
     valid = scores > 0
@@ -352,28 +370,30 @@ def _select_chunk(batch: _Batch, lo: int, hi: int) -> list[tuple[ScoredPaper, ..
     sel_s = best_scores[sel_r, sel_k]
 
     # Reasons: expand each selected pair into its request's entries and look the cells up.
-    starts = e_ptr[sel_r + lo]
-    counts = e_ptr[sel_r + lo + 1] - starts
+    starts = entries.request_start[sel_r + lo]
+    counts = entries.request_start[sel_r + lo + 1] - starts
     pair = np.repeat(np.arange(len(sel_r)), counts)
     offset = np.arange(len(pair)) - np.repeat(np.cumsum(counts) - counts, counts)
     entry = np.repeat(starts, counts) + offset
-    contrib = e_weights[entry] * np.asarray(data[e_cells[entry], sel_p[pair]]).ravel()
+    contrib = entries.weights[entry] * np.asarray(data[entries.cells[entry], sel_p[pair]]).ravel()
     hit = contrib > 0
     pair, entry, contrib = pair[hit], entry[hit], contrib[hit]
-    order = np.lexsort((e_parts[entry], text_rank[e_refs[entry]], -contrib, pair))
-    pair, entry, contrib = pair[order], entry[order], contrib[order]
+    ref_ids, parts = entries.ref_ids[entry], entries.parts[entry]
+    order = np.lexsort((parts, entries.text_rank[ref_ids], -contrib, pair))
+    pair, contrib = pair[order], contrib[order]
+    ref_ids, parts = ref_ids[order], parts[order]
     bounds = np.searchsorted(pair, np.arange(len(sel_r) + 1)).tolist()
     # A reason depends only on (term as written + weight, field, paper), which subscribers
     # share: build each distinct one once and reuse it (object creation is the costly part).
-    ref_part = e_refs[entry] * 2 + e_parts[entry]
+    ref_part = ref_ids * 2 + parts
     keys = ref_part * scores.shape[1] + sel_p[pair]
     uniq, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    where = ("title", "abstract")
+    refs = entries.refs
     distinct = [
-        Reason(refs[ref][0], where[part], value)
+        Reason(refs[ref][0], _PART_FIELD[part], value)
         for ref, part, value in zip(
-            (e_refs[entry][first]).tolist(),
-            (e_parts[entry][first]).tolist(),
+            ref_ids[first].tolist(),
+            parts[first].tolist(),
             contrib[first].tolist(),
             strict=True,
         )

@@ -50,6 +50,7 @@ from newsletter.render_html import (
     slot,
     strip_controls,
 )
+from newsletter.resources import read_resource
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ class EmailRenderer:
 
     def __init__(
         self,
-        templates_dir: Path,
+        templates_dir: Path | None,
         site: SiteInfo,
         *,
         max_html_bytes: int = MAX_HTML_BYTES,
@@ -140,7 +141,7 @@ class EmailRenderer:
         self.max_html_bytes = max_html_bytes
         self._env = make_environment(templates_dir)
         self._text_template = self._env.get_template("email.txt.j2")
-        css = (templates_dir / "email.css").read_text(encoding="utf-8")
+        css = read_resource("email.css", templates_dir).decode("utf-8")
         self._inliner = CssInliner(self._env, css)
         self._fragments: dict[str, CompiledFragment] = {}
         self._cards: OrderedDict[Paper, CompiledFragment] = OrderedDict()
@@ -409,7 +410,8 @@ class EmailRenderer:
         except (ValueError, IndexError, email.errors.HeaderParseError) as exc:
             raise SubscriberError(
                 f"subscriber {sub.id}: email {sub.email!r} is not a valid address ({exc}); "
-                "correct or remove this subscriber"
+                "correct or remove this subscriber",
+                field="email",
             ) from exc
         msg["Subject"] = subject
         msg["Date"] = format_datetime(_aware(issue.created_at))
@@ -436,6 +438,6 @@ def _no_spans(text: str, terms: Sequence[ProfileTerm]) -> list[tuple[int, int]]:
     return []
 
 
-def render_issue(templates_dir: Path, site: SiteInfo, issue: IssueContent) -> RenderedIssue:
+def render_issue(templates_dir: Path | None, site: SiteInfo, issue: IssueContent) -> RenderedIssue:
     """One-off convenience (CLI dry runs); batch callers keep one :class:`EmailRenderer`."""
     return EmailRenderer(templates_dir, site).render(issue)

@@ -1,7 +1,7 @@
 """HTML building blocks of the email renderer: CSS inlining once, slots, sanitizing, highlighting.
 
-premailer costs tens of milliseconds per email, so it must not run once per subscriber (DESIGN,
-"Rendering"). Templates are therefore rendered with *slot tokens* where per-subscriber values go,
+premailer costs tens of milliseconds per email, so it must not run once per subscriber (a
+design rule). Templates are therefore rendered with *slot tokens* where per-subscriber values go,
 inlined once, and cut at the tokens into a :class:`CompiledFragment`; a subscriber's email is the
 fragments joined with escaped values. The tokens are plain ASCII words because libxml2
 percent-escapes non-ASCII characters inside ``href`` attributes when premailer serializes.
@@ -22,11 +22,12 @@ from pathlib import Path
 
 import markdown
 import nh3
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from jinja2 import Environment, StrictUndefined, select_autoescape
 from markupsafe import Markup, escape
 from premailer import Premailer
 
 from newsletter.domain import ProfileTerm
+from newsletter.resources import template_loader
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +82,14 @@ class CompiledFragment:
         return sum(len(p.encode("utf-8")) for p in self.parts)
 
 
-def make_environment(templates_dir: Path) -> Environment:
-    """Jinja2 with autoescape on for HTML templates and off for the text part."""
+def make_environment(templates_dir: Path | None, subdir: str = "") -> Environment:
+    """Jinja2 with autoescape on for HTML templates and off for the text part.
+
+    Templates come from the package (``newsletter/templates/<subdir>``); ``templates_dir``,
+    when set, is an override folder searched first (see :mod:`newsletter.resources`).
+    """
     return Environment(
-        loader=FileSystemLoader(str(templates_dir)),
+        loader=template_loader(templates_dir, subdir),
         autoescape=select_autoescape(
             enabled_extensions=("html", "html.j2", "xml"), default_for_string=True, default=False
         ),

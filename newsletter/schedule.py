@@ -86,6 +86,13 @@ def slot_of(schedule: SendSchedule, moment: datetime) -> date:
     return moment.astimezone(schedule.zone).date()
 
 
+def due_slot(schedule: SendSchedule, now: datetime) -> date | None:
+    """The slot a run at ``now`` serves whatever the send time (``run --once``): the local
+    date, if the schedule sends that day; None on a weekly subscriber's day off."""
+    day = slot_of(schedule, now)
+    return day if schedule.sends_on(day) else None
+
+
 class SendTimeTrigger(BaseTrigger):  # type: ignore[misc]  # apscheduler 3 is untyped
     """APScheduler trigger for one subscriber's send times (see the module docstring)."""
 

@@ -12,6 +12,7 @@ import logging
 import re
 import tomllib
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import time
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 from email_validator import EmailNotValidError, validate_email
 
 from newsletter.config import check_timezone
-from newsletter.domain import SubscriberSpec
+from newsletter.domain import Subscriber, SubscriberSpec
 from newsletter.errors import ConfigError, ProfileError, SubscriberError
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,11 @@ def parse_days(raw: Any) -> tuple[int, ...]:
 
 
 def make_spec(entry: Mapping[str, Any], defaults: Defaults, *, where: str) -> SubscriberSpec:
-    """Validate one entry; raise SubscriberError saying where and which field is wrong."""
+    """Validate one entry; raise SubscriberError saying where and which field is wrong.
+
+    The error's ``field`` is the field at fault (None for an unknown field name) and its
+    ``detail`` the message without ``where`` and the field, as a form shows it.
+    """
     from newsletter.profile import parse_profile
 
     unknown = sorted(set(entry) - FIELDS)
@@ -96,36 +101,38 @@ def make_spec(entry: Mapping[str, Any], defaults: Defaults, *, where: str) -> Su
         raise SubscriberError(
             f"{where}: unknown field {unknown[0]!r}; known fields: {', '.join(sorted(FIELDS))}"
         )
-    field = "email"
-    try:
+    with _checking("email", where):
         if not str(entry.get("email") or "").strip():
             raise ValueError("email is required")
         email = normalize_email(str(entry["email"]))
-        field = "timezone"
+    with _checking("timezone", where):
         tz = str(entry.get("timezone") or defaults.timezone).strip()
         check_timezone(tz)
-        field = "send_at"
+    with _checking("send_at", where):
         send_at = parse_send_at(str(entry["send_at"])) if entry.get("send_at") else defaults.send_at
-        field = "days"
+    with _checking("days", where):
         weekdays = parse_days(entry.get("days"))
-        field = "max_papers"
+    with _checking("max_papers", where):
         max_papers = _whole_number(entry.get("max_papers"), defaults.max_papers)
         if not 1 <= max_papers <= 500:
             raise ValueError(f"max_papers must be between 1 and 500, not {max_papers}")
-        field = "min_score"
+    with _checking("min_score", where):
         raw_min = entry.get("min_score")
         min_score = float(defaults.min_score if raw_min in (None, "") else raw_min)
         if min_score < 0:
             raise ValueError(f"min_score must be 0 or more, not {min_score}")
-        field = "send_when_empty"
+    with _checking("send_when_empty", where):
         send_when_empty = _boolean(entry.get("send_when_empty"))
-        field = "profile"
+    with _checking("profile", where):
         profile = str(entry.get("profile") or "").strip()
-        parse_profile(profile, who=f"subscriber {email}")
-    except ProfileError as exc:
-        raise SubscriberError(f"{where}: {exc}") from None
-    except (ValueError, TypeError) as exc:
-        raise SubscriberError(f"{where}: {field}: {exc}") from None
+        who = f"subscriber {email}"
+        try:
+            parse_profile(profile, who=who)
+        except ProfileError as exc:
+            # parse_profile starts its message with the ``who`` given above: the detail drops it.
+            raise SubscriberError(
+                f"{where}: {exc}", field="profile", detail=str(exc).removeprefix(f"{who}: ")
+            ) from None
     return SubscriberSpec(
         email=email,
         name=_clean_name(str(entry.get("name") or "")),
@@ -137,6 +144,15 @@ def make_spec(entry: Mapping[str, Any], defaults: Defaults, *, where: str) -> Su
         min_score=min_score,
         send_when_empty=send_when_empty,
     )
+
+
+@contextmanager
+def _checking(field: str, where: str) -> Iterator[None]:
+    """Turn a ValueError or TypeError raised while reading ``field`` into a SubscriberError."""
+    try:
+        yield
+    except (ValueError, TypeError) as exc:
+        raise SubscriberError(f"{where}: {field}: {exc}", field=field, detail=str(exc)) from None
 
 
 def _whole_number(value: Any, default: int) -> int:
@@ -236,3 +252,19 @@ def _rows(reader: csv.DictReader[str]) -> Iterator[tuple[int, dict[str, str]]]:
         }
         if entry:
             yield reader.line_num, entry
+
+
+def spec_entry(sub: Subscriber) -> dict[str, Any]:
+    """A stored subscriber as an entry :func:`make_spec` accepts: the base that a partial
+    update (``subscriber add`` on an existing address) overlays with what it was given."""
+    return {
+        "email": sub.email,
+        "name": sub.name,
+        "timezone": sub.timezone,
+        "send_at": sub.send_at.strftime("%H:%M"),
+        "days": [WEEKDAYS[d] for d in sub.weekdays],
+        "profile": sub.profile,
+        "max_papers": sub.max_papers,
+        "min_score": sub.min_score,
+        "send_when_empty": sub.send_when_empty,
+    }

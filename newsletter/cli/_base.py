@@ -11,13 +11,16 @@ import logging
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from newsletter import __version__
 from newsletter.config import Settings, load_settings
 from newsletter.errors import NewsletterError
+
+if TYPE_CHECKING:
+    from newsletter.app import Newsletter
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -43,8 +46,17 @@ NOW_OPTION = click.option(
 )
 
 
+log = logging.getLogger(__name__)
+
+
 class Context:
-    def __init__(self, config: Path | None, verbose: int) -> None:
+    """What the group's options parsed: the settings file, the verbosity, the settings.
+
+    :func:`main` creates it and hands it to click as ``obj``; the group callback fills it in,
+    so after the command main() still knows the verbosity (to show a traceback with -v).
+    """
+
+    def __init__(self, config: Path | None = None, verbose: int = 0) -> None:
         self.config = config
         self.verbose = verbose
         self._settings: Settings | None = None
@@ -54,6 +66,12 @@ class Context:
         if self._settings is None:
             self._settings = load_settings(self.config)
         return self._settings
+
+    def app(self) -> Newsletter:
+        """The application over the configured database: use as ``with ctx.app() as app``."""
+        from newsletter.app import Newsletter
+
+        return Newsletter(self.settings)
 
 
 pass_ctx = click.make_pass_decorator(Context)
@@ -85,24 +103,45 @@ def cli(ctx: click.Context, config: Path | None, verbose: int) -> None:
     )
     for noisy in ("alembic", "cssutils"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
-    ctx.obj = Context(config, verbose)
+    state = ctx.ensure_object(Context)  # main()'s, or a new one (CliRunner in tests)
+    state.config, state.verbose = config, verbose
 
 
 def main() -> None:
-    """Console-script entry point: package errors become one clear line and exit code 1."""
+    """Console-script entry point: errors become one clear line on stderr and exit code 1.
+
+    A :class:`NewsletterError` is the user's to fix: ``error: <message>``. Anything else is a
+    bug or an environment problem: ``error: <ExceptionType>: <message>`` and a hint, with the
+    traceback logged when -v was given. Ctrl-C is "aborted" with exit code 130.
+    """
+    state = Context()
     try:
-        cli.main(standalone_mode=False)
+        cli.main(standalone_mode=False, obj=state)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("aborted", err=True)
         sys.exit(130)
     except NewsletterError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
+    except Exception as exc:
+        if state.verbose >= 1:
+            log.error("unexpected error", exc_info=exc)
+        click.echo(f"error: {describe_unexpected(exc)}", err=True)
+        if state.verbose < 1:
+            click.echo("hint: run with -v for the traceback", err=True)
+        sys.exit(1)
+
+
+def describe_unexpected(exc: BaseException) -> str:
+    """``ExceptionType: message`` on one line (``ExceptionType`` alone without a message)."""
+    message = " ".join(str(exc).split())
+    name = type(exc).__name__
+    return f"{name}: {message}" if message else name
 
 
 def emit(data: Any) -> None:

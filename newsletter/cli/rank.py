@@ -22,19 +22,10 @@ def rank(ctx: Context, profile_text: str, limit: int | None, as_json: bool) -> N
     Example:
       newsletter rank --profile 'speech, "speech recognition"^2, -music' --limit 5
     """
-    from newsletter.pipeline import open_store
-    from newsletter.profile import parse_profile
-    from newsletter.rank import RankSettings, rank_one
-
-    profile = parse_profile(profile_text, who="--profile")
     settings = ctx.settings
-    store = open_store(settings)
-    try:
-        papers = store.papers()
-    finally:
-        store.close()
-    r = settings.ranking
-    ranked = rank_one(papers, profile, limit=limit, settings=RankSettings(r.title_boost, r.k1, r.b))
+    with ctx.app() as app:
+        ranked = app.rank(profile_text, limit=limit)
+        stored = app.count_papers()
     if as_json:
         emit(
             [
@@ -53,7 +44,7 @@ def rank(ctx: Context, profile_text: str, limit: int | None, as_json: bool) -> N
         )
         return
     if not ranked:
-        click.echo(f"no stored paper matches {profile_text!r} ({len(papers)} papers stored)")
+        click.echo(f"no stored paper matches {profile_text!r} ({stored} papers stored)")
         return
     for n, sp in enumerate(ranked, start=1):
         click.echo(f"{n:>3}. {sp.score:7.2f}  {sp.paper.title}")

@@ -17,6 +17,7 @@ from newsletter.cli._base import (
     pass_ctx,
     progress_printer,
 )
+from newsletter.domain import IngestStatus
 
 # ---------------------------------------------------------------------- run
 
@@ -42,15 +43,14 @@ def run(ctx: Context, once: bool, as_json: bool, now_text: str | None) -> None:
       newsletter run --once
       newsletter run --once --json | jq .issues_delivered
     """
-    from newsletter.pipeline import run_once
-
     settings = ctx.settings
     if not once:
         if as_json or now_text:
             raise click.UsageError("--json and --now apply to --once only")
         _run_daemon(ctx)
         return
-    summary = run_once(settings, now=parse_now(now_text), progress=progress_printer(as_json))
+    with ctx.app() as app:
+        summary = app.run_once(parse_now(now_text), progress=progress_printer(as_json))
     if as_json:
         emit(asdict(summary))
         return
@@ -96,29 +96,20 @@ def ingest(ctx: Context, paths: tuple[Path, ...], as_json: bool) -> None:
     Example:
       newsletter ingest ~/Downloads/daily_papers.txt seeds/
     """
-    from newsletter.ingest import ingest_paths
-    from newsletter.pipeline import open_store
-
-    settings = ctx.settings
-    store = open_store(settings)
-    try:
-        reports = ingest_paths(
-            store, list(paths), now=parse_now(None), max_bytes=settings.max_digest_bytes
-        )
-    finally:
-        store.close()
+    with ctx.app() as app:
+        reports = app.ingest(list(paths), scanner=None)
     if as_json:
         emit([asdict(r) for r in reports])
         return
     for r in reports:
-        if r.status == "ingested":
+        if r.status is IngestStatus.INGESTED:
             click.echo(
                 f"{r.path}: {r.entries} papers found, {r.papers_new} new, "
                 f"{r.papers_merged} merged ({r.format})"
             )
             for note in r.skipped:
                 click.echo(f"  {note}")
-        elif r.status == "quarantined":
+        elif r.status is IngestStatus.QUARANTINED:
             click.echo(f"{r.path}: quarantined: {r.reason}")
         elif r.reason:
             click.echo(f"{r.path}: quarantined before (same bytes): {r.reason}")
@@ -148,9 +139,8 @@ def preview(ctx: Context, email: str, out_dir: Path, now_text: str | None) -> No
     Example:
       newsletter preview --subscriber ada@example.org
     """
-    from newsletter.pipeline import preview as build_preview
-
-    path = build_preview(ctx.settings, email.strip().lower(), parse_now(now_text), out_dir)
+    with ctx.app() as app:
+        path = app.preview(email.strip().lower(), out_dir, parse_now(now_text))
     click.echo(str(path.resolve()))
 
 
@@ -171,13 +161,8 @@ def upgrade(ctx: Context) -> None:
     Example:
       NEWSLETTER_DATABASE_URL=postgresql://localhost/newsletter newsletter db upgrade
     """
-    from newsletter.store import Store
-
-    store = Store(ctx.settings.database_url)
-    try:
-        revision = store.migrate()
-    finally:
-        store.close()
+    with ctx.app() as app:
+        revision = app.schema_revision()
     click.echo(f"database at revision {revision}")
 
 
@@ -193,13 +178,8 @@ def feeds(ctx: Context) -> None:
     Example:
       newsletter feeds
     """
-    from newsletter.pipeline import open_store, write_all_feeds
-
-    store = open_store(ctx.settings)
-    try:
-        count = write_all_feeds(store, ctx.settings)
-    finally:
-        store.close()
+    with ctx.app() as app:
+        count = app.write_feeds()
     click.echo(f"{ctx.settings.feeds_dir.resolve()}: {count} file(s) changed")
 
 

@@ -11,11 +11,8 @@ from newsletter.cli._base import (
     Context,
     cli,
     emit,
-    parse_now,
     pass_ctx,
 )
-from newsletter.domain import SubscriberStatus
-from newsletter.errors import SubscriberError
 
 # ---------------------------------------------------------------------- subscribers
 
@@ -31,8 +28,12 @@ def subscriber() -> None:
 
 @subscriber.command("add", context_settings=CONTEXT)
 @click.argument("email")
-@click.option("--profile", required=True, help="What they care about (see README: Profiles).")
-@click.option("--name", default="", help="Display name used in the greeting and To header.")
+@click.option(
+    "--profile",
+    default=None,
+    help="What they care about (see README: Profiles); required for a new address.",
+)
+@click.option("--name", default=None, help="Display name used in the greeting and To header.")
 @click.option("--timezone", "tz", default=None, help="IANA timezone, e.g. Europe/Berlin.")
 @click.option("--send-at", default=None, help="Local send time, HH:MM (default 07:00).")
 @click.option("--days", default=None, help="Weekly: days to send, e.g. mon,thu (default daily).")
@@ -42,46 +43,34 @@ def subscriber() -> None:
 def subscriber_add(
     ctx: Context,
     email: str,
-    profile: str,
-    name: str,
+    profile: str | None,
+    name: str | None,
     tz: str | None,
     send_at: str | None,
     days: str | None,
     max_papers: int | None,
     min_score: float | None,
 ) -> None:
-    """Add (or update) an active subscriber.
+    """Add an active subscriber, or update (and re-activate) an existing one.
+
+    For an existing address only the options given change; the others keep their values.
 
     \b
     Example:
       newsletter subscriber add ada@example.org --name "Ada" --send-at 07:30 \\
           --profile '"speech recognition"^2, speech, -music' --timezone Europe/London
     """
-    from newsletter.pipeline import defaults_from, open_store
-    from newsletter.subscribers import make_spec
-
-    entry = {
-        k: v
-        for k, v in {
-            "email": email,
-            "profile": profile,
-            "name": name,
-            "timezone": tz,
-            "send_at": send_at,
-            "days": days,
-            "max_papers": max_papers,
-            "min_score": min_score,
-        }.items()
-        if v not in (None, "")
+    given = {
+        "profile": profile,
+        "name": name,
+        "timezone": tz,
+        "send_at": send_at,
+        "days": days,
+        "max_papers": max_papers,
+        "min_score": min_score,
     }
-    spec = make_spec(entry, defaults_from(ctx.settings), where="subscriber add")
-    store = open_store(ctx.settings)
-    try:
-        sub, created = store.upsert_subscriber(spec, source="cli", now=parse_now(None))
-        if not created and sub.status is not SubscriberStatus.ACTIVE:
-            store.set_subscriber_status(sub.email, SubscriberStatus.ACTIVE, parse_now(None))
-    finally:
-        store.close()
+    with ctx.app() as app:
+        sub, created = app.add_subscriber(email, given)
     click.echo(
         f"{'added' if created else 'updated'} {sub.email} "
         f"(sends {sub.send_at:%H:%M} {sub.timezone})"
@@ -99,17 +88,8 @@ def subscriber_list(ctx: Context, as_json: bool, show_all: bool) -> None:
     Example:
       newsletter subscriber list --json
     """
-    from newsletter.pipeline import open_store
-
-    store = open_store(ctx.settings)
-    try:
-        subs = [
-            s
-            for s in store.subscribers()
-            if show_all or s.status is not SubscriberStatus.UNSUBSCRIBED
-        ]
-    finally:
-        store.close()
+    with ctx.app() as app:
+        subs = app.subscribers(include_unsubscribed=show_all)
     if as_json:
         emit(
             [
@@ -146,18 +126,9 @@ def subscriber_remove(ctx: Context, email: str) -> None:
     Example:
       newsletter subscriber remove ada@example.org
     """
-    from newsletter.pipeline import open_store
-
-    store = open_store(ctx.settings)
-    try:
-        found = store.set_subscriber_status(
-            email.strip(), SubscriberStatus.UNSUBSCRIBED, parse_now(None)
-        )
-    finally:
-        store.close()
-    if not found:
-        raise SubscriberError(f"no subscriber {email!r}: see `newsletter subscriber list --all`")
-    click.echo(f"unsubscribed {email.strip().lower()} (history kept)")
+    with ctx.app() as app:
+        address = app.remove_subscriber(email)
+    click.echo(f"unsubscribed {address} (history kept)")
 
 
 @subscriber.command("import", context_settings=CONTEXT)
@@ -172,21 +143,11 @@ def subscriber_import(ctx: Context, csv_file: Path) -> None:
     Example:
       newsletter subscriber import people.csv
     """
-    from newsletter.pipeline import defaults_from, open_store
-    from newsletter.subscribers import read_csv
-
-    result = read_csv(csv_file, defaults_from(ctx.settings))
-    store = open_store(ctx.settings)
-    added = updated = 0
-    try:
-        for spec in result.specs:
-            _sub, created = store.upsert_subscriber(spec, source="csv", now=parse_now(None))
-            added += created
-            updated += not created
-    finally:
-        store.close()
+    with ctx.app() as app:
+        result = app.import_subscribers(csv_file)
     for error in result.errors:
         click.echo(f"skipped: {error}", err=True)
     click.echo(
-        f"imported {csv_file}: {added} added, {updated} updated, {len(result.errors)} skipped"
+        f"imported {csv_file}: {result.added} added, {result.updated} updated, "
+        f"{len(result.errors)} skipped"
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import click
 
@@ -37,8 +36,7 @@ def serve(ctx: Context, host: str, port: int) -> None:
 
     from newsletter.web import create_app
 
-    key = os.environ.get("NEWSLETTER_SECRET_KEY")
-    app = create_app(ctx.settings, secret=key.encode("utf-8") if key else None)
+    app = create_app(ctx.settings)
     level = logging.WARNING - 10 * min(ctx.verbose, 2)
     log.info("serving %s on http://%s:%d", ctx.settings.base_url, host, port)
     # No access log: request paths carry subscribers' secret tokens, which must not end up in

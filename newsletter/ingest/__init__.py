@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 
-from newsletter.domain import ParsedDigest
+from newsletter.domain import IngestStatus, ParsedDigest
 from newsletter.errors import DataRejected, ParseError
 from newsletter.ingest import arxiv_feed, hf_json, hf_text, html_page
 from newsletter.ingest.identity import paper_key, title_key
@@ -48,7 +48,7 @@ class FileReport:
     """What ingest did with one file."""
 
     path: str
-    status: str  # "ingested" | "quarantined" | "unchanged" | "waiting"
+    status: IngestStatus
     format: str | None = None
     entries: int = 0
     papers_new: int = 0
@@ -177,7 +177,7 @@ def ingest_paths(
     reports: list[FileReport] = []
     for path in waiting:
         reason = f"{path}: still being written (size or time changed); retried next scan"
-        reports.append(FileReport(path=str(path), status="waiting", reason=reason))
+        reports.append(FileReport(path=str(path), status=IngestStatus.WAITING, reason=reason))
         if progress:
             progress(reports[-1])
     for path in ready:
@@ -204,19 +204,24 @@ def ingest_file(store: Store, path: Path, *, now: datetime, max_bytes: int) -> F
         data = b"" if size > max_bytes else path.read_bytes()
     except OSError as exc:  # not recorded: a permission fix or a retry may cure it
         return FileReport(
-            path=name, status="quarantined", reason=f"{name}: cannot read: {exc}", recorded=False
+            path=name,
+            status=IngestStatus.QUARANTINED,
+            reason=f"{name}: cannot read: {exc}",
+            recorded=False,
         )
     content_hash = hashlib.sha256(data if data else f"size:{size}:{name}".encode()).hexdigest()
     known = store.find_digest(content_hash)
     if known is not None:
-        return FileReport(path=name, status="unchanged", format=known.format, reason=known.reason)
+        return FileReport(
+            path=name, status=IngestStatus.UNCHANGED, format=known.format, reason=known.reason
+        )
 
     def quarantine(reason: str) -> FileReport:
         store.record_digest(
             path=name, content_hash=content_hash, size=size, seen_at=now, reason=reason
         )
         log.warning("quarantined %s", reason)
-        return FileReport(path=name, status="quarantined", reason=reason)
+        return FileReport(path=name, status=IngestStatus.QUARANTINED, reason=reason)
 
     if size > max_bytes:
         return quarantine(
@@ -261,7 +266,7 @@ def ingest_file(store: Store, path: Path, *, now: datetime, max_bytes: int) -> F
     return FileReport(
         path=name,
         skipped=digest.skipped,
-        status="ingested",
+        status=IngestStatus.INGESTED,
         format=digest.format,
         entries=record.entries,
         papers_new=record.papers_new,

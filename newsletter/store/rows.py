@@ -10,13 +10,12 @@ import json
 from datetime import time
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
 from newsletter.domain import (
     DigestRecord,
+    DigestState,
     IssueRecord,
     IssueState,
+    MatchField,
     Paper,
     ParsedPaper,
     Reason,
@@ -24,7 +23,7 @@ from newsletter.domain import (
     SubscriberSpec,
     SubscriberStatus,
 )
-from newsletter.store.schema import DigestFileRow, IssuePaperRow, IssueRow, PaperRow, SubscriberRow
+from newsletter.store.schema import DigestFileRow, IssueRow, PaperRow, SubscriberRow
 
 
 def richer(old: ParsedPaper, new: ParsedPaper) -> ParsedPaper:
@@ -84,7 +83,9 @@ def paper(r: PaperRow) -> Paper:
 
 
 def reasons(raw: str) -> tuple[Reason, ...]:
-    return tuple(Reason(term=t, where=w, contribution=float(c)) for t, w, c in json.loads(raw))
+    return tuple(
+        Reason(term=t, where=MatchField(w), contribution=float(c)) for t, w, c in json.loads(raw)
+    )
 
 
 def digest(r: DigestFileRow) -> DigestRecord:
@@ -93,7 +94,7 @@ def digest(r: DigestFileRow) -> DigestRecord:
         path=r.path,
         content_hash=r.content_hash,
         size=r.size,
-        state=r.state,
+        state=DigestState(r.state),
         format=r.format,
         reason=r.reason,
         entries=r.entries,
@@ -142,14 +143,7 @@ def subscriber(r: SubscriberRow) -> Subscriber:
     )
 
 
-def issue(s: Session, r: IssueRow) -> IssueRecord:
-    paper_ids = tuple(
-        s.scalars(
-            select(IssuePaperRow.paper_id)
-            .where(IssuePaperRow.issue_id == r.id)
-            .order_by(IssuePaperRow.position)
-        )
-    )
+def issue(r: IssueRow, paper_ids: tuple[int, ...]) -> IssueRecord:
     return IssueRecord(
         id=r.id,
         subscriber_id=r.subscriber_id,

@@ -124,7 +124,7 @@ class SubscriberRow(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     # The web side finds a subscriber by the SHA-256 of a token, never by the token itself:
     # an index lookup compares bytes with early exit, and a hash an attacker cannot steer
-    # makes that timing useless (see newsletter/store/accounts.py). Kept in step with the
+    # makes that timing useless (see newsletter/store/subscribers.py). Kept in step with the
     # tokens by the mapper events below.
     token_hash: Mapped[str | None] = mapped_column(String(64), index=True, unique=True)
     feed_token_hash: Mapped[str | None] = mapped_column(String(64), index=True, unique=True)

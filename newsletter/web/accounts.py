@@ -20,7 +20,7 @@ Decisions, and why:
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -29,9 +29,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from newsletter.domain import Subscriber, SubscriberStatus
-from newsletter.errors import DeliveryError
-from newsletter.pipeline import defaults_from
-from newsletter.store import accounts
 from newsletter.subscribers import WEEKDAYS
 from newsletter.web.context import WebContext
 from newsletter.web.forms import preferences_values, validate
@@ -40,13 +37,11 @@ from newsletter.web.security import first, read_form
 
 log = logging.getLogger(__name__)
 
-RESEND_AFTER = timedelta(hours=1)
-CONFIRM_MAX_AGE = timedelta(days=7)
 PREFERENCES = "preferences"
 
 
 def _subscriber(ctx: WebContext, request: Request) -> Subscriber:
-    found = accounts.subscriber_by_token(ctx.store, str(request.path_params["token"]))
+    found = ctx.app.subscriber_by_token(str(request.path_params["token"]))
     if found is None:
         raise HTTPException(404)
     return found
@@ -72,7 +67,7 @@ async def subscribe(ctx: WebContext, request: Request) -> Response:
 def _subscribe(ctx: WebContext, form: dict[str, list[str]]) -> Response:
     values = {name: first(form, name).strip() for name in ("email", "name", "profile", "timezone")}
     entry = {k: v for k, v in values.items() if v}
-    result = validate(entry, defaults_from(ctx.settings))
+    result = validate(entry, ctx.app.defaults)
     if result.spec is None:
         return ctx.page(
             "subscribe.html.j2",
@@ -82,34 +77,7 @@ def _subscribe(ctx: WebContext, form: dict[str, list[str]]) -> Response:
             timezones=ctx.timezones,
         )
     spec = result.spec
-    now = ctx.now()
-    request = accounts.request_confirmation(ctx.store, spec, now, resend_after=RESEND_AFTER)
-    if request.token is None or request.subscriber_id is None:
-        log.info("subscribe: no confirmation sent (%s)", request.reason)
-    else:
-        envelope, message = confirmation_message(
-            ctx,
-            subscriber_id=request.subscriber_id,
-            email=spec.email,
-            name=spec.name,
-            token=request.token,
-            now=now,
-        )
-        try:
-            ctx.send_mail(envelope, message)
-        except (DeliveryError, OSError) as exc:
-            # Same page for the visitor (it must not reveal anything about the address); the
-            # token is withdrawn so that a new submission can send a new one at once.
-            log.error(
-                "subscribe: confirmation for subscriber %s not sent: %s", request.subscriber_id, exc
-            )
-            accounts.cancel_confirmation(ctx.store, request.subscriber_id, request.token)
-        else:
-            log.info(
-                "subscribe: confirmation sent to subscriber %s (%s)",
-                request.subscriber_id,
-                request.reason,
-            )
+    ctx.app.subscribe(spec, partial(confirmation_message, ctx))
     return ctx.page("check_inbox.html.j2", email=spec.email)
 
 
@@ -118,7 +86,7 @@ def _subscribe(ctx: WebContext, form: dict[str, list[str]]) -> Response:
 
 def confirm_page(ctx: WebContext, request: Request) -> Response:
     token = str(request.path_params["token"])
-    sub = accounts.pending_confirmation(ctx.store, token, ctx.now(), max_age=CONFIRM_MAX_AGE)
+    sub = ctx.app.pending_confirmation(token)
     if sub is None:
         return ctx.page("confirm.html.j2", status=404, state="invalid")
     return ctx.page("confirm.html.j2", state="ask", email=sub.email)
@@ -126,10 +94,9 @@ def confirm_page(ctx: WebContext, request: Request) -> Response:
 
 def confirm(ctx: WebContext, request: Request) -> Response:
     token = str(request.path_params["token"])
-    sub = accounts.confirm_subscription(ctx.store, token, ctx.now(), max_age=CONFIRM_MAX_AGE)
+    sub = ctx.app.confirm(token)
     if sub is None:
         return ctx.page("confirm.html.j2", status=404, state="invalid")
-    log.info("confirm: subscriber %s is active", sub.id)
     return ctx.page(
         "confirm.html.j2",
         state="done",
@@ -149,8 +116,7 @@ def unsubscribe_page(ctx: WebContext, request: Request) -> Response:
 
 def unsubscribe(ctx: WebContext, request: Request) -> Response:
     sub = _subscriber(ctx, request)
-    if accounts.unsubscribe(ctx.store, sub.id, ctx.now()):
-        log.info("unsubscribe: subscriber %s unsubscribed", sub.id)
+    ctx.app.unsubscribe(sub)
     return ctx.page("unsubscribe.html.j2", state="done", email=sub.email)
 
 
@@ -178,7 +144,7 @@ def _preferences(
         csrf=ctx.signer.issue(PREFERENCES, sub.token, ctx.now()),
         # The run syncs config/subscribers.toml over its entries: say so rather than let a
         # saved change silently come undone.
-        from_file=accounts.subscriber_source(ctx.store, sub.id) == "config",
+        from_file=ctx.app.from_config_file(sub),
         action=f"/preferences/{sub.token}",
     )
 
@@ -217,12 +183,10 @@ def _save_preferences(ctx: WebContext, request: Request, form: dict[str, list[st
         **{k: v for k, v in submitted.items() if k != "days"},
         "days": list(form.get("days", [])),  # an unknown day is make_spec's to refuse
     }
-    result = validate(
-        {k: v for k, v in entry.items() if v not in ("", None)}, defaults_from(ctx.settings)
-    )
+    result = validate({k: v for k, v in entry.items() if v not in ("", None)}, ctx.app.defaults)
     if result.spec is None:
         return _preferences(ctx, sub, submitted, status=400, errors=result.errors)
-    saved = accounts.update_preferences(ctx.store, sub.id, result.spec, ctx.now())
+    saved = ctx.app.update_preferences(sub, result.spec)
     if saved is None:
         raise HTTPException(404)
     log.info("preferences: subscriber %s saved", sub.id)

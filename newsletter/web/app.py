@@ -14,7 +14,6 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from functools import partial
 
 from starlette.applications import Starlette
@@ -24,12 +23,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from newsletter.app import Clock, Newsletter, utc_now
 from newsletter.config import Settings
 from newsletter.deliver import Mailer
-from newsletter.pipeline import make_mailer, open_store
-from newsletter.store import accounts as store_accounts
+from newsletter.resources import read_resource
 from newsletter.web import accounts, pages
-from newsletter.web.context import Clock, WebContext
+from newsletter.web.context import WebContext
 from newsletter.web.feeds import FeedHandler
 from newsletter.web.security import DEFAULT_HEADERS, FormSigner, SecurityHeaders
 
@@ -48,10 +47,6 @@ ERROR_TITLES = {
 }
 
 
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 def create_app(
     settings: Settings,
     *,
@@ -63,22 +58,18 @@ def create_app(
 
     ``mailer`` sends confirmation emails (default: the configured outbox or SMTP mailer,
     created on first use and closed at shutdown; a given one is the caller's to close).
-    ``clock`` is for tests. ``secret`` signs forms; the default is a random key per process,
-    so forms served before a restart are refused once (the page says to save again), and all
-    workers of one deployment must share a configured secret.
+    ``clock`` is for tests. ``secret`` signs forms; the default is the settings' secret key
+    (``NEWSLETTER_SECRET_KEY``), else a random key per process, so forms served before a
+    restart are refused once (the page says to save again): all workers of one deployment
+    must share a configured secret.
     """
-    store = open_store(settings)
-    fixed = store_accounts.backfill_token_hashes(store)
+    newsletter = Newsletter(settings, mailer=mailer, clock=clock or utc_now)
+    fixed = newsletter.backfill_token_hashes()
     if fixed:
         log.info("web: hashed the tokens of %d subscriber(s)", fixed)
-    ctx = WebContext(
-        settings=settings,
-        store=store,
-        clock=clock or _utc_now,
-        signer=FormSigner(secret or secrets.token_bytes(32)),
-        mailer_factory=(lambda: mailer) if mailer is not None else partial(make_mailer, settings),
-    )
-    stylesheet = (settings.templates_dir / "web" / STYLESHEET).read_bytes()
+    key = secret or settings.secret_key
+    ctx = WebContext(app=newsletter, signer=FormSigner(key or secrets.token_bytes(32)))
+    stylesheet = read_resource(f"web/{STYLESHEET}", settings.templates_dir)
 
     def bind(
         handler: Callable[[WebContext, Request], Response | Awaitable[Response]],
@@ -129,7 +120,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         yield
-        ctx.close(close_mailer=mailer is None)
+        ctx.close()
 
     app = Starlette(
         routes=routes,

@@ -1,16 +1,16 @@
-"""What every request handler shares: settings, the store, the mailer, the clock, templates.
+"""What every request handler shares: the application, the form signer and the templates.
 
-One :class:`WebContext` per app. Handlers are plain functions of it, so tests build an app
-with an in-memory mailer and a fixed clock and nothing else changes.
+One :class:`WebContext` per app. Handlers are plain functions of it: they parse the request,
+call one :class:`~newsletter.app.Newsletter` method and render the answer, so tests build an
+app with an in-memory mailer and a fixed clock and nothing else changes.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import zoneinfo
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
 from typing import Any
@@ -18,27 +18,24 @@ from typing import Any
 from jinja2 import Environment
 from starlette.responses import HTMLResponse
 
+from newsletter.app import Newsletter
 from newsletter.config import Settings
-from newsletter.deliver import Envelope, Mailer
 from newsletter.domain import SiteInfo
 from newsletter.render_html import make_environment
-from newsletter.store import Store
 from newsletter.web.security import FormSigner
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], datetime]
-
 
 @dataclass
 class WebContext:
-    settings: Settings
-    store: Store
-    clock: Clock
+    app: Newsletter
     signer: FormSigner
-    mailer_factory: Callable[[], Mailer]
-    _mailer: Mailer | None = None
-    _mailer_lock: threading.Lock = field(default_factory=threading.Lock)
+    owns_app: bool = True
+
+    @property
+    def settings(self) -> Settings:
+        return self.app.settings
 
     @property
     def site(self) -> SiteInfo:
@@ -46,8 +43,9 @@ class WebContext:
 
     @cached_property
     def templates(self) -> Environment:
-        """Jinja2 over ``templates/web``: autoescape on for ``.html.j2``, off for ``.txt.j2``."""
-        return make_environment(self.settings.templates_dir / "web")
+        """Jinja2 over the packaged ``templates/web`` (``templates_dir/web`` first when set):
+        autoescape on for ``.html.j2``, off for ``.txt.j2``."""
+        return make_environment(self.settings.templates_dir, "web")
 
     @cached_property
     def timezones(self) -> list[str]:
@@ -55,7 +53,7 @@ class WebContext:
         return sorted(zoneinfo.available_timezones())
 
     def now(self) -> datetime:
-        return self.clock()
+        return self.app.clock()
 
     def page(
         self,
@@ -69,21 +67,6 @@ class WebContext:
         html = self.templates.get_template(name).render(site_name=self.site.name, **values)
         return HTMLResponse(html, status_code=status, headers=dict(headers or {}))
 
-    def send_mail(self, envelope: Envelope, message: bytes) -> str:
-        """Send through the one mailer of this app, one message at a time.
-
-        The mailer is created on first use (an SMTP server is only contacted when someone
-        subscribes) and serialized by a lock: an SMTP session is one connection and request
-        handlers run in a thread pool.
-        """
-        with self._mailer_lock:
-            if self._mailer is None:
-                self._mailer = self.mailer_factory()
-            return self._mailer.send(envelope, message)
-
-    def close(self, *, close_mailer: bool) -> None:
-        with self._mailer_lock:
-            if self._mailer is not None and close_mailer:
-                self._mailer.close()
-            self._mailer = None
-        self.store.close()
+    def close(self) -> None:
+        if self.owns_app:
+            self.app.close()

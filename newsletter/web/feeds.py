@@ -23,7 +23,6 @@ from starlette.responses import Response
 
 from newsletter.domain import FeedItem, Subscriber, SubscriberStatus
 from newsletter.feeds import EMPTY_FEED_DATE, build_feeds
-from newsletter.store import accounts
 from newsletter.web.context import WebContext
 
 log = logging.getLogger(__name__)
@@ -102,13 +101,13 @@ class FeedHandler:
             raise HTTPException(404)
         subscriber: Subscriber | None = None
         if stem == "all":
-            items = tuple(self.ctx.store.global_feed_items())
+            items = tuple(self.ctx.app.global_feed_items())
             cache_control = GLOBAL_CACHE_CONTROL
         else:
-            subscriber = accounts.subscriber_by_feed_token(self.ctx.store, stem)
+            subscriber = self.ctx.app.subscriber_by_feed_token(stem)
             if subscriber is None or subscriber.status is not SubscriberStatus.ACTIVE:
                 raise HTTPException(404)
-            items = tuple(self.ctx.store.subscriber_feed_items(subscriber.id))
+            items = tuple(self.ctx.app.subscriber_feed_items(subscriber))
             cache_control = PRIVATE_CACHE_CONTROL
         key = "all" if subscriber is None else f"subscriber:{subscriber.id}"
         documents = self.cache.get(key, items)

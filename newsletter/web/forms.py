@@ -14,7 +14,7 @@ from typing import Any
 
 from newsletter.domain import Subscriber, SubscriberSpec
 from newsletter.errors import SubscriberError
-from newsletter.subscribers import FIELDS, WEEKDAYS, Defaults, make_spec
+from newsletter.subscribers import FIELDS, Defaults, make_spec, spec_entry
 
 __all__ = ["FormResult", "preferences_values", "validate"]
 
@@ -39,28 +39,24 @@ class FormResult:
     errors: dict[str, str] = field(default_factory=dict)
 
 
-def _split(error: SubscriberError) -> tuple[str, str]:
-    """``form: send_at: …`` -> ("send_at", "…"); a profile error names the subscriber instead."""
-    rest = str(error).removeprefix(f"{_WHERE}: ")
-    head, sep, tail = rest.partition(": ")
-    if sep and head in FIELDS:
-        return head, tail
-    if head.startswith("subscriber ") and sep:  # parse_profile's "subscriber <email>: …"
-        return "profile", tail
-    return "profile", rest
-
-
 def validate(entry: Mapping[str, Any], defaults: Defaults) -> FormResult:
+    """Validate the form's fields; ``errors`` maps a field name to its error text.
+
+    An entry with a field ``make_spec`` does not know is the caller's bug, not the visitor's
+    mistake: its SubscriberError (``field`` None) propagates.
+    """
     values = dict(entry)
     errors: dict[str, str] = {}
     for _ in range(len(FIELDS) + 1):
         try:
             spec = make_spec(values, defaults, where=_WHERE)
         except SubscriberError as exc:
-            name, message = _split(exc)
+            name = exc.field
+            if name is None:
+                raise
             if name in errors:  # the placeholder failed too: give up on the others
                 break
-            errors[name] = message
+            errors[name] = exc.detail
             values[name] = _PLACEHOLDERS[name]
             continue
         return FormResult(None if errors else spec, errors)
@@ -68,12 +64,7 @@ def validate(entry: Mapping[str, Any], defaults: Defaults) -> FormResult:
 
 
 def preferences_values(sub: Subscriber) -> dict[str, Any]:
-    """The preferences form filled with the stored settings."""
-    return {
-        "name": sub.name,
-        "profile": sub.profile,
-        "timezone": sub.timezone,
-        "send_at": sub.send_at.strftime("%H:%M"),
-        "days": [WEEKDAYS[d] for d in sub.weekdays],
-        "max_papers": str(sub.max_papers),
-    }
+    """The preferences form filled with the stored settings (the fields the form shows)."""
+    stored = spec_entry(sub)
+    values = {name: stored[name] for name in ("name", "profile", "timezone", "send_at", "days")}
+    return {**values, "max_papers": str(sub.max_papers)}

@@ -14,7 +14,7 @@ from email.policy import SMTP
 from email.utils import format_datetime, make_msgid
 
 from newsletter.deliver import Envelope
-from newsletter.domain import SiteInfo
+from newsletter.domain import SiteInfo, SubscriberSpec
 from newsletter.render_html import strip_controls
 from newsletter.web.context import WebContext
 
@@ -26,9 +26,11 @@ def confirm_url(site: SiteInfo, token: str) -> str:
 
 
 def confirmation_message(
-    ctx: WebContext, *, subscriber_id: int, email: str, name: str, token: str, now: datetime
+    ctx: WebContext, subscriber_id: int, spec: SubscriberSpec, token: str, now: datetime
 ) -> tuple[Envelope, bytes]:
+    """The confirmation email for a subscribe request (a :data:`ComposeConfirmation`)."""
     site = ctx.site
+    email, name = spec.email, spec.name
     text = ctx.templates.get_template("confirm_email.txt.j2").render(
         site_name=site.name,
         name=name,

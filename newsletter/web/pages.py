@@ -20,7 +20,6 @@ from starlette.responses import HTMLResponse, Response
 from newsletter.domain import Paper
 from newsletter.render import authors_label
 from newsletter.render_html import sanitize_abstract, strip_controls
-from newsletter.store import accounts
 from newsletter.web.context import WebContext
 from newsletter.web.security import ARCHIVE_CSP, safe_link
 
@@ -54,7 +53,7 @@ def paper_view(ctx: WebContext, paper: Paper) -> dict[str, Any]:
 def index(ctx: WebContext, request: Request) -> Response:
     return ctx.page(
         "index.html.j2",
-        days=accounts.recent_days(ctx.store, RECENT_DAYS),
+        days=ctx.app.recent_days(RECENT_DAYS),
         form={"timezone": ctx.settings.timezone},
         errors={},
         timezones=ctx.timezones,
@@ -63,7 +62,7 @@ def index(ctx: WebContext, request: Request) -> Response:
 
 def day_page(ctx: WebContext, request: Request) -> Response:
     day = parse_day(str(request.path_params["day"]))
-    papers = accounts.papers_first_seen_on(ctx.store, day)
+    papers = ctx.app.papers_first_seen_on(day)
     if not papers:
         return ctx.page("day.html.j2", status=404, day=day, papers=[])
     return ctx.page(
@@ -75,10 +74,10 @@ def day_page(ctx: WebContext, request: Request) -> Response:
 
 
 def archived_issue(ctx: WebContext, request: Request) -> Response:
-    subscriber = accounts.subscriber_by_token(ctx.store, str(request.path_params["token"]))
+    subscriber = ctx.app.subscriber_by_token(str(request.path_params["token"]))
     if subscriber is None:
         raise HTTPException(404)
-    html = accounts.issue_html(ctx.store, subscriber.id, parse_day(str(request.path_params["day"])))
+    html = ctx.app.archived_issue_html(subscriber, parse_day(str(request.path_params["day"])))
     if html is None:
         raise HTTPException(404)
     return HTMLResponse(html, headers={"content-security-policy": ARCHIVE_CSP})

@@ -1,0 +1,209 @@
+"""Subscriber use cases of :class:`newsletter.app.Newsletter`: the CLI's subscriber commands
+and the web's account flows (double opt-in, unsubscribe, preferences, archive, feeds).
+
+A mixin so that the application stays one object with one API while its modules stay small;
+every rule about subscribers (partial updates, re-activation, the confirmation email's
+lifetime and resend limit) is defined here and nowhere in ``cli/`` or ``web/``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from newsletter.deliver import Envelope
+from newsletter.domain import (
+    FeedItem,
+    Paper,
+    Subscriber,
+    SubscriberSource,
+    SubscriberSpec,
+    SubscriberStatus,
+)
+from newsletter.errors import DeliveryError, SubscriberError
+from newsletter.store import ConfirmationRequest, Store
+from newsletter.subscribers import Defaults, make_spec, read_csv, spec_entry
+
+log = logging.getLogger(__name__)
+
+#: At most one confirmation email per address in this time.
+RESEND_AFTER = timedelta(hours=1)
+#: A confirmation link works this long.
+CONFIRM_MAX_AGE = timedelta(days=7)
+
+#: Builds the confirmation email for (subscriber id, address, name, token) at a moment.
+ComposeConfirmation = Callable[[int, SubscriberSpec, str, datetime], tuple[Envelope, bytes]]
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    added: int
+    updated: int
+    errors: tuple[str, ...]
+
+
+class AccountUseCases:
+    """Subscriber use cases; :class:`newsletter.app.Newsletter` provides the attributes."""
+
+    store: Store
+    defaults: Defaults
+    clock: Callable[[], datetime]
+
+    def _now(self, now: datetime | None) -> datetime:
+        return self.clock() if now is None else now
+
+    def send_message(self, envelope: Envelope, message: bytes) -> str:
+        raise NotImplementedError  # pragma: no cover - provided by Newsletter
+
+    def subscribers(self, *, include_unsubscribed: bool = False) -> list[Subscriber]:
+        return [
+            s
+            for s in self.store.subscribers_by_id().values()
+            if include_unsubscribed or s.status is not SubscriberStatus.UNSUBSCRIBED
+        ]
+
+    def add_subscriber(
+        self,
+        email: str,
+        given: Mapping[str, Any],
+        *,
+        source: SubscriberSource = SubscriberSource.CLI,
+        now: datetime | None = None,
+    ) -> tuple[Subscriber, bool]:
+        """Add an active subscriber, or update and re-activate an existing one.
+
+        For an existing address only the fields in ``given`` change; the others keep their
+        stored values (not the defaults). A new address needs a profile. Returns
+        (subscriber, created).
+        """
+        moment = self._now(now)
+        entry: dict[str, Any] = {k: v for k, v in given.items() if v not in (None, "")}
+        try:
+            existing = self.store.subscriber(email.strip().lower())
+        except ValueError:
+            existing = None
+        if existing is not None:
+            entry = {**spec_entry(existing), **entry}
+        elif not entry.get("profile"):
+            raise SubscriberError(
+                f"subscriber add: {email!r} is not subscribed yet: --profile is required "
+                "for a new subscriber",
+                field="profile",
+            )
+        spec = make_spec({**entry, "email": email}, self.defaults, where="subscriber add")
+        sub, created = self.store.upsert_subscriber(spec, source=source, now=moment)
+        if not created and sub.status is not SubscriberStatus.ACTIVE:
+            self.store.set_subscriber_status(sub.email, SubscriberStatus.ACTIVE, moment)
+            sub = self.store.subscriber(sub.email) or sub
+        return sub, created
+
+    def remove_subscriber(self, email: str, now: datetime | None = None) -> str:
+        """Unsubscribe by address (history kept); returns the normalized address."""
+        address = email.strip().lower()
+        if not self.store.set_subscriber_status(
+            address, SubscriberStatus.UNSUBSCRIBED, self._now(now)
+        ):
+            raise SubscriberError(
+                f"no subscriber {email!r}: see `newsletter subscriber list --all`", field="email"
+            )
+        return address
+
+    def import_subscribers(self, csv_file: Path, now: datetime | None = None) -> ImportResult:
+        """Add or update subscribers from a CSV file; bad rows are reported and skipped."""
+        result = read_csv(csv_file, self.defaults)
+        moment = self._now(now)
+        added = updated = 0
+        for spec in result.specs:
+            _sub, created = self.store.upsert_subscriber(
+                spec, source=SubscriberSource.CSV, now=moment
+            )
+            added += created
+            updated += not created
+        return ImportResult(added, updated, tuple(result.errors))
+
+    def update_preferences(self, sub: Subscriber, spec: SubscriberSpec) -> Subscriber | None:
+        """Store validated settings from the web (never the address or the status)."""
+        return self.store.update_preferences(sub.id, spec, self.clock())
+
+    def from_config_file(self, sub: Subscriber) -> bool:
+        """Whether the subscribers file owns this subscriber (a run re-applies its entry)."""
+        return self.store.subscriber_source(sub.id) is SubscriberSource.CONFIG
+
+    # ------------------------------------------------------------------ web: lookups
+
+    def subscriber_by_token(self, token: str) -> Subscriber | None:
+        """The subscriber of an unsubscribe / preferences / archive link, any status."""
+        return self.store.subscriber_by_token(token)
+
+    def subscriber_by_feed_token(self, feed_token: str) -> Subscriber | None:
+        return self.store.subscriber_by_feed_token(feed_token)
+
+    def archived_issue_html(self, sub: Subscriber, slot_date: date) -> str | None:
+        """The HTML of a sent issue as it was emailed; None unless that slot's issue was sent."""
+        return self.store.issue_html(sub.id, slot_date)
+
+    def recent_days(self, limit: int) -> list[tuple[date, int]]:
+        return self.store.recent_days(limit)
+
+    def papers_first_seen_on(self, day: date) -> list[Paper]:
+        return self.store.papers_first_seen_on(day)
+
+    def global_feed_items(self) -> list[FeedItem]:
+        return self.store.global_feed_items()
+
+    def subscriber_feed_items(self, sub: Subscriber) -> list[FeedItem]:
+        return self.store.subscriber_feed_items(sub.id)
+
+    def backfill_token_hashes(self) -> int:
+        """Hash tokens of rows written without them (raw SQL, an old process): at web start."""
+        return self.store.backfill_token_hashes()
+
+    # ------------------------------------------------------------------ web: account flows
+
+    def subscribe(self, spec: SubscriberSpec, compose: ComposeConfirmation) -> ConfirmationRequest:
+        """Double opt-in: record the request and email a confirmation link, at most once per
+        :data:`RESEND_AFTER`; an active address gets nothing (and the caller shows the same
+        page whatever happened, so the form reveals nobody). If the email cannot be sent the
+        token is withdrawn, so that a new submission can send one at once."""
+        now = self.clock()
+        request = self.store.request_confirmation(spec, now, resend_after=RESEND_AFTER)
+        if request.token is None or request.subscriber_id is None:
+            log.info("subscribe: no confirmation sent (%s)", request.reason)
+            return request
+        envelope, message = compose(request.subscriber_id, spec, request.token, now)
+        try:
+            self.send_message(envelope, message)
+        except (DeliveryError, OSError) as exc:
+            log.error(
+                "subscribe: confirmation for subscriber %s not sent: %s", request.subscriber_id, exc
+            )
+            self.store.cancel_confirmation(request.subscriber_id, request.token)
+        else:
+            log.info(
+                "subscribe: confirmation sent to subscriber %s (%s)",
+                request.subscriber_id,
+                request.reason,
+            )
+        return request
+
+    def pending_confirmation(self, token: str) -> Subscriber | None:
+        """Who a confirmation link would activate, if it still can (the GET page)."""
+        return self.store.pending_confirmation(token, self.clock(), max_age=CONFIRM_MAX_AGE)
+
+    def confirm(self, token: str) -> Subscriber | None:
+        """Activate the subscriber of a fresh confirmation link; the link works once."""
+        sub = self.store.confirm_subscription(token, self.clock(), max_age=CONFIRM_MAX_AGE)
+        if sub is not None:
+            log.info("confirm: subscriber %s is active", sub.id)
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> bool:
+        """Unsubscribe at once (a pending confirmation dies with it); False if already gone."""
+        done = self.store.unsubscribe(sub.id, self.clock())
+        if done:
+            log.info("unsubscribe: subscriber %s unsubscribed", sub.id)
+        return done

@@ -1,0 +1,399 @@
+"""The application core: one :class:`Newsletter` object offers every use case.
+
+It owns the store (opened and migrated once), the mailer (created on first use, so commands
+that send nothing never contact an SMTP server), one email renderer kept for its lifetime
+(the inlined templates and per-paper cards are reused across every issue it renders), the
+subscriber defaults, the ranking settings and the clock. The CLI, the web app and the daemon
+parse their input, call one method and present the result: they hold no session, no query
+and no business rule. Lower stages (:mod:`newsletter.pipeline`, :mod:`newsletter.feeds`,
+:mod:`newsletter.render`) take the values they use, not the settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from functools import cached_property
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from newsletter.accounts import AccountUseCases, ImportResult
+from newsletter.config import Settings
+from newsletter.deliver import Envelope, Mailer, OutboxMailer
+from newsletter.domain import (
+    IngestStatus,
+    IssueContent,
+    ScoredPaper,
+    SiteInfo,
+    Subscriber,
+    SubscriberSource,
+    SubscriberStatus,
+)
+from newsletter.errors import SubscriberError
+from newsletter.ingest import FileReport, InboxScanner, ingest_paths
+from newsletter.pipeline import (
+    Delivery,
+    PlanResult,
+    deliver_pending,
+    plan_issues,
+    select_papers,
+    write_all_feeds,
+)
+from newsletter.reports import RunSummary, StatusReport, build_status
+from newsletter.schedule import SendSchedule, due_slot, last_send_time, slot_of
+from newsletter.store import Store
+from newsletter.store.lock import DaemonLock
+from newsletter.subscribers import Defaults, load_config_file
+
+if TYPE_CHECKING:
+    from newsletter.rank import RankSettings
+    from newsletter.render import EmailRenderer
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+Progress = Callable[[str], None]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """Subscribers synced from the subscribers file, and one line per entry skipped."""
+
+    synced: int
+    errors: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class MissedSlot:
+    """A slot whose send time passed while no daemon ran, and whether it is still sent."""
+
+    subscriber: Subscriber
+    slot: date
+    due: datetime
+    within_grace: bool
+
+
+class Newsletter(AccountUseCases):
+    """``with Newsletter(settings) as app: app.run_once()``: the use cases over one store.
+
+    ``mailer`` replaces the configured one (the caller's to close); ``clock`` the wall clock
+    (replays and tests). Methods that act at a moment take ``now``, defaulting to the clock.
+    Safe to share between threads for the web's use (one store engine, the mailer behind a
+    lock); one run or daemon drives delivery at a time.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        mailer: Mailer | None = None,
+        clock: Clock = utc_now,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.store = Store(settings.database_url)
+        try:
+            self._revision = self.store.migrate()
+        except BaseException:
+            self.store.close()
+            raise
+        self._mailer = mailer
+        self._owns_mailer = mailer is None
+        self._mailer_lock = threading.Lock()
+        self.defaults = Defaults(
+            timezone=settings.timezone,
+            max_papers=settings.ranking.default_max_papers,
+            min_score=settings.ranking.default_min_score,
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def __enter__(self) -> Newsletter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self._mailer_lock:
+            if self._mailer is not None and self._owns_mailer:
+                self._mailer.close()
+                self._mailer = None
+        self.store.close()
+
+    def schema_revision(self) -> str:
+        """The migration the database is at (opening it applied every pending one)."""
+        return self._revision
+
+    @property
+    def site(self) -> SiteInfo:
+        return self.settings.site
+
+    @property
+    def mailer(self) -> Mailer:
+        """The configured mailer (outbox folder or SMTP), created on first use."""
+        with self._mailer_lock:
+            if self._mailer is None:
+                self._mailer = make_mailer(self.settings)
+            return self._mailer
+
+    def send_message(self, envelope: Envelope, message: bytes) -> str:
+        """Send one message outside the issue pipeline (a confirmation email), serialized: an
+        SMTP session is one connection and web handlers run in a thread pool."""
+        mailer = self.mailer
+        with self._mailer_lock:
+            return mailer.send(envelope, message)
+
+    @cached_property
+    def renderer(self) -> EmailRenderer:
+        from newsletter.render import EmailRenderer
+
+        return EmailRenderer(self.settings.templates_dir, self.site)
+
+    @cached_property
+    def rank_settings(self) -> RankSettings:
+        from newsletter.rank import RankSettings
+
+        r = self.settings.ranking
+        return RankSettings(title_boost=r.title_boost, k1=r.k1, b=r.b)
+
+    def _now(self, now: datetime | None) -> datetime:
+        return self.clock() if now is None else now
+
+    # ------------------------------------------------------------------ the main job
+
+    def ingest(
+        self,
+        paths: Sequence[Path] | None = None,
+        *,
+        now: datetime | None = None,
+        scanner: InboxScanner | None = None,
+        two_scans: bool = True,
+        progress: Callable[[FileReport], None] | None = None,
+    ) -> list[FileReport]:
+        """Ingest digest files (default: the inbox); one report per file."""
+        return ingest_paths(
+            self.store,
+            list(paths) if paths is not None else [self.settings.inbox],
+            now=self._now(now),
+            max_bytes=self.settings.max_digest_bytes,
+            progress=progress,
+            scanner=scanner,
+            two_scans=two_scans,
+        )
+
+    def sync_subscribers(self, now: datetime | None = None) -> SyncResult:
+        """Upsert the subscribers of ``subscribers_file`` (their status is never changed)."""
+        path = self.settings.subscribers_file
+        if path is None or not path.exists():
+            return SyncResult(0, ())
+        result = load_config_file(path, self.defaults)
+        for error in result.errors:
+            log.error("skipped subscriber: %s", error)
+        moment = self._now(now)
+        for spec in result.specs:
+            self.store.upsert_subscriber(spec, source=SubscriberSource.CONFIG, now=moment)
+        return SyncResult(len(result.specs), tuple(result.errors))
+
+    def active_subscribers(self) -> dict[int, Subscriber]:
+        return self.store.subscribers_by_id(status=SubscriberStatus.ACTIVE)
+
+    def plan(
+        self, due: Sequence[tuple[Subscriber, date]], now: datetime | None = None
+    ) -> PlanResult:
+        """Plan the issues of these (subscriber, slot) pairs: one or many, one function."""
+        return plan_issues(
+            self.store,
+            due,
+            self._now(now),
+            window_days=self.settings.candidate_window_days,
+            rank_settings=self.rank_settings,
+        )
+
+    def plan_current_slots(self, now: datetime | None = None) -> PlanResult:
+        """``run --once``: every active subscriber's slot at ``now`` is due, whatever their
+        send time (weekly subscribers on their days only)."""
+        moment = self._now(now)
+        due = []
+        for sub in self.active_subscribers().values():
+            slot = due_slot(SendSchedule.of(sub), moment)
+            if slot is not None:
+                due.append((sub, slot))
+        return self.plan(due, moment)
+
+    def plan_slots(self, slots: Mapping[int, date], now: datetime | None = None) -> PlanResult:
+        """The daemon: plan the given slot of each subscriber id that is still active."""
+        subscribers = self.store.subscribers_by_id(slots, status=SubscriberStatus.ACTIVE)
+        return self.plan([(sub, slots[sub.id]) for sub in subscribers.values()], now)
+
+    def missed_slots(self, now: datetime | None = None) -> list[MissedSlot]:
+        """Each active subscriber's latest send time before ``now`` whose slot has no issue:
+        within ``catch_up_grace_hours`` it is still to be sent (once), older ones are not."""
+        moment = self._now(now)
+        grace = timedelta(hours=self.settings.catch_up_grace_hours)
+        latest = {}
+        for sub in self.active_subscribers().values():
+            schedule = SendSchedule.of(sub)
+            due = last_send_time(schedule, moment)
+            if due is not None:
+                latest[sub.id] = (sub, due, slot_of(schedule, due))
+        taken = self.store.slots_with_issues((sid, slot) for sid, (_, _, slot) in latest.items())
+        return [
+            MissedSlot(sub, slot, due, moment - due <= grace)
+            for sid, (sub, due, slot) in latest.items()
+            if (sid, slot) not in taken
+        ]
+
+    def deliver(
+        self,
+        now: datetime | None = None,
+        *,
+        progress: Progress | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> Delivery:
+        """Render and send every pending issue whose time has come."""
+        return deliver_pending(
+            self.store,
+            self.renderer,
+            self.mailer,
+            site=self.site,
+            now=self._now(now),
+            progress=progress,
+            should_stop=should_stop,
+        )
+
+    def write_feeds(self) -> int:
+        """Rebuild the global and private feeds; returns the number of files changed."""
+        return write_all_feeds(
+            self.store,
+            site=self.site,
+            directory=self.settings.feeds_dir,
+            templates_dir=self.settings.templates_dir,
+        )
+
+    def run_once(
+        self, now: datetime | None = None, *, progress: Progress | None = None
+    ) -> RunSummary:
+        """The whole job once: what ``newsletter run --once`` does."""
+        moment = self._now(now)
+        summary = RunSummary(
+            outbox_dir=str(self.settings.outbox_dir.resolve()),
+            feeds_dir=str(self.settings.feeds_dir.resolve()),
+        )
+        reports = self.ingest(
+            now=moment,
+            scanner=InboxScanner(self.settings.inbox_settle_seconds),
+            progress=file_progress(progress),
+        )
+        summary.count_files(reports)
+        synced = self.sync_subscribers(moment)
+        summary.subscribers_synced, summary.subscriber_errors = synced.synced, list(synced.errors)
+        summary.issues_empty = self.plan_current_slots(moment).empty
+        delivery = self.deliver(moment, progress=progress)
+        summary.delivered, summary.delivery_stopped = delivery.delivered, delivery.stopped
+        summary.issues_delivered = len(summary.delivered)
+        counts = self.store.issue_state_counts()
+        summary.issues_failed = counts.failed
+        summary.issues_pending = counts.pending
+        summary.feeds_written = self.write_feeds()
+        summary.papers_total = self.store.count_papers()
+        return summary
+
+    # ------------------------------------------------------------------ operator
+
+    def status(self, now: datetime | None = None) -> StatusReport:
+        """Papers, files, pending and failed issues, and each subscriber's last and next issue."""
+        return build_status(self.store, self._now(now))
+
+    def retry(self, email: str | None = None) -> list[tuple[str, date]]:
+        """Put failed issues of active subscribers back in line; (email, slot) of each."""
+        if email is not None and self.store.subscriber(email) is None:
+            raise SubscriberError(
+                f"retry: no subscriber {email!r}: see `newsletter subscriber list --all`",
+                field="email",
+            )
+        return self.store.requeue_failed(email)
+
+    def preview(self, email: str, out_dir: Path, now: datetime | None = None) -> Path:
+        """Render a subscriber's next issue to an HTML file; deliver and record nothing."""
+        moment = self._now(now)
+        self.sync_subscribers(moment)
+        sub = self.store.subscriber(email)
+        if sub is None:
+            raise SubscriberError(
+                f"no subscriber {email!r}: see `newsletter subscriber list`, or add one",
+                field="email",
+            )
+        selection = select_papers(
+            self.store,
+            [sub],
+            moment,
+            window_days=self.settings.candidate_window_days,
+            rank_settings=self.rank_settings,
+        )[sub.id]
+        content = IssueContent(
+            subscriber=sub,
+            slot_date=slot_of(SendSchedule.of(sub), moment),
+            papers=selection.papers,
+            profile=selection.profile,
+            created_at=moment,
+        )
+        rendered = self.renderer.render(content)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / f"preview_{content.slot_date.isoformat()}_{sub.id:05d}.html"
+        path.write_text(rendered.html, encoding="utf-8")
+        return path
+
+    def rank(self, profile_text: str, *, limit: int | None = None) -> tuple[ScoredPaper, ...]:
+        """Every stored paper ranked against a profile, ignoring history and the window."""
+        from newsletter.profile import parse_profile
+        from newsletter.rank import rank_one
+
+        profile = parse_profile(profile_text, who="--profile")
+        return rank_one(self.store.papers(), profile, limit=limit, settings=self.rank_settings)
+
+    def count_papers(self) -> int:
+        return self.store.count_papers()
+
+    def daemon_lock(self) -> DaemonLock:
+        """The lock that keeps a second daemon off this database."""
+        return DaemonLock(self.store.engine)
+
+
+def make_mailer(settings: Settings) -> Mailer:
+    """The configured mailer: the outbox folder (default) or an SMTP server."""
+    if settings.mailer == "smtp":
+        from newsletter.smtp import SmtpMailer
+
+        return SmtpMailer.from_settings(settings)
+    return OutboxMailer(settings.outbox_dir)
+
+
+def file_progress(progress: Progress | None) -> Callable[[FileReport], None] | None:
+    """One progress line per file ingested, quarantined or still being written."""
+    if progress is None:
+        return None
+
+    def report(r: FileReport) -> None:
+        if r.status is IngestStatus.INGESTED:
+            progress(f"ingested {r.path}: {r.entries} entries, {r.papers_new} new")
+        elif r.status in (IngestStatus.QUARANTINED, IngestStatus.WAITING):
+            progress(f"{r.status}: {r.reason}")
+
+    return report
+
+
+__all__ = ["ImportResult", "MissedSlot", "Newsletter", "SyncResult", "make_mailer", "utc_now"]

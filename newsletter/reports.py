@@ -1,0 +1,153 @@
+"""What a run did and what the operator sees: :class:`RunSummary` and :class:`StatusReport`.
+
+Plain dataclasses: the CLI prints them for people or dumps them as JSON (``--json``), with the
+field names as keys. :func:`build_status` reads the store in a fixed number of queries, never
+the stored messages, whatever the number of issues.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+
+from newsletter.domain import DigestState, IngestStatus, IssueState, Subscriber, SubscriberStatus
+from newsletter.ingest import FileReport
+from newsletter.schedule import SendSchedule, next_send_time
+from newsletter.store import PENDING_STATES, Store
+
+
+@dataclass
+class RunSummary:
+    """What one run did; printed for humans, or as JSON with ``--json``."""
+
+    files_ingested: int = 0
+    files_unchanged: int = 0
+    files_quarantined: int = 0
+    files_waiting: int = 0
+    papers_new: int = 0
+    papers_total: int = 0
+    subscribers_synced: int = 0
+    subscriber_errors: list[str] = field(default_factory=list)
+    issues_delivered: int = 0
+    issues_empty: int = 0
+    issues_failed: int = 0
+    issues_pending: int = 0
+    delivery_stopped: str = ""  # why delivery stopped early (mail server unavailable), if it did
+    quarantined: list[str] = field(default_factory=list)
+    delivered: list[dict[str, object]] = field(default_factory=list)
+    outbox_dir: str = ""
+    feeds_dir: str = ""
+    feeds_written: int = 0
+
+    def count_files(self, reports: Sequence[FileReport]) -> None:
+        for report in reports:
+            if report.status is IngestStatus.INGESTED:
+                self.files_ingested += 1
+                self.papers_new += report.papers_new
+            elif report.status is IngestStatus.QUARANTINED:
+                self.files_quarantined += 1
+                self.quarantined.append(report.reason or report.path)
+            elif report.status is IngestStatus.WAITING:
+                self.files_waiting += 1
+            else:
+                self.files_unchanged += 1
+
+
+@dataclass(frozen=True)
+class QuarantinedFile:
+    path: str
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class PendingIssue:
+    email: str
+    slot: date
+    state: IssueState
+    attempts: int
+    reason: str | None  # the last server reply or error
+    next_retry_at: datetime | None
+
+
+@dataclass(frozen=True)
+class FailedIssue:
+    email: str
+    slot: date
+    attempts: int
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class SubscriberLine:
+    email: str
+    status: SubscriberStatus
+    last_sent: date | None  # slot of the last issue sent
+    last_sent_at: datetime | None
+    last_reply: str | None
+    next_send: str | None  # in the subscriber's timezone, e.g. "2026-11-24 07:00 CET"
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    papers: int
+    files_ingested: int
+    last_ingest: datetime | None
+    quarantined: tuple[QuarantinedFile, ...]
+    pending: tuple[PendingIssue, ...]
+    failed: tuple[FailedIssue, ...]
+    subscribers: tuple[SubscriberLine, ...]
+
+
+def build_status(store: Store, now: datetime) -> StatusReport:
+    subscribers = store.subscribers_by_id()
+    digests = store.list_digests()
+    quarantined = [d for d in digests if d.state == DigestState.QUARANTINED]
+    open_issues = store.issues(states=(*PENDING_STATES, IssueState.FAILED))
+    last_sent = store.last_sent_issues()
+
+    def email(subscriber_id: int) -> str:
+        return subscribers[subscriber_id].email
+
+    return StatusReport(
+        papers=store.count_papers(),
+        files_ingested=len(digests) - len(quarantined),
+        last_ingest=max((d.seen_at for d in digests), default=None),
+        quarantined=tuple(QuarantinedFile(d.path, d.reason) for d in quarantined),
+        pending=tuple(
+            PendingIssue(
+                email(i.subscriber_id),
+                i.slot_date,
+                i.state,
+                i.attempts,
+                i.last_reply,
+                i.next_retry_at,
+            )
+            for i in open_issues
+            if i.state in PENDING_STATES
+        ),
+        failed=tuple(
+            FailedIssue(email(i.subscriber_id), i.slot_date, i.attempts, i.last_reply)
+            for i in open_issues
+            if i.state is IssueState.FAILED
+        ),
+        subscribers=tuple(
+            SubscriberLine(
+                email=s.email,
+                status=s.status,
+                last_sent=last_sent[s.id].slot_date if s.id in last_sent else None,
+                last_sent_at=last_sent[s.id].sent_at if s.id in last_sent else None,
+                last_reply=last_sent[s.id].last_reply if s.id in last_sent else None,
+                next_send=next_send(s, now),
+            )
+            for s in subscribers.values()
+        ),
+    )
+
+
+def next_send(sub: Subscriber, now: datetime) -> str | None:
+    """When the daemon sends this subscriber's next issue, in their own timezone."""
+    if sub.status is not SubscriberStatus.ACTIVE:
+        return None
+    moment = next_send_time(SendSchedule.of(sub), now, inclusive=True)
+    return moment.strftime("%Y-%m-%d %H:%M %Z")

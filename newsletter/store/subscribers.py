@@ -1,0 +1,321 @@
+"""Subscribers: upserts from config, CLI and CSV, bulk reads, and the web's account flows.
+
+Secret tokens are never compared in SQL. A lookup runs on the SHA-256 of the token
+(``token_hash``, ``feed_token_hash``, ``confirm_token_hash``, unique indexes): an index lookup
+compares bytes with early exit, but the bytes compared are a hash an attacker cannot choose
+prefixes of, so response timing tells nothing about the token. The row found is then checked
+with :func:`hmac.compare_digest` against the token given. Confirmation tokens are stored only
+as their hash: a copy of the database cannot confirm anybody.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from newsletter.domain import Subscriber, SubscriberSource, SubscriberSpec, SubscriberStatus
+from newsletter.store import rows
+from newsletter.store.engine import BATCH, StoreBase, chunks, new_token
+from newsletter.store.schema import SubscriberRow, token_digest
+
+log = logging.getLogger(__name__)
+
+#: Longest token we look up: ours are 32 characters; anything far longer is not one of ours.
+MAX_TOKEN_LENGTH = 128
+
+
+@dataclass(frozen=True)
+class ConfirmationRequest:
+    """What a subscribe form submission did.
+
+    ``token`` is the new confirmation token to email, or None when no email must go out:
+    ``reason`` then says why (for the log only; the visitor sees the same page either way).
+    """
+
+    subscriber_id: int | None
+    token: str | None
+    reason: str
+
+
+def _plausible(token: str) -> bool:
+    return 0 < len(token) <= MAX_TOKEN_LENGTH
+
+
+class SubscriberQueries(StoreBase):
+    """Subscribers and their tokens (part of :class:`newsletter.store.Store`)."""
+
+    # ------------------------------------------------------------------ subscribers
+
+    def upsert_subscriber(
+        self,
+        spec: SubscriberSpec,
+        *,
+        source: SubscriberSource,
+        now: datetime,
+        update: bool = True,
+        status: SubscriberStatus = SubscriberStatus.ACTIVE,
+    ) -> tuple[Subscriber, bool]:
+        """Insert a subscriber, or update the settings of an existing one (never its status:
+        an unsubscribe must stick whatever the config file says). Returns (subscriber, created)."""
+        with self._session() as s:
+            row = s.scalar(select(SubscriberRow).where(SubscriberRow.email == spec.email))
+            created = row is None
+            if row is None:
+                row = SubscriberRow(
+                    email=spec.email,
+                    status=status.value,
+                    token=new_token(),
+                    feed_token=new_token(),
+                    source=source.value,
+                    created_at=now,
+                )
+                s.add(row)
+            elif not update:
+                return rows.subscriber(row), False
+            changed = rows.apply_spec(row, spec)
+            if created or changed:
+                row.updated_at = now
+            s.flush()
+            return rows.subscriber(row), created
+
+    def subscriber(self, email: str) -> Subscriber | None:
+        with self._session() as s:
+            row = s.scalar(select(SubscriberRow).where(SubscriberRow.email == email.lower()))
+            return rows.subscriber(row) if row else None
+
+    def subscribers(self, status: SubscriberStatus | None = None) -> list[Subscriber]:
+        with self._session() as s:
+            query = select(SubscriberRow).order_by(SubscriberRow.id)
+            if status is not None:
+                query = query.where(SubscriberRow.status == status.value)
+            return [rows.subscriber(r) for r in s.scalars(query)]
+
+    def subscribers_by_id(
+        self, ids: Iterable[int] | None = None, *, status: SubscriberStatus | None = None
+    ) -> dict[int, Subscriber]:
+        """Subscribers by id, in id order: all of them (or those with ``status``), or the
+        given ids (unknown ids are left out)."""
+        with self._session() as s:
+            query = select(SubscriberRow).order_by(SubscriberRow.id)
+            if status is not None:
+                query = query.where(SubscriberRow.status == status.value)
+            if ids is None:
+                return {r.id: rows.subscriber(r) for r in s.scalars(query)}
+            found: dict[int, Subscriber] = {}
+            for chunk in chunks(sorted(set(ids)), BATCH):
+                for r in s.scalars(query.where(SubscriberRow.id.in_(chunk))):
+                    found[r.id] = rows.subscriber(r)
+            return dict(sorted(found.items()))
+
+    def set_subscriber_status(self, email: str, status: SubscriberStatus, now: datetime) -> bool:
+        with self._session() as s:
+            result = s.execute(
+                update(SubscriberRow)
+                .where(SubscriberRow.email == email.lower())
+                .values(status=status.value, updated_at=now)
+            )
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------------ web accounts
+
+    def subscriber_by_token(self, token: str) -> Subscriber | None:
+        """The subscriber whose unsubscribe/preferences/web-view token this is, any status."""
+        if not _plausible(token):
+            return None
+        with self._session() as s:
+            row = s.scalar(
+                select(SubscriberRow).where(SubscriberRow.token_hash == token_digest(token))
+            )
+            if row is None or not hmac.compare_digest(row.token.encode(), token.encode()):
+                return None
+            return rows.subscriber(row)
+
+    def subscriber_by_feed_token(self, feed_token: str) -> Subscriber | None:
+        """The subscriber whose private-feed token this is, any status."""
+        if not _plausible(feed_token):
+            return None
+        with self._session() as s:
+            row = s.scalar(
+                select(SubscriberRow).where(
+                    SubscriberRow.feed_token_hash == token_digest(feed_token)
+                )
+            )
+            if row is None or not hmac.compare_digest(row.feed_token.encode(), feed_token.encode()):
+                return None
+            return rows.subscriber(row)
+
+    def backfill_token_hashes(self) -> int:
+        """Hash the tokens of rows written without the mapper events (raw SQL, an old process).
+
+        Run when the web app starts: a row without hashes could not be found by its links.
+        """
+        with self._session() as s:
+            missing = s.scalars(
+                select(SubscriberRow).where(
+                    or_(SubscriberRow.token_hash.is_(None), SubscriberRow.feed_token_hash.is_(None))
+                )
+            ).all()
+            for row in missing:
+                row.token_hash = token_digest(row.token)  # the mapper event recomputes both
+            return len(missing)
+
+    def unsubscribe(self, subscriber_id: int, now: datetime) -> bool:
+        """Unsubscribe at once; a pending confirmation dies with it. False if already gone."""
+        with self._session() as s:
+            row = s.get(SubscriberRow, subscriber_id)
+            if row is None:
+                return False
+            row.confirm_token_hash = None
+            if row.status == SubscriberStatus.UNSUBSCRIBED.value:
+                return False
+            row.status = SubscriberStatus.UNSUBSCRIBED.value
+            row.updated_at = now
+            return True
+
+    def subscriber_source(self, subscriber_id: int) -> SubscriberSource | None:
+        """Where a subscriber came from: config | cli | csv | web (the domain object omits it)."""
+        with self._session() as s:
+            found = s.scalar(select(SubscriberRow.source).where(SubscriberRow.id == subscriber_id))
+        return None if found is None else SubscriberSource(found)
+
+    def update_preferences(
+        self, subscriber_id: int, spec: SubscriberSpec, now: datetime
+    ) -> Subscriber | None:
+        """Store validated settings (never the email address or status); the next slot uses them."""
+        with self._session() as s:
+            row = s.get(SubscriberRow, subscriber_id)
+            if row is None:
+                return None
+            if rows.apply_spec(row, spec):
+                row.updated_at = now
+            s.flush()
+            return rows.subscriber(row)
+
+    def request_confirmation(
+        self, spec: SubscriberSpec, now: datetime, *, resend_after: timedelta
+    ) -> ConfirmationRequest:
+        """Record a subscribe request and hand out a confirmation token, unless one went out lately.
+
+        A new address becomes a pending subscriber. A pending or unsubscribed one gets the
+        submitted settings and a new token, at most once per ``resend_after`` (the conditional
+        update makes two simultaneous submissions send one email). An active address gets
+        nothing: it is subscribed already, and the form must not reveal that.
+        """
+        token = secrets.token_urlsafe(24)
+        digest = token_digest(token)
+        with self._session() as s:
+            row = s.scalar(select(SubscriberRow).where(SubscriberRow.email == spec.email))
+            if row is not None and row.status == SubscriberStatus.ACTIVE.value:
+                return ConfirmationRequest(row.id, None, "already active")
+            if row is None:
+                row = SubscriberRow(
+                    email=spec.email,
+                    status=SubscriberStatus.PENDING.value,
+                    token=new_token(),
+                    feed_token=new_token(),
+                    source=SubscriberSource.WEB.value,
+                    created_at=now,
+                    updated_at=now,
+                    confirm_token_hash=digest,
+                    confirm_sent_at=now,
+                )
+                rows.apply_spec(row, spec)
+                try:
+                    with s.begin_nested():
+                        s.add(row)
+                except IntegrityError:  # the same address submitted twice at the same moment
+                    return ConfirmationRequest(None, None, "concurrent request")
+                return ConfirmationRequest(row.id, token, "new address")
+            claimed = s.execute(
+                update(SubscriberRow)
+                .where(
+                    SubscriberRow.id == row.id,
+                    SubscriberRow.status != SubscriberStatus.ACTIVE.value,
+                    or_(
+                        SubscriberRow.confirm_sent_at.is_(None),
+                        SubscriberRow.confirm_sent_at <= now - resend_after,
+                    ),
+                )
+                .values(confirm_token_hash=digest, confirm_sent_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            if not claimed.rowcount:  # type: ignore[attr-defined]
+                return ConfirmationRequest(row.id, None, "confirmation sent recently")
+            s.refresh(row)
+            if rows.apply_spec(row, spec):
+                row.updated_at = now
+            return ConfirmationRequest(row.id, token, f"{row.status} address")
+
+    def cancel_confirmation(self, subscriber_id: int, token: str) -> None:
+        """The confirmation email could not be sent: forget the token and allow a new request."""
+        with self._session() as s:
+            s.execute(
+                update(SubscriberRow)
+                .where(
+                    SubscriberRow.id == subscriber_id,
+                    SubscriberRow.confirm_token_hash == token_digest(token),
+                )
+                .values(confirm_token_hash=None, confirm_sent_at=None)
+            )
+
+    def _by_confirm_token(
+        self, token: str, now: datetime, max_age: timedelta
+    ) -> tuple[int, bool] | None:
+        """(subscriber id, usable) for a confirmation token still on file; None if unknown."""
+        if not _plausible(token):
+            return None
+        digest = token_digest(token)
+        with self._session() as s:
+            row = s.scalar(select(SubscriberRow).where(SubscriberRow.confirm_token_hash == digest))
+            if row is None or row.confirm_token_hash is None:
+                return None
+            if not hmac.compare_digest(row.confirm_token_hash, digest):
+                return None
+            fresh = row.confirm_sent_at is not None and now - row.confirm_sent_at <= max_age
+            return row.id, fresh and row.status != SubscriberStatus.ACTIVE.value
+
+    def pending_confirmation(
+        self, token: str, now: datetime, *, max_age: timedelta
+    ) -> Subscriber | None:
+        """The subscriber a confirmation link would activate, if it still can (for the GET page)."""
+        found = self._by_confirm_token(token, now, max_age)
+        if found is None or not found[1]:
+            return None
+        with self._session() as s:
+            row = s.get(SubscriberRow, found[0])
+            return rows.subscriber(row) if row else None
+
+    def confirm_subscription(
+        self, token: str, now: datetime, *, max_age: timedelta
+    ) -> Subscriber | None:
+        """Activate the subscriber of a fresh confirmation token and burn the token (single use).
+
+        The update is conditional on the token hash, so of two simultaneous clicks one wins and
+        the other finds nothing; both show the visitor a subscribed page (the caller decides).
+        """
+        found = self._by_confirm_token(token, now, max_age)
+        if found is None or not found[1]:
+            return None
+        with self._session() as s:
+            done = s.execute(
+                update(SubscriberRow)
+                .where(
+                    SubscriberRow.id == found[0],
+                    SubscriberRow.confirm_token_hash == token_digest(token),
+                )
+                .values(
+                    status=SubscriberStatus.ACTIVE.value, confirm_token_hash=None, updated_at=now
+                )
+                .execution_options(synchronize_session=False)
+            )
+            if not done.rowcount:  # type: ignore[attr-defined]
+                return None
+            row = s.get(SubscriberRow, found[0])
+            return rows.subscriber(row) if row else None
