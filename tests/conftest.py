@@ -1,5 +1,6 @@
 """Shared fixtures: the seed corpus, a fresh database per test (SQLite, and PostgreSQL when
-``NEWSLETTER_TEST_POSTGRES_URL`` is set), and settings pointing into a temp folder."""
+``NEWSLETTER_TEST_POSTGRES_URL`` is set), settings pointing into a temp folder, and an
+environment without the shell's other ``NEWSLETTER_*`` variables. Builders: tests/factories.py."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from newsletter.config import Settings, load_settings
+from tests.factories import CONFIG, ENV_PREFIX, workspace_env
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = ROOT / "seeds"
@@ -39,6 +41,16 @@ def _backends() -> list[object]:
         ),
     )
     return ["sqlite", pg]
+
+
+@pytest.fixture(autouse=True)
+def hermetic_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test sees the ``NEWSLETTER_*`` variables of the shell that started pytest (a
+    developer's ``NEWSLETTER_MAILER=smtp`` would send real mail), except the PostgreSQL URL
+    that selects the PostgreSQL tests. Subprocesses inherit the cleaned environment."""
+    for name in list(os.environ):
+        if name.startswith(ENV_PREFIX) and name != PG_ENV:
+            monkeypatch.delenv(name)
 
 
 @pytest.fixture(params=_backends())
@@ -78,13 +90,4 @@ def workdir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def settings(workdir: Path, database_url: str) -> Settings:
-    return load_settings(
-        ROOT / "config" / "newsletter.toml",
-        environ={
-            "NEWSLETTER_DATABASE_URL": database_url,
-            "NEWSLETTER_INBOX": str(workdir / "inbox"),
-            "NEWSLETTER_OUTBOX_DIR": str(workdir / "outbox"),
-            "NEWSLETTER_FEEDS_DIR": str(workdir / "feeds"),
-            "NEWSLETTER_SUBSCRIBERS_FILE": str(workdir / "config" / "subscribers.toml"),
-        },
-    )
+    return load_settings(CONFIG, environ=workspace_env(workdir, database_url))

@@ -10,11 +10,8 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
-import os
 import socket
 import ssl
-import subprocess
-import sys
 import threading
 import warnings
 from collections.abc import Callable
@@ -26,7 +23,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from newsletter.config import Settings, SmtpSettings
-from tests.conftest import ROOT
+from tests.factories import settings_env
 
 HOST = "127.0.0.1"
 
@@ -226,30 +223,9 @@ def smtp_settings(settings: Settings, port: int, **smtp: Any) -> Settings:
     return settings.model_copy(update={"mailer": "smtp", "smtp": SmtpSettings(**values)})
 
 
-def cli_env(settings: Settings, port: int, **extra: str) -> dict[str, str]:
-    """Environment for ``python -m newsletter`` on the test's folders, mailing via SMTP."""
-    return {
-        "NEWSLETTER_CONFIG": str(ROOT / "config" / "newsletter.toml"),
-        "NEWSLETTER_DATABASE_URL": settings.database_url,
-        "NEWSLETTER_INBOX": str(settings.inbox),
-        "NEWSLETTER_OUTBOX_DIR": str(settings.outbox_dir),
-        "NEWSLETTER_FEEDS_DIR": str(settings.feeds_dir),
-        "NEWSLETTER_SUBSCRIBERS_FILE": str(settings.subscribers_file),
-        "NEWSLETTER_MAILER": "smtp",
-        "NEWSLETTER_SMTP_HOST": HOST,
-        "NEWSLETTER_SMTP_PORT": str(port),
-        "NEWSLETTER_SMTP_SECURITY": "none",
-        **extra,
-    }
-
-
-def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
-    return subprocess.run(
-        [sys.executable, "-m", "newsletter", *args],
-        env={**clean, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
+def cli_env(settings: Settings, port: int, **extra: object) -> dict[str, str]:
+    """Environment for ``python -m newsletter`` on the test's folders, mailing via SMTP
+    (``extra`` as in :func:`tests.factories.workspace_env`: ``smtp_rate_per_second=5``)."""
+    return settings_env(
+        settings, mailer="smtp", smtp_host=HOST, smtp_port=port, smtp_security="none", **extra
     )

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,36 +10,18 @@ from click.testing import CliRunner
 
 from newsletter import __version__
 from newsletter.cli import cli
-from tests.conftest import ROOT
+from tests.factories import run_cli, workspace_env
 
 
 @pytest.fixture
 def env(workdir: Path) -> dict[str, str]:
-    return {
-        "NEWSLETTER_CONFIG": str(ROOT / "config" / "newsletter.toml"),
-        "NEWSLETTER_DATABASE_URL": f"sqlite:///{workdir / 'db.sqlite'}",
-        "NEWSLETTER_INBOX": str(workdir / "inbox"),
-        "NEWSLETTER_OUTBOX_DIR": str(workdir / "outbox"),
-        "NEWSLETTER_FEEDS_DIR": str(workdir / "feeds"),
-        "NEWSLETTER_SUBSCRIBERS_FILE": str(workdir / "config" / "subscribers.toml"),
-    }
-
-
-def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "newsletter", *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-    )
+    return workspace_env(workdir, f"sqlite:///{workdir / 'db.sqlite'}")
 
 
 def test_python_m_version_and_help() -> None:
-    out = _run({}, "--version")
+    out = run_cli({}, "--version")
     assert out.returncode == 0 and out.stdout.strip() == f"newsletter, version {__version__}"
-    out = _run({}, "-h")
+    out = run_cli({}, "-h")
     assert out.returncode == 0
     for command in ("run", "ingest", "preview", "subscriber", "status", "feeds", "db"):
         assert f"  {command} " in out.stdout
@@ -67,7 +46,7 @@ def test_every_command_has_help_with_an_example() -> None:
 
 
 def test_run_once_json_then_nothing_new(env: dict[str, str], workdir: Path) -> None:
-    first = _run(env, "run", "--once", "--json")
+    first = run_cli(env, "run", "--once", "--json")
     assert first.returncode == 0, first.stderr
     data = json.loads(first.stdout)
     assert {
@@ -76,7 +55,7 @@ def test_run_once_json_then_nothing_new(env: dict[str, str], workdir: Path) -> N
     } == {"files_ingested": 5, "files_quarantined": 0, "papers_new": 380, "issues_delivered": 3}
     assert data["outbox_dir"] == str(workdir / "outbox")
     assert data["feeds_dir"] == str(workdir / "feeds")
-    second = _run(env, "run", "--once")
+    second = run_cli(env, "run", "--once")
     assert second.returncode == 0
     assert second.stdout.splitlines()[:2] == [
         "files: 0 ingested, 5 unchanged, 0 quarantined; papers: 0 new, 380 stored",
@@ -86,7 +65,7 @@ def test_run_once_json_then_nothing_new(env: dict[str, str], workdir: Path) -> N
 
 
 def test_bad_setting_stops_with_its_name(env: dict[str, str]) -> None:
-    out = _run({**env, "NEWSLETTER_CANDIDATE_WINDOW_DAYS": "-3"}, "run", "--once")
+    out = run_cli({**env, "NEWSLETTER_CANDIDATE_WINDOW_DAYS": "-3"}, "run", "--once")
     assert out.returncode == 1
     assert out.stderr.startswith(
         "error: bad value for 'candidate_window_days' in environment "
@@ -141,14 +120,14 @@ def test_subscriber_commands(env: dict[str, str], tmp_path: Path) -> None:
 
 
 def test_subscriber_add_rejects_bad_profile(env: dict[str, str]) -> None:
-    out = _run(env, "subscriber", "add", "x@example.org", "--profile", '"unclosed')
+    out = run_cli(env, "subscriber", "add", "x@example.org", "--profile", '"unclosed')
     assert out.returncode == 1
     assert out.stderr.startswith("error: subscriber add: ")
     assert "x@example.org" in out.stderr
 
 
 def test_remove_unknown_subscriber_fails_clearly(env: dict[str, str]) -> None:
-    out = _run(env, "subscriber", "remove", "nobody@example.org")
+    out = run_cli(env, "subscriber", "remove", "nobody@example.org")
     assert out.returncode == 1
     assert out.stderr == (
         "error: no subscriber 'nobody@example.org': see `newsletter subscriber list --all`\n"
@@ -188,5 +167,5 @@ def test_ingest_reports_per_file(env: dict[str, str], tmp_path: Path) -> None:
 
 
 def test_db_upgrade(env: dict[str, str]) -> None:
-    out = _run(env, "db", "upgrade")
+    out = run_cli(env, "db", "upgrade")
     assert out.returncode == 0 and out.stdout == "database at revision 0004\n"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
@@ -14,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from newsletter.daemon import READY
 from tests.conftest import ROOT, SEEDS
+from tests.factories import clean_environ, run_cli, workspace_env
 
 SEED = "000_3a916ff8f52d44d3.txt"  # 72 papers, several on diffusion
 
@@ -33,30 +34,26 @@ def _subscribers(path: Path, *entries: tuple[str, str]) -> None:
 def env(tmp_path: Path, database_url: str) -> dict[str, str]:
     (tmp_path / "inbox").mkdir()
     (tmp_path / "config").mkdir()
-    return {
-        **os.environ,
-        "NEWSLETTER_CONFIG": str(ROOT / "config" / "newsletter.toml"),
-        "NEWSLETTER_DATABASE_URL": database_url,
-        "NEWSLETTER_INBOX": str(tmp_path / "inbox"),
-        "NEWSLETTER_OUTBOX_DIR": str(tmp_path / "outbox"),
-        "NEWSLETTER_FEEDS_DIR": str(tmp_path / "feeds"),
-        "NEWSLETTER_SUBSCRIBERS_FILE": str(tmp_path / "config" / "subscribers.toml"),
-        "NEWSLETTER_SCAN_INTERVAL_SECONDS": "1",
-        "NEWSLETTER_SUBSCRIBER_REFRESH_SECONDS": "1",
-        "NEWSLETTER_INBOX_SETTLE_SECONDS": "0",
-    }
+    return workspace_env(
+        tmp_path,
+        database_url,
+        scan_interval_seconds=1,
+        subscriber_refresh_seconds=1,
+        inbox_settle_seconds=0,
+    )
 
 
 class Daemon:
     def __init__(self, env: dict[str, str], log: Path) -> None:
         self.log = log
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "newsletter", "-v", "run"],
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=log.open("w"),
-        )
+        with log.open("w") as stderr:  # the child has its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "newsletter", "-v", "run"],
+                env=clean_environ(env),
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
 
     def output(self) -> str:
         return self.log.read_text()
@@ -66,6 +63,18 @@ class Daemon:
         while text not in self.output():
             assert self.proc.poll() is None, f"daemon exited:\n{self.output()}"
             assert time.monotonic() < deadline, f"no {text!r} in time:\n{self.output()}"
+            time.sleep(0.1)
+
+    def count(self, *parts: str) -> int:
+        """The lines of the log that contain each of ``parts``."""
+        return sum(all(p in line for p in parts) for line in self.output().splitlines())
+
+    def wait_for_count(self, n: int, *parts: str, timeout: float = 30) -> None:
+        """Wait until ``n`` lines of the log contain each of ``parts``."""
+        deadline = time.monotonic() + timeout
+        while self.count(*parts) < n:
+            assert self.proc.poll() is None, f"daemon exited:\n{self.output()}"
+            assert time.monotonic() < deadline, f"not {n} {parts!r} in time:\n{self.output()}"
             time.sleep(0.1)
 
     def stop(self, sig: int = signal.SIGTERM) -> tuple[int, float]:
@@ -98,7 +107,10 @@ def test_daemon_ingests_sends_and_stops_on_sigterm(
     daemon.wait_for("next send to d@example.org")
     shutil.copy(SEEDS / SEED, Path(env["NEWSLETTER_INBOX"]) / SEED)
     daemon.wait_for("sent issue")
-    time.sleep(3)  # more send ticks: the slot already has its issue, nothing more goes out
+    # Two more send ticks end (so one whole tick ran after the issue was recorded): the slot
+    # already has its issue, nothing more goes out.
+    tick_done = ('Job "send to d@example.org ', '" executed successfully')
+    daemon.wait_for_count(daemon.count(*tick_done) + 2, *tick_done)
     assert [p.name.split("_", 1)[1] for p in _emls(env)] == ["00001_d.eml"]
     log = daemon.output()
     assert f"ingested {Path(env['NEWSLETTER_INBOX']) / SEED}: 72 entries" in log
@@ -116,14 +128,7 @@ def test_second_daemon_refuses_and_names_the_first(
     daemons.append(first)
     first.wait_for("daemon started")
     started = time.monotonic()
-    second = subprocess.run(
-        [sys.executable, "-m", "newsletter", "run"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    second = run_cli(env, "run", timeout=30)
     assert second.returncode == 3
     assert time.monotonic() - started < 15
     assert "another newsletter daemon is running on" in second.stderr
@@ -154,9 +159,10 @@ def test_catch_up_within_grace_and_skip_older(
     # Restarting does not send the caught-up slot again.
     again = Daemon(env, tmp_path / "c2.log")
     daemons.append(again)
-    again.wait_for("daemon started")
-    time.sleep(2)
+    again.wait_for(READY)  # start-up catch-up done
     assert len(_emls(env)) == 1
+    assert "catching up" not in again.output()
+    assert "skipped old@example.org's missed slot" in again.output()
     assert again.stop()[0] == 0
 
 

@@ -11,7 +11,6 @@ sent-log row per delivered paper.
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
@@ -22,8 +21,9 @@ from pathlib import Path
 
 from newsletter.config import load_settings
 from newsletter.domain import IssueState
-from newsletter.pipeline import open_store
+from newsletter.store import Store
 from tests.conftest import NOW, ROOT
+from tests.factories import clean_environ, run_cli, workspace_env
 from tests.smtp_server import Recorder, SmtpServer, cli_env
 
 SUBSCRIBERS = 210
@@ -70,29 +70,22 @@ def test_kill_9_during_delivery_never_loses_or_doubles_an_issue(
     _subscribers_file(tmp_path / "subscribers.toml")
     arrivals = tmp_path / "arrivals.tsv"
     arrivals.touch()
-    environ = {
-        "NEWSLETTER_DATABASE_URL": database_url,
-        "NEWSLETTER_INBOX": str(tmp_path / "inbox"),
-        "NEWSLETTER_OUTBOX_DIR": str(tmp_path / "outbox"),
-        "NEWSLETTER_FEEDS_DIR": str(tmp_path / "feeds"),
-        "NEWSLETTER_SUBSCRIBERS_FILE": str(tmp_path / "subscribers.toml"),
-    }
+    environ = workspace_env(tmp_path, database_url, subscribers_file=tmp_path / "subscribers.toml")
     settings = load_settings(ROOT / "config" / "newsletter.toml", environ=environ)
     rng = random.Random(SEED)
     kills = 0
     with SmtpServer(Recorder(log_file=arrivals)) as server:
-        env = cli_env(
-            settings,
-            server.port,
-            NEWSLETTER_SMTP_RATE_PER_SECOND=str(RATE),
-            NEWSLETTER_INBOX_SETTLE_SECONDS="0",
-        )
-        env = {**{k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}, **env}
-        command = [sys.executable, "-m", "newsletter", "run", "--once", "--now", NOW.isoformat()]
+        env = cli_env(settings, server.port, smtp_rate_per_second=RATE, inbox_settle_seconds=0)
+        args = ["run", "--once", "--now", NOW.isoformat()]
+        command = [sys.executable, "-m", "newsletter", *args]
         for attempt in range(KILLS):
             before = len(server.handler.received)
             proc = subprocess.Popen(
-                command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                command,
+                env=clean_environ(env),
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
             if attempt == 0:
                 # The first kill lands anywhere: ingest, planning, rendering or sending.
@@ -109,7 +102,7 @@ def test_kill_9_during_delivery_never_loses_or_doubles_an_issue(
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             kills += 1
-        final = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True)
+        final = run_cli(env, *args)
         assert final.returncode == 0, final.stderr
         connections = server.handler.connections
 
@@ -130,8 +123,9 @@ def test_kill_9_during_delivery_never_loses_or_doubles_an_issue(
     assert duplicates <= kills  # at most the one message in flight per kill
     assert all(len(set(ids)) == 1 for ids in ids_by_rcpt.values())  # re-sends: same Message-ID
 
-    store = open_store(settings)
+    store = Store(settings.database_url)
     try:
+        store.migrate()
         issues = store.issues()
         subs = {s.id: s.email for s in store.subscribers()}
         sent_log = store.sent_log()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import email.utils
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -11,9 +11,10 @@ from zoneinfo import ZoneInfo
 import feedparser
 import pytest
 
-from newsletter.domain import FeedItem, Paper, Reason, SiteInfo, Subscriber, SubscriberStatus
+from newsletter.domain import FeedItem, MatchField, Paper, Reason, SiteInfo, Subscriber
 from newsletter.errors import NewsletterError
 from newsletter.feeds import build_feeds, write_feeds
+from tests.factories import make_paper, make_subscriber
 
 SITE = SiteInfo(
     name="Paper Digest",
@@ -24,42 +25,12 @@ SITE = SiteInfo(
     paper_url_template="https://arxiv.org/a/search?query={title}",
 )
 T0 = datetime(2025, 3, 10, 8, 0, tzinfo=UTC)
+ADA = make_subscriber()  # private feed files "feed-ada.atom" and ".rss"
 
 
-def subscriber(feed_token: str = "feed-ada") -> Subscriber:
-    return Subscriber(
-        id=1,
-        email="ada@example.com",
-        name="Ada",
-        timezone="Europe/Berlin",
-        send_at=time(7),
-        weekdays=(),
-        profile="diffusion",
-        max_papers=10,
-        min_score=0.0,
-        send_when_empty=False,
-        status=SubscriberStatus.ACTIVE,
-        token="tok-ada",
-        feed_token=feed_token,
-    )
-
-
-def paper(id: int, title: str, abstract: str = "An abstract.", **kw: Any) -> Paper:
-    values: dict[str, Any] = dict(
-        id=id,
-        key=f"arxiv:2503.{id:05d}",
-        title=title,
-        abstract=abstract,
-        authors=(),
-        author_count=None,
-        published=None,
-        upvotes=None,
-        arxiv_id=f"2503.{id:05d}",
-        url=None,
-        first_seen_at=T0,
-    )
-    values.update(kw)
-    return Paper(**values)
+def paper(id: int, title: str, abstract: str = "An abstract.", **fields: Any) -> Paper:
+    """A paper with arXiv id 2503.<id>: its link and its feed id follow from it."""
+    return make_paper(id, title, abstract, arxiv_id=f"2503.{id:05d}", **fields)
 
 
 def items() -> list[FeedItem]:
@@ -68,16 +39,16 @@ def items() -> list[FeedItem]:
         FeedItem(
             paper(3, "Third", authors=("Ann One", "Bob Two")),
             T0,
-            (Reason("diffusion", "title", 1.234),),
+            (Reason("diffusion", MatchField.TITLE, 1.234),),
             1.234,
         ),
         FeedItem(
             paper(1, "Oldest", "*Diffusion* & R&D [bad](javascript:alert(1))"),
             T0 - timedelta(days=2),
-            (Reason("diffusion", "abstract", 0.5),),
+            (Reason("diffusion", MatchField.ABSTRACT, 0.5),),
             0.5,
         ),
-        FeedItem(paper(2, "Second"), T0, (Reason("diffusion", "title", 0.9),), 0.9),
+        FeedItem(paper(2, "Second"), T0, (Reason("diffusion", MatchField.TITLE, 0.9),), 0.9),
         # T0 + 1 h, written in another timezone: feeds normalize to UTC
         FeedItem(
             paper(4, "Newest"), datetime(2025, 3, 10, 10, 0, tzinfo=ZoneInfo("Europe/Berlin"))
@@ -92,7 +63,7 @@ def guid(id: int) -> str:
     return paper(id, "x").guid
 
 
-@pytest.mark.parametrize("subscriber_or_none", [None, subscriber()], ids=["global", "subscriber"])
+@pytest.mark.parametrize("subscriber_or_none", [None, ADA], ids=["global", "subscriber"])
 @pytest.mark.parametrize("kind", ["atom", "rss"])
 def test_feed_parses_with_exact_entries(kind: str, subscriber_or_none: Subscriber | None) -> None:
     data = build_feeds(items(), site=SITE, subscriber=subscriber_or_none)[kind]
@@ -136,8 +107,8 @@ def test_feed_pins_generator_and_dates() -> None:
 
 
 def test_building_twice_gives_identical_bytes() -> None:
-    first = build_feeds(items(), site=SITE, subscriber=subscriber())
-    second = build_feeds(list(reversed(items())), site=SITE, subscriber=subscriber())
+    first = build_feeds(items(), site=SITE, subscriber=ADA)
+    second = build_feeds(list(reversed(items())), site=SITE, subscriber=ADA)
     assert first == second
 
 
@@ -168,7 +139,7 @@ def test_control_characters_are_stripped() -> None:
 
 
 def test_subscriber_feed_has_reasons_and_global_feed_does_not() -> None:
-    private = feedparser.parse(build_feeds(items(), site=SITE, subscriber=subscriber())["atom"])
+    private = feedparser.parse(build_feeds(items(), site=SITE, subscriber=ADA)["atom"])
     third = private.entries[2]
     assert third.title == "Third"
     content = third.content[0].value
@@ -214,7 +185,7 @@ def test_write_feeds_atomically_and_only_when_changed(tmp_path: Path) -> None:
     assert write_feeds(more, site=SITE, subscriber=None, directory=out) == written
     assert feedparser.parse((out / "all.rss").read_bytes()).entries[0].title == "Later"
 
-    mine = write_feeds(items(), site=SITE, subscriber=subscriber(), directory=out)
+    mine = write_feeds(items(), site=SITE, subscriber=ADA, directory=out)
     assert mine == [out / "feed-ada.atom", out / "feed-ada.rss"]
     assert sorted(p.name for p in out.iterdir()) == [
         "all.atom",
@@ -226,8 +197,9 @@ def test_write_feeds_atomically_and_only_when_changed(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("token", ["../evil", "all", "a/b", ""])
 def test_unsafe_token_cannot_name_a_file(tmp_path: Path, token: str) -> None:
+    sub = make_subscriber(feed_token=token)
     with pytest.raises(NewsletterError, match="cannot name a feed file"):
-        write_feeds(items(), site=SITE, subscriber=subscriber(token), directory=tmp_path)
+        write_feeds(items(), site=SITE, subscriber=sub, directory=tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 

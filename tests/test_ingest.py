@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from newsletter.domain import ParsedPaper
+from newsletter.domain import DigestState, IngestStatus, ParsedPaper
 from newsletter.errors import ParseError
 from newsletter.ingest import ingest_paths, parse_bytes
 from newsletter.ingest.identity import normalize_arxiv_id, paper_key, title_key
@@ -121,7 +121,8 @@ def test_bad_files_are_quarantined_and_others_still_ingested(
     assert "1_binary.txt: binary data" in reasons[1]
     assert "3_big.txt: 2048 bytes is over the 1024-byte limit" in reasons[2]
     assert "4_orphan.txt, line 1: the paper 'Only A Title Here' has no abstract" in reasons[3]
-    assert [d.state for d in store.list_digests("quarantined")] == ["quarantined"] * 4
+    quarantined = store.list_digests(DigestState.QUARANTINED)
+    assert [d.state for d in quarantined] == [DigestState.QUARANTINED] * 4
     assert all((inbox / n).exists() for n in ("0_empty.txt", "1_binary.txt", "3_big.txt"))
     assert store.count_papers() == 1
     store.close()
@@ -176,4 +177,22 @@ def test_a_daemon_scanner_reads_each_stable_file_once(tmp_path: Path, database_u
     ]
     assert again == [[("a.txt", "waiting")], [("a.txt", "ingested")]]
     assert store.count_papers() == 2
+    store.close()
+
+
+def test_statuses_and_states_are_enum_members(database_url: str, tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    store = Store(database_url)
+    store.migrate()
+    (inbox / "bad.txt").write_bytes(b"")
+    (inbox / "good.txt").write_text("A Good Title\n\nAn abstract that is long enough.\n")
+    reports = ingest_paths(store, [inbox], now=NOW, max_bytes=1024)
+    assert [r.status for r in reports] == [IngestStatus.QUARANTINED, IngestStatus.INGESTED]
+    assert all(type(r.status) is IngestStatus for r in reports)
+    again = ingest_paths(store, [inbox], now=NOW, max_bytes=1024)
+    assert [r.status for r in again] == [IngestStatus.UNCHANGED] * 2
+    digests = store.list_digests()
+    assert [d.state for d in digests] == [DigestState.QUARANTINED, DigestState.INGESTED]
+    assert all(type(d.state) is DigestState for d in digests)
     store.close()

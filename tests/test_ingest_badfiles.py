@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import date
@@ -21,11 +19,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import newsletter.ingest as ingest_module
 from newsletter.cli import cli
+from newsletter.domain import DigestState
 from newsletter.ingest import InboxScanner, ingest_paths
 from newsletter.store import Store
 from tests.conftest import NOW, ROOT, SEED_COUNTS, SEEDS
+from tests.factories import run_cli, workspace_env
 
 MAX = 250_000  # above the largest seed (200,879 bytes)
 SEED_004 = "004_8f615052814f5bfc.txt"
@@ -100,7 +99,7 @@ def test_each_bad_file_is_quarantined_with_its_reason_and_kept(
     assert (reports[0].entries, reports[0].papers_new) == (44, 44)
     assert [r.reason for r in reports[1:]] == expected_reasons(inbox)
     assert all("\n" not in (r.reason or "") for r in reports)
-    quarantined = store.list_digests("quarantined")
+    quarantined = store.list_digests(DigestState.QUARANTINED)
     assert [(d.path, d.reason, d.entries, d.format) for d in quarantined] == [
         (str(inbox / name), reason, 0, None)
         for name, reason in zip(files, expected_reasons(inbox), strict=True)
@@ -298,7 +297,7 @@ def test_ingest_waits_for_a_file_written_during_the_pause(
         with growing.open("a") as f:
             f.write("First abstract.\n\nSecond Title\n\nSecond abstract.\n")
 
-    monkeypatch.setattr(ingest_module.time, "sleep", writer_still_busy)
+    monkeypatch.setattr("newsletter.ingest.time.sleep", writer_still_busy)
     scanner = InboxScanner(settle_seconds=30)
     reports = ingest_paths(store, [inbox], now=NOW, max_bytes=MAX, scanner=scanner)
     assert pauses == [30]
@@ -313,7 +312,7 @@ def test_ingest_waits_for_a_file_written_during_the_pause(
     assert store.count_papers() == 1
     assert [d.path for d in store.list_digests()] == [str(old)]  # a waiting file is no record
 
-    monkeypatch.setattr(ingest_module.time, "sleep", pauses.append)  # the writer has finished
+    monkeypatch.setattr("newsletter.ingest.time.sleep", pauses.append)  # the writer has finished
     reports = ingest_paths(store, [inbox], now=NOW, max_bytes=MAX, scanner=scanner)
     # The same scanner does not even re-read a_old.txt: unchanged since it read it.
     assert [(Path(r.path).name, r.status, r.entries, r.papers_new) for r in reports] == [
@@ -332,7 +331,7 @@ def test_no_pause_when_every_file_is_old(
     def must_not_sleep(seconds: float) -> None:
         raise AssertionError(f"slept {seconds}s although every file is old")
 
-    monkeypatch.setattr(ingest_module.time, "sleep", must_not_sleep)
+    monkeypatch.setattr("newsletter.ingest.time.sleep", must_not_sleep)
     (report,) = ingest_paths(
         store, [inbox], now=NOW, max_bytes=MAX, scanner=InboxScanner(settle_seconds=30)
     )
@@ -467,27 +466,7 @@ def test_all_formats_of_the_same_papers_twice_add_nothing(store: Store, tmp_path
 
 @pytest.fixture
 def env(workdir: Path, database_url: str) -> dict[str, str]:
-    return {
-        "NEWSLETTER_CONFIG": str(ROOT / "config" / "newsletter.toml"),
-        "NEWSLETTER_DATABASE_URL": database_url,
-        "NEWSLETTER_INBOX": str(workdir / "inbox"),
-        "NEWSLETTER_OUTBOX_DIR": str(workdir / "outbox"),
-        "NEWSLETTER_FEEDS_DIR": str(workdir / "feeds"),
-        "NEWSLETTER_SUBSCRIBERS_FILE": str(workdir / "config" / "subscribers.toml"),
-        "NEWSLETTER_MAX_DIGEST_BYTES": str(MAX),
-        "NEWSLETTER_INBOX_SETTLE_SECONDS": "0",
-    }
-
-
-def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "newsletter", *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-    )
+    return workspace_env(workdir, database_url, max_digest_bytes=MAX, inbox_settle_seconds=0)
 
 
 def test_run_once_quarantines_bad_files_beside_the_seeds(
@@ -497,7 +476,7 @@ def test_run_once_quarantines_bad_files_beside_the_seeds(
     files = bad_files()
     _write(inbox, files)
     reasons = expected_reasons(inbox)
-    out = _run(env, "run", "--once", "--json")
+    out = run_cli(env, "run", "--once", "--json")
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert {
@@ -508,7 +487,7 @@ def test_run_once_quarantines_bad_files_beside_the_seeds(
     assert _unchanged_on_disk(inbox, files)
     assert sorted(p.name for p in inbox.iterdir()) == sorted([*SEED_COUNTS, *files])
 
-    status = _run(env, "status", "--json")
+    status = run_cli(env, "status", "--json")
     assert status.returncode == 0, status.stderr
     listed = json.loads(status.stdout)
     assert listed["quarantined"] == [
@@ -517,19 +496,19 @@ def test_run_once_quarantines_bad_files_beside_the_seeds(
     ]
     assert (listed["papers"], listed["files_ingested"]) == (380, 5)
 
-    text = _run(env, "status")
+    text = run_cli(env, "status")
     lines = text.stdout.splitlines()
     assert lines[1:8] == ["quarantined files: 6", *(f"  {r}" for r in reasons)]
 
     # A second run: the bad files are known (unchanged), still on disk, still listed.
-    second = json.loads(_run(env, "run", "--once", "--json").stdout)
+    second = json.loads(run_cli(env, "run", "--once", "--json").stdout)
     assert (second["files_unchanged"], second["files_quarantined"], second["papers_new"]) == (
         11,
         0,
         0,
     )
     assert _unchanged_on_disk(inbox, files)
-    assert len(json.loads(_run(env, "status", "--json").stdout)["quarantined"]) == 6
+    assert len(json.loads(run_cli(env, "status", "--json").stdout)["quarantined"]) == 6
 
 
 def test_run_once_text_output_lists_each_quarantined_file(
@@ -537,7 +516,7 @@ def test_run_once_text_output_lists_each_quarantined_file(
 ) -> None:
     inbox = workdir / "inbox"
     _write(inbox, bad_files())
-    out = _run(env, "run", "--once")
+    out = run_cli(env, "run", "--once")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[:7] == [

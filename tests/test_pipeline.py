@@ -4,16 +4,31 @@ from __future__ import annotations
 
 import email
 import email.policy
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import feedparser
 
+from newsletter.app import Newsletter
 from newsletter.config import Settings
-from newsletter.deliver import Envelope, MemoryMailer
+from newsletter.deliver import Envelope, Mailer, MemoryMailer
 from newsletter.domain import IssueState
-from newsletter.pipeline import open_store, preview, run_once
+from newsletter.reports import RunSummary
+from newsletter.store import Store
 from tests.conftest import NOW
+
+
+def run_once(settings: Settings, *, now: datetime, mailer: Mailer | None = None) -> RunSummary:
+    """One ``run --once`` as a new process does it: its own app (store, mailer) each time."""
+    with Newsletter(settings, mailer=mailer) as app:
+        return app.run_once(now)
+
+
+def open_store(settings: Settings) -> Store:
+    """The run's database, migrated; the caller closes it."""
+    store = Store(settings.database_url)
+    store.migrate()
+    return store
 
 
 def _emails(outbox: Path) -> dict[str, email.message.EmailMessage]:
@@ -145,7 +160,7 @@ def test_unsubscribed_subscriber_gets_nothing(settings: Settings) -> None:
         "retrieval and more.\n"
     )
     summary = run_once(settings, now=NOW + timedelta(days=1))
-    assert sorted(d["email"] for d in summary.delivered) == [
+    assert sorted(str(d["email"]) for d in summary.delivered) == [
         "grace@example.org",
         "karen@example.org",
     ]
@@ -159,7 +174,8 @@ def test_unsubscribed_subscriber_gets_nothing(settings: Settings) -> None:
 
 def test_preview_writes_html_and_records_nothing(settings: Settings, tmp_path: Path) -> None:
     run_once(settings, now=NOW)
-    path = preview(settings, "grace@example.org", NOW + timedelta(days=1), tmp_path / "pv")
+    with Newsletter(settings) as app:
+        path = app.preview("grace@example.org", tmp_path / "pv", NOW + timedelta(days=1))
     html = path.read_text(encoding="utf-8")
     assert path.suffix == ".html" and "Grace Hopper" in html
     store = open_store(settings)
@@ -194,7 +210,10 @@ def _all_issue_papers(settings: Settings) -> dict[str, list[int]]:
 def test_one_failing_recipient_does_not_stop_the_others(settings: Settings) -> None:
     mailer = FlakyMailer({"grace@example.org"})
     summary = run_once(settings, now=NOW, mailer=mailer)
-    assert sorted(d["email"] for d in summary.delivered) == ["ada@example.org", "karen@example.org"]
+    assert sorted(str(d["email"]) for d in summary.delivered) == [
+        "ada@example.org",
+        "karen@example.org",
+    ]
     store = open_store(settings)
     grace = store.subscriber("grace@example.org")
     assert grace is not None
@@ -241,7 +260,9 @@ def test_no_paper_twice_after_a_crashed_run(settings: Settings, workdir: Path) -
     assert first.issues_delivered == 0
     second = run_once(settings, now=NOW + timedelta(days=1))
     # Yesterday's three issues, retried, and today's three, holding other papers.
-    assert sorted(d["slot"] for d in second.delivered) == ["2026-11-23"] * 3 + ["2026-11-24"] * 3
+    assert sorted(str(d["slot"]) for d in second.delivered) == (
+        ["2026-11-23"] * 3 + ["2026-11-24"] * 3
+    )
     for email_address, paper_ids in _all_issue_papers(settings).items():
         assert len(paper_ids) == len(set(paper_ids)), email_address
 

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from functools import lru_cache
 from pathlib import Path
 
 import pytest
 
 from newsletter.analysis import analyze_query_term, highlight_spans
-from newsletter.domain import Paper, Profile, ProfileTerm
+from newsletter.domain import MatchField, Paper, Profile, ProfileTerm
 from newsletter.profile import parse_profile
 from newsletter.rank import RankRequest, RankSettings, rank_one, rank_papers
+from newsletter.store import rows
+from tests.factories import FIRST_SEEN, make_paper
 
 SEEDS = Path(__file__).resolve().parent.parent / "seeds"
-T0 = datetime(2025, 3, 1, tzinfo=UTC)
+T0 = FIRST_SEEN  # make_paper's first_seen_at
 _BOILERPLATE = {
     "new",
     "Get trending papers in your email inbox!",
@@ -51,30 +54,6 @@ def seed_papers() -> tuple[Paper, ...]:
             seen.setdefault(title, abstract)
     return tuple(
         make_paper(i + 1, title, abstract) for i, (title, abstract) in enumerate(seen.items())
-    )
-
-
-def make_paper(
-    pid: int,
-    title: str,
-    abstract: str = "",
-    *,
-    upvotes: int | None = None,
-    published: date | None = None,
-    first_seen_at: datetime = T0,
-) -> Paper:
-    return Paper(
-        id=pid,
-        key=f"title:{title.casefold()}",
-        title=title,
-        abstract=abstract,
-        authors=(),
-        author_count=None,
-        published=published,
-        upvotes=upvotes,
-        arxiv_id=None,
-        url=None,
-        first_seen_at=first_seen_at,
     )
 
 
@@ -399,3 +378,15 @@ def test_profile_with_hand_made_stems_matches_the_stems() -> None:
     profile = Profile((ProfileTerm("anything", ("speech",)),))
     expected = [s.paper.id for s in rank_one(seed_papers(), parse_profile("speech"))]
     assert [s.paper.id for s in rank_one(seed_papers(), profile)] == expected
+
+
+def test_reasons_say_where_with_match_field_and_store_as_plain_strings() -> None:
+    got = rank_one(seed_papers(), parse_profile("speech"))
+    wheres = {r.where for s in got for r in s.reasons}
+    assert wheres == {MatchField.TITLE, MatchField.ABSTRACT}
+    assert all(type(r.where) is MatchField for s in got for r in s.reasons)
+    # The store keeps reasons as JSON: a member serializes as its value and reads back as one.
+    reasons = got[0].reasons
+    stored = json.dumps([[r.term, r.where, r.contribution] for r in reasons])
+    assert stored == json.dumps([[r.term, r.where.value, r.contribution] for r in reasons])
+    assert rows.reasons(stored) == reasons

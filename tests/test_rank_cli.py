@@ -67,10 +67,10 @@ def test_title_only_weight_and_excluded_phrase_exact(runner: CliRunner) -> None:
     ]
     # title-only: "pretraining" never counts in the abstract.
     assert all(
-        r["where"] == "title"  # type: ignore[index]
+        r["where"] == "title"
         for d in ranked
         for r in d["reasons"]  # type: ignore[attr-defined]
-        if r["term"] == "pretraining"  # type: ignore[index]
+        if r["term"] == "pretraining"
     )
     # Without the exclusion, a Vision-Language paper would rank fifth.
     unexcluded = _ranked(runner, "--profile", "title:pretraining^2, contrastive", "--limit", "5")

@@ -12,7 +12,7 @@ import email.policy
 import os
 import re
 from collections.abc import Callable
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ import pytest
 
 from newsletter.domain import (
     IssueContent,
+    MatchField,
     Paper,
     Profile,
     Reason,
@@ -29,13 +30,12 @@ from newsletter.domain import (
     ScoredPaper,
     SiteInfo,
     Subscriber,
-    SubscriberStatus,
 )
 from newsletter.profile import parse_profile
 from newsletter.render import EmailRenderer
+from tests.factories import make_paper, make_subscriber
 
-ROOT = Path(__file__).resolve().parent.parent
-TEMPLATES = ROOT / "templates"
+TEMPLATES: Path | None = None  # no override folder: the templates shipped in the package
 GOLDEN = Path(__file__).resolve().parent / "golden"
 
 SITE = SiteInfo(
@@ -51,50 +51,15 @@ CREATED = datetime(2025, 3, 12, 6, 0, tzinfo=UTC)
 PROFILE = parse_profile('diffusion "language model"')
 
 
-def subscriber(
-    id: int = 1,
-    name: str = "Ada Lovelace",
-    email_: str = "ada@example.com",
-    tz: str = "Europe/Berlin",
-    token: str = "tok-ada",
-) -> Subscriber:
-    return Subscriber(
-        id=id,
-        email=email_,
-        name=name,
-        timezone=tz,
-        send_at=time(7, 0),
-        weekdays=(),
-        profile='diffusion "language model"',
-        max_papers=10,
-        min_score=0.0,
-        send_when_empty=False,
-        status=SubscriberStatus.ACTIVE,
-        token=token,
-    )
-
-
-def paper(id: int, title: str, abstract: str = "", **kw: Any) -> Paper:
-    values: dict[str, Any] = dict(
-        id=id,
-        key=f"title:paper {id}",
-        title=title,
-        abstract=abstract,
-        authors=(),
-        author_count=None,
-        published=None,
-        upvotes=None,
-        arxiv_id=None,
-        url=None,
-        first_seen_at=datetime(2025, 3, 11, 8, 0, tzinfo=UTC),
-    )
-    values.update(kw)
-    return Paper(**values)
+def subscriber(**fields: Any) -> Subscriber:
+    """Ada Lovelace with this module's profile (as the golden file shows her)."""
+    fields = {"name": "Ada Lovelace", "profile": 'diffusion "language model"', **fields}
+    return make_subscriber(**fields)
 
 
 def scored(p: Paper, score: float = 1.0, *reasons: Reason) -> ScoredPaper:
     return ScoredPaper(
-        paper=p, score=score, reasons=reasons or (Reason("diffusion", "title", score),)
+        paper=p, score=score, reasons=reasons or (Reason("diffusion", MatchField.TITLE, score),)
     )
 
 
@@ -113,7 +78,7 @@ def issue(
 def three_papers() -> list[ScoredPaper]:
     return [
         scored(
-            paper(
+            make_paper(
                 1,
                 "Diffusion Language Models Are Few-Shot Learners",
                 "We train a *diffusion* language model on R&D text.\n\n"
@@ -125,11 +90,11 @@ def three_papers() -> list[ScoredPaper]:
                 arxiv_id="2409.01234",
             ),
             2.3456,
-            Reason("diffusion", "title", 1.5),
-            Reason("language model", "abstract", 0.8456),
+            Reason("diffusion", MatchField.TITLE, 1.5),
+            Reason("language model", MatchField.ABSTRACT, 0.8456),
         ),
         scored(
-            paper(
+            make_paper(
                 2,
                 "Sparse Attention at Scale",
                 "Attention, but sparse; diffusion of ideas.",
@@ -138,9 +103,9 @@ def three_papers() -> list[ScoredPaper]:
                 url="https://papers.example.org/p/2",
             ),
             0.5,
-            Reason("diffusion", "abstract", 0.5),
+            Reason("diffusion", MatchField.ABSTRACT, 0.5),
         ),
-        scored(paper(3, "A Paper With No Metadata"), 0.25),
+        scored(make_paper(3, "A Paper With No Metadata"), 0.25),
     ]
 
 
@@ -207,7 +172,7 @@ def test_subject_singular_and_empty(renderer: EmailRenderer) -> None:
 
 def test_lines_crlf_and_at_most_998_octets(renderer: EmailRenderer) -> None:
     long_abstract = "diffusion " * 2000  # one 20,000-character line
-    rendered = renderer.render(issue([scored(paper(1, "Long", long_abstract))]))
+    rendered = renderer.render(issue([scored(make_paper(1, "Long", long_abstract))]))
     raw = rendered.message
     assert b"\n" not in raw.replace(b"\r\n", b"")
     assert max(len(line) for line in raw.split(b"\r\n")) <= 998
@@ -284,8 +249,8 @@ def test_highlighting_wraps_matches_and_keeps_entities(renderer: EmailRenderer) 
 
 def test_hostile_titles_are_harmless(renderer: EmailRenderer) -> None:
     papers = [
-        scored(paper(1, "<script>alert(1)</script> diffusion")),
-        scored(paper(2, "Nice title\r\nBcc: evil@example.com")),
+        scored(make_paper(1, "<script>alert(1)</script> diffusion")),
+        scored(make_paper(2, "Nice title\r\nBcc: evil@example.com")),
     ]
     rendered = renderer.render(issue(papers))
     msg = parse(rendered)
@@ -302,7 +267,7 @@ def test_abstract_is_sanitized_after_markdown(renderer: EmailRenderer) -> None:
         'Click [x](javascript:alert(1)) or <img src=x onerror="alert(1)"> or '
         '<a href="https://ok.example/" onclick="evil()">ok</a> <script>bad()</script> AT&T.'
     )
-    rendered = renderer.render(issue([scored(paper(1, "Sanitize me", abstract))]))
+    rendered = renderer.render(issue([scored(make_paper(1, "Sanitize me", abstract))]))
     html = rendered.html
     for bad in ("javascript:", "onerror", "<img", "onclick", "<script", "bad()"):
         assert bad not in html, bad
@@ -318,7 +283,7 @@ def test_abstract_is_sanitized_after_markdown(renderer: EmailRenderer) -> None:
 
 
 def test_name_with_crlf_cannot_inject_a_header(renderer: EmailRenderer) -> None:
-    sub = subscriber(name="Eve\r\nBcc: evil@example.com", email_="eve@example.com")
+    sub = subscriber(name="Eve\r\nBcc: evil@example.com", email="eve@example.com")
     rendered = renderer.render(issue(three_papers(), sub))
     msg = parse(rendered)
     assert msg["Bcc"] is None
@@ -338,7 +303,7 @@ def test_non_ascii_name_and_subject_are_rfc2047_encoded() -> None:
         list_id=SITE.list_id,
         paper_url_template=SITE.paper_url_template,
     )
-    sub = subscriber(name="Zoë Ångström", email_="zoe@example.com")
+    sub = subscriber(name="Zoë Ångström", email="zoe@example.com")
     rendered = EmailRenderer(TEMPLATES, site).render(issue(three_papers(), sub))
     headers = header_block(rendered.message).decode("ascii")
     to_line = re.search(r"^To: (.*(?:\r\n .*)*)", headers, re.M)
@@ -367,17 +332,19 @@ def test_premailer_runs_per_template_and_card_not_per_subscriber(
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(premailer.Premailer, "transform", counting)
-    papers = [scored(paper(i, f"Diffusion paper {i}", "About diffusion.")) for i in range(1, 11)]
+    papers = [
+        scored(make_paper(i, f"Diffusion paper {i}", "About diffusion.")) for i in range(1, 11)
+    ]
     renderer = EmailRenderer(TEMPLATES, SITE)
     renderer.render(issue(papers, subscriber(id=1, token="tok-1")))
     # shell + <mark> + reason row + "more papers" block + one per card
     assert calls == 4 + 10
     for i in range(2, 51):
         renderer.render(
-            issue(papers, subscriber(id=i, email_=f"s{i}@example.com", token=f"tok-{i}"))
+            issue(papers, subscriber(id=i, email=f"s{i}@example.com", token=f"tok-{i}"))
         )
     assert calls == 4 + 10
-    renderer.render(issue(papers + [scored(paper(11, "A new one"))]))
+    renderer.render(issue(papers + [scored(make_paper(11, "A new one"))]))
     assert calls == 4 + 11
 
 
@@ -388,7 +355,9 @@ def test_large_issue_is_cut_below_100kb_with_honest_more_link(renderer: EmailRen
     abstract = ("We study diffusion models for language modeling at scale. " * 20).strip()
     papers = [
         scored(
-            paper(i, f"Diffusion study number {i}", abstract, authors=("A. Author", "B. Author")),
+            make_paper(
+                i, f"Diffusion study number {i}", abstract, authors=("A. Author", "B. Author")
+            ),
             3.0 - i / 1000,
         )
         for i in range(1, 301)

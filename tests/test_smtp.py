@@ -16,35 +16,41 @@ import re
 import ssl
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
 import trustme
 
+from newsletter.app import Newsletter
 from newsletter.config import Settings, load_settings
 from newsletter.deliver import Envelope, MailerUnavailable
-from newsletter.domain import SubscriberSpec
+from newsletter.domain import SubscriberSource, SubscriberSpec
 from newsletter.errors import ConfigError
-from newsletter.pipeline import open_store, run_once
 from newsletter.render import MAX_HTML_BYTES
+from newsletter.reports import RunSummary
 from newsletter.smtp import SmtpMailer
+from newsletter.store import Store
 from tests.conftest import NOW, ROOT
+from tests.factories import settings_env
 from tests.smtp_server import HOST, SmtpServer, smtp_settings
 
 PASSWORD = "s3cret-only-in-the-environment"
 CONFIG = ROOT / "config" / "newsletter.toml"
 
 
-def _env_of(settings: Settings) -> dict[str, str]:
-    """The environment the ``settings`` fixture was loaded from, to extend with SMTP keys."""
-    return {
-        "NEWSLETTER_DATABASE_URL": settings.database_url,
-        "NEWSLETTER_INBOX": str(settings.inbox),
-        "NEWSLETTER_OUTBOX_DIR": str(settings.outbox_dir),
-        "NEWSLETTER_FEEDS_DIR": str(settings.feeds_dir),
-        "NEWSLETTER_SUBSCRIBERS_FILE": str(settings.subscribers_file),
-    }
+def run_once(settings: Settings, *, now: datetime) -> RunSummary:
+    """One ``run --once`` as a new process does it: its own app, store and SMTP mailer."""
+    with Newsletter(settings) as app:
+        return app.run_once(now)
+
+
+def open_store(settings: Settings) -> Store:
+    """The run's database, migrated; the caller closes it."""
+    store = Store(settings.database_url)
+    store.migrate()
+    return store
 
 
 def _message(n: int) -> tuple[Envelope, bytes]:
@@ -101,7 +107,7 @@ def test_received_messages_have_safe_encoded_headers_and_bounded_size(
         ),
     ]
     for spec in extra:
-        store.upsert_subscriber(spec, source="web", now=NOW)
+        store.upsert_subscriber(spec, source=SubscriberSource.WEB, now=NOW)
     store.close()
     with SmtpServer() as server:
         summary = run_once(smtp_settings(base, server.port), now=NOW)
@@ -217,7 +223,7 @@ def test_tls_and_auth_with_the_password_from_the_environment(
 ) -> None:
     security = request.node.callspec.params["tls_server"]
     environ = {
-        **_env_of(settings),
+        **settings_env(settings),  # the environment the ``settings`` fixture was loaded from
         "NEWSLETTER_MAILER": "smtp",
         "NEWSLETTER_SMTP_HOST": HOST,
         "NEWSLETTER_SMTP_PORT": str(tls_server.port),

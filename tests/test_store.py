@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import date, datetime, time, timedelta, timezone
 
 import pytest
@@ -8,9 +9,11 @@ from alembic.runtime.migration import MigrationContext
 
 from newsletter.domain import (
     IssueState,
+    MatchField,
     ParsedPaper,
     Reason,
     ScoredPaper,
+    SubscriberSource,
     SubscriberSpec,
     SubscriberStatus,
 )
@@ -20,7 +23,7 @@ from tests.conftest import NOW
 
 
 @pytest.fixture
-def store(database_url: str) -> Store:
+def store(database_url: str) -> Iterator[Store]:
     s = Store(database_url)
     s.migrate()
     yield s
@@ -45,13 +48,13 @@ def test_migrations_create_exactly_the_models(store: Store) -> None:
 
 def test_subscriber_upsert_never_reactivates(store: Store) -> None:
     spec = SubscriberSpec(email="a@example.org", name="A", profile="speech")
-    sub, created = store.upsert_subscriber(spec, source="config", now=NOW)
+    sub, created = store.upsert_subscriber(spec, source=SubscriberSource.CONFIG, now=NOW)
     assert created and sub.status is SubscriberStatus.ACTIVE and len(sub.token) >= 32
     assert store.set_subscriber_status("A@example.org", SubscriberStatus.UNSUBSCRIBED, NOW)
     changed = SubscriberSpec(
         email="a@example.org", name="A2", profile="speech, asr", send_at=time(6, 5), weekdays=(0, 3)
     )
-    sub2, created2 = store.upsert_subscriber(changed, source="config", now=NOW)
+    sub2, created2 = store.upsert_subscriber(changed, source=SubscriberSource.CONFIG, now=NOW)
     assert not created2
     assert (sub2.status, sub2.name, sub2.profile, sub2.send_at, sub2.weekdays, sub2.token) == (
         SubscriberStatus.UNSUBSCRIBED,
@@ -75,11 +78,11 @@ def _papers(store: Store, n: int) -> list[int]:
 def test_issue_lifecycle_writes_sent_log_with_sent_state(store: Store) -> None:
     ids = _papers(store, 3)
     sub, _ = store.upsert_subscriber(
-        SubscriberSpec(email="b@example.org", profile="x"), source="cli", now=NOW
+        SubscriberSpec(email="b@example.org", profile="x"), source=SubscriberSource.CLI, now=NOW
     )
     papers = store.papers_by_id(ids)
     scored = [
-        ScoredPaper(papers[i], 3.0 - n, (Reason("x", "title", 3.0 - n),))
+        ScoredPaper(papers[i], 3.0 - n, (Reason("x", MatchField.TITLE, 3.0 - n),))
         for n, i in enumerate(ids[:2])
     ]
     issue = store.plan_issue(sub.id, date(2026, 11, 23), scored, NOW)
@@ -101,20 +104,20 @@ def test_issue_lifecycle_writes_sent_log_with_sent_state(store: Store) -> None:
     record = store.issue(sub.id, date(2026, 11, 23))
     assert record is not None
     assert (record.state, record.attempts, record.sent_at) == (IssueState.SENT, 1, sent_at)
-    assert record.sent_at.tzinfo is not None
+    assert record.sent_at is not None and record.sent_at.tzinfo is not None
     assert store.sent_paper_ids(sub.id) == set(ids[:2])
     items = store.subscriber_feed_items(sub.id)
     assert [(i.paper.id, i.when, i.score) for i in items] == [
         (ids[0], sent_at, 3.0),
         (ids[1], sent_at, 2.0),
     ]
-    assert items[0].reasons == (Reason("x", "title", 3.0),)
+    assert items[0].reasons == (Reason("x", MatchField.TITLE, 3.0),)
 
 
 def test_failed_issue_keeps_reason(store: Store) -> None:
     ids = _papers(store, 1)
     sub, _ = store.upsert_subscriber(
-        SubscriberSpec(email="c@example.org", profile="x"), source="cli", now=NOW
+        SubscriberSpec(email="c@example.org", profile="x"), source=SubscriberSource.CLI, now=NOW
     )
     paper = store.papers_by_id(ids)[ids[0]]
     issue = store.plan_issue(sub.id, date(2026, 11, 23), [ScoredPaper(paper, 1.0, ())], NOW)

@@ -98,3 +98,52 @@ def test_send_when_empty_parses_words() -> None:
     assert make_spec({**base, "send_when_empty": "false"}, D, where="t").send_when_empty is False
     assert make_spec({**base, "send_when_empty": "yes"}, D, where="t").send_when_empty is True
     assert make_spec({**base, "send_when_empty": True}, D, where="t").send_when_empty is True
+
+
+@pytest.mark.parametrize(
+    "entry,field,detail",
+    [
+        ({"email": ""}, "email", "email is required"),
+        ({"email": "not-an-address"}, "email", "invalid email address 'not-an-address'"),
+        ({"timezone": "Moon/Base"}, "timezone", "unknown timezone 'Moon/Base'"),
+        ({"send_at": "25:00"}, "send_at", "send_at '25:00' is not a time of day"),
+        ({"days": "mon,someday"}, "days", "days: 'someday' is not a weekday"),
+        ({"max_papers": 0}, "max_papers", "max_papers must be between 1 and 500, not 0"),
+        ({"max_papers": "ten"}, "max_papers", "'ten' is not a whole number"),
+        ({"min_score": -1}, "min_score", "min_score must be 0 or more, not -1.0"),
+        ({"min_score": "high"}, "min_score", "could not convert string to float: 'high'"),
+        ({"min_score": [1]}, "min_score", "float() argument must be"),  # a TypeError
+        ({"send_when_empty": "maybe"}, "send_when_empty", "'maybe' is not true or false"),
+        ({"profile": '"unclosed'}, "profile", "unclosed quote in '\"unclosed'"),
+        ({"profile": "-only"}, "profile", "the profile has only exclusions (-only)"),
+        ({"profile": ""}, "profile", "the profile is empty"),
+    ],
+)
+def test_subscriber_error_names_the_field(
+    entry: dict[str, object], field: str, detail: str
+) -> None:
+    base: dict[str, object] = {"email": "x@example.org", "profile": "speech"}
+    with pytest.raises(SubscriberError) as err:
+        make_spec({**base, **entry}, D, where="here")
+    assert err.value.field == field
+    assert err.value.detail.startswith(detail)  # without "here: field: " or "subscriber …: "
+    assert str(err.value).startswith("here: ")
+
+
+def test_profile_error_message_still_names_the_subscriber() -> None:
+    with pytest.raises(SubscriberError) as err:
+        make_spec({"email": "x@example.org", "profile": "-only"}, D, where="here")
+    assert str(err.value).startswith("here: subscriber x@example.org: the profile has only")
+    assert err.value.detail.startswith("the profile has only exclusions")
+
+
+def test_errors_that_are_no_one_fields_have_no_field(tmp_path: Path) -> None:
+    with pytest.raises(SubscriberError) as err:
+        make_spec({"email": "x@example.org", "colour": "blue"}, D, where="here")
+    assert err.value.field is None
+    assert err.value.detail == str(err.value)
+    path = tmp_path / "bad.csv"
+    path.write_text("mail,topics\nx@example.org,speech\n")
+    with pytest.raises(SubscriberError) as err:
+        read_csv(path, D)
+    assert err.value.field is None

@@ -22,11 +22,12 @@ from markupsafe import escape
 from sqlalchemy import text
 from starlette.testclient import TestClient
 
+from newsletter.app import Newsletter
 from newsletter.config import Settings, load_settings
-from newsletter.deliver import MemoryMailer
-from newsletter.domain import Subscriber, SubscriberSpec, SubscriberStatus
+from newsletter.deliver import Mailer, MemoryMailer
+from newsletter.domain import Subscriber, SubscriberSource, SubscriberSpec, SubscriberStatus
 from newsletter.feeds import build_feeds
-from newsletter.pipeline import open_store, run_once
+from newsletter.reports import RunSummary
 from newsletter.store import Store
 from newsletter.web import create_app
 from newsletter.web.security import ARCHIVE_CSP, PAGE_CSP, FormSigner
@@ -46,6 +47,19 @@ class Clock:
 
 
 # ---------------------------------------------------------------------- fixtures and helpers
+
+
+def run_once(settings: Settings, *, now: datetime, mailer: Mailer) -> RunSummary:
+    """One ``run --once`` as a new process does it: its own app and store each time."""
+    with Newsletter(settings, mailer=mailer) as app:
+        return app.run_once(now)
+
+
+def open_store(settings: Settings) -> Store:
+    """The app's database, migrated; the caller closes it."""
+    store = Store(settings.database_url)
+    store.migrate()
+    return store
 
 
 @pytest.fixture
@@ -425,7 +439,7 @@ def test_preferences_saved_and_used_by_the_next_slot(
     client: TestClient, settings: Settings, store: Store
 ) -> None:
     spec = SubscriberSpec(email="lin@example.org", name="Lin", profile="speech", max_papers=10)
-    lin, _ = store.upsert_subscriber(spec, source="web", now=NOW)
+    lin, _ = store.upsert_subscriber(spec, source=SubscriberSource.WEB, now=NOW)
     page = client.get(f"/preferences/{lin.token}").text
     assert 'id="file-notice"' not in page
     r = client.post(
@@ -662,6 +676,6 @@ def test_serve_command_runs_uvicorn(monkeypatch: pytest.MonkeyPatch, settings: S
     (call,) = calls
     assert (call["host"], call["port"], call["access_log"]) == ("127.0.0.1", 8181, False)
     assert type(call["app"]).__name__ == "Starlette"
-    call["app"].state.web.close(close_mailer=True)
+    call["app"].state.web.close()  # the app owns its configured mailer: closed with it
     help_text = CliRunner().invoke(cli, ["serve", "-h"]).output
     assert "Example:" in help_text and "--port" in help_text

@@ -22,10 +22,18 @@ import pytest
 from newsletter.config import Settings, load_settings
 from newsletter.deliver import MemoryMailer
 from newsletter.domain import SubscriberStatus
-from newsletter.pipeline import open_store, run_once
 from newsletter.web import create_app
 from tests.conftest import NOW, ROOT
-from tests.test_web import DAY, XSS_TITLE, Clock, confirm_links, xss_settings
+from tests.factories import CONFIG, workspace_env
+from tests.test_web import (
+    DAY,
+    XSS_TITLE,
+    Clock,
+    confirm_links,
+    open_store,
+    run_once,
+    xss_settings,
+)
 
 os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
 CHROMIUM = Path("/usr/bin/chromium")
@@ -52,7 +60,7 @@ if not CHROMIUM.exists():
     )
 
 import uvicorn  # noqa: E402  (after the skips: only needed when the tests run)
-from playwright.sync_api import Browser, Page, expect  # noqa: E402
+from playwright.sync_api import Browser, Dialog, Page, expect  # noqa: E402
 
 
 @dataclass
@@ -113,17 +121,7 @@ def serve(settings: Settings, sock: socket.socket) -> Iterator[Served]:
 
 
 def settings_for(workdir: Path, database_url: str, base_url: str) -> Settings:
-    return load_settings(
-        ROOT / "config" / "newsletter.toml",
-        environ={
-            "NEWSLETTER_DATABASE_URL": database_url,
-            "NEWSLETTER_INBOX": str(workdir / "inbox"),
-            "NEWSLETTER_OUTBOX_DIR": str(workdir / "outbox"),
-            "NEWSLETTER_FEEDS_DIR": str(workdir / "feeds"),
-            "NEWSLETTER_SUBSCRIBERS_FILE": str(workdir / "config" / "subscribers.toml"),
-            "NEWSLETTER_BASE_URL": base_url,
-        },
-    )
+    return load_settings(CONFIG, environ=workspace_env(workdir, database_url, base_url=base_url))
 
 
 @pytest.fixture
@@ -224,7 +222,12 @@ def test_script_title_shows_as_text(tmp_path: Path, database_url: str, browser: 
         context = browser.new_context()
         page = context.new_page()
         dialogs: list[str] = []
-        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+
+        def on_dialog(dialog: Dialog) -> None:
+            dialogs.append(dialog.message)
+            dialog.dismiss()
+
+        page.on("dialog", on_dialog)
         for path in (f"/issues/{mallory.token}/{DAY}", f"/days/{DAY}"):
             page.goto(served.url + path)
             page.wait_for_load_state("load")

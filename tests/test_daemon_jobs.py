@@ -1,0 +1,261 @@
+"""The daemon's jobs in-process, on a fake clock, without starting the scheduler.
+
+``with Daemon(settings, mailer=..., clock=...)`` opens the application only; each test drives
+the jobs (:meth:`Daemon.refresh_subscribers`, :meth:`Daemon.scan_inbox`,
+:meth:`Daemon.catch_up`, :meth:`Daemon.send`) by hand at exact moments. tests/test_daemon.py
+runs the real daemon as a subprocess.
+
+The workspace (the ``settings`` fixture) has the seeds in its inbox and the three example
+subscribers of config/subscribers.toml: ada 07:30 Europe/London, grace 06:45 America/New_York,
+karen 08:00 Europe/Berlin. At :data:`NOW` (Monday 2026-11-23 09:00 UTC) ada's slot of that
+day was due 1 h 30 min ago, karen's 2 h ago, and grace's latest (2026-11-22, 11:45 UTC)
+21 h 15 min ago: beyond the 12 h of ``catch_up_grace_hours``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from newsletter.config import Settings, load_settings
+from newsletter.daemon import Daemon
+from newsletter.deliver import MemoryMailer
+from newsletter.domain import IssueState
+from tests.conftest import NOW
+from tests.factories import CONFIG, workspace_env
+
+ADA, GRACE, KAREN = "ada@example.org", "grace@example.org", "karen@example.org"
+MONDAY = date(2026, 11, 23)
+
+
+class FakeClock:
+    """The daemon's clock: returns :attr:`now`, which the test moves."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(NOW)
+
+
+@pytest.fixture
+def mailer() -> MemoryMailer:
+    return MemoryMailer()
+
+
+@pytest.fixture
+def daemon(settings: Settings, mailer: MemoryMailer, clock: FakeClock) -> Iterator[Daemon]:
+    with Daemon(settings, mailer=mailer, clock=clock) as d:
+        yield d
+
+
+def start_up(d: Daemon) -> None:
+    """The start-up work of ``Daemon.run`` but its catch-up: subscribers, then two inbox scans
+    (a file is read once it is unchanged between two scans)."""
+    d.refresh_subscribers()
+    d.scan_inbox(two_scans=False)
+    assert d.app.count_papers() == 0  # first scan: the seeds are seen, not yet read
+    d.scan_inbox(two_scans=False)
+    assert d.app.count_papers() == 380
+
+
+def ids(d: Daemon) -> dict[str, int]:
+    return {sub.email: sub.id for sub in d.app.active_subscribers().values()}
+
+
+def recipients(mailer: MemoryMailer) -> list[str]:
+    return [envelope.recipient for envelope, _ in mailer.sent]
+
+
+def issues(d: Daemon) -> list[tuple[int, date, IssueState]]:
+    return [(i.subscriber_id, i.slot_date, i.state) for i in d.app.store.issues()]
+
+
+def send_jobs(d: Daemon) -> dict[str, Any]:
+    """The send jobs by id. The scheduler is not started, so these are its pending jobs: a job
+    added again (``replace_existing``) is listed again, and the later one is what start() keeps:
+    a dict by id keeps the later one too."""
+    return {job.id: job for job in d.scheduler.get_jobs() if job.id.startswith("send-")}
+
+
+def next_fire(job: Any, now: datetime) -> datetime:
+    fire: datetime = job.trigger.get_next_fire_time(None, now)
+    return fire.astimezone(UTC)
+
+
+def messages(caplog: pytest.LogCaptureFixture, level: int = logging.DEBUG) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "newsletter.daemon" and r.levelno >= level
+    ]
+
+
+# ------------------------------------------------------------------ catch-up
+
+
+def test_catch_up_sends_each_missed_slot_within_the_grace_once(
+    daemon: Daemon, mailer: MemoryMailer, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    start_up(daemon)
+    assert mailer.sent == []  # scans deliver due issues only: none is planned yet
+    caplog.set_level(logging.INFO, logger="newsletter.daemon")
+    daemon.catch_up()
+    assert sorted(recipients(mailer)) == [ADA, KAREN]
+    sub = ids(daemon)
+    assert sorted(issues(daemon)) == [
+        (sub[ADA], MONDAY, IssueState.SENT),
+        (sub[KAREN], MONDAY, IssueState.SENT),
+    ]
+    assert "catching up ada@example.org's slot 2026-11-23 (due 2026-11-23 07:30 GMT)" in (
+        messages(caplog)
+    )
+    assert "catching up karen@example.org's slot 2026-11-23 (due 2026-11-23 08:00 CET)" in (
+        messages(caplog)
+    )
+    # Again, later (a restart, say): those slots have their issue, nothing more goes out.
+    clock.now = NOW + timedelta(minutes=10)
+    daemon.catch_up()
+    assert len(mailer.sent) == 2
+    assert len(issues(daemon)) == 2
+    # A send job firing for a slot that was caught up sends nothing either.
+    daemon.send(sub[ADA])
+    assert len(mailer.sent) == 2
+
+
+def test_slot_older_than_the_grace_is_skipped_and_logged(
+    daemon: Daemon, mailer: MemoryMailer, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    start_up(daemon)
+    caplog.set_level(logging.INFO, logger="newsletter.daemon")
+    daemon.catch_up()
+    assert GRACE not in recipients(mailer)
+    grace_id = ids(daemon)[GRACE]
+    assert [i for i in issues(daemon) if i[0] == grace_id] == []
+    skipped = [
+        (r.levelno, r.getMessage())
+        for r in caplog.records
+        if r.name == "newsletter.daemon" and "skipped" in r.getMessage()
+    ]
+    assert skipped == [
+        (
+            logging.WARNING,
+            "skipped grace@example.org's missed slot 2026-11-22: due 2026-11-22 06:45 EST, "
+            "older than the 12 h grace",
+        )
+    ]
+    # Her next send time sends her next slot, once.
+    clock.now = datetime(2026, 11, 23, 11, 45, tzinfo=UTC)  # 06:45 in New York
+    daemon.send(grace_id, scheduled=clock.now)
+    daemon.send(grace_id, scheduled=clock.now)
+    assert recipients(mailer).count(GRACE) == 1
+    assert [i for i in issues(daemon) if i[0] == grace_id] == [(grace_id, MONDAY, IssueState.SENT)]
+
+
+def test_zero_grace_sends_only_a_slot_due_this_very_moment(
+    workdir: Path, database_url: str, mailer: MemoryMailer, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = load_settings(
+        CONFIG, environ=workspace_env(workdir, database_url, catch_up_grace_hours=0)
+    )
+    assert settings.catch_up_grace_hours == 0
+    clock = FakeClock(datetime(2026, 11, 23, 7, 30, tzinfo=UTC))  # ada's send time exactly
+    with Daemon(settings, mailer=mailer, clock=clock) as d:
+        start_up(d)
+        caplog.set_level(logging.INFO, logger="newsletter.daemon")
+        d.catch_up()
+        assert recipients(mailer) == [ADA]
+        assert messages(caplog, logging.WARNING) == [
+            "skipped grace@example.org's missed slot 2026-11-22: due 2026-11-22 06:45 EST, "
+            "older than the 0 h grace",
+            "skipped karen@example.org's missed slot 2026-11-23: due 2026-11-23 08:00 CET, "
+            "older than the 0 h grace",
+        ]
+        # A minute later nothing is within a zero grace any more.
+        clock.now += timedelta(minutes=1)
+        d.catch_up()
+        assert recipients(mailer) == [ADA]
+
+
+# ------------------------------------------------------------------ send jobs
+
+
+def test_refresh_adds_one_send_job_per_active_subscriber(
+    daemon: Daemon, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="newsletter.daemon")
+    daemon.refresh_subscribers()
+    sub = ids(daemon)
+    jobs = send_jobs(daemon)
+    assert sorted(jobs) == sorted(f"send-{i}" for i in sub.values())
+    assert len(daemon.scheduler.get_jobs()) == 3  # nothing else before run() adds its jobs
+    assert {job.id: next_fire(job, NOW) for job in jobs.values()} == {
+        f"send-{sub[ADA]}": datetime(2026, 11, 24, 7, 30, tzinfo=UTC),
+        f"send-{sub[GRACE]}": datetime(2026, 11, 23, 11, 45, tzinfo=UTC),
+        f"send-{sub[KAREN]}": datetime(2026, 11, 24, 7, 0, tzinfo=UTC),
+    }
+    assert {job.id: tuple(job.args) for job in jobs.values()} == {
+        f"send-{i}": (i,) for i in sub.values()
+    }
+    assert messages(caplog) == [
+        "next send to ada@example.org at 2026-11-24 07:30 GMT",
+        "next send to grace@example.org at 2026-11-23 06:45 EST",
+        "next send to karen@example.org at 2026-11-24 08:00 CET",
+        "subscriber refresh done: 3 send job(s)",
+    ]
+    # A refresh with nothing changed touches no job.
+    caplog.clear()
+    daemon.refresh_subscribers()
+    assert messages(caplog) == ["subscriber refresh done: 3 send job(s)"]
+    assert len(daemon.scheduler.get_jobs()) == 3
+
+
+def test_removed_subscriber_loses_its_job_at_the_next_refresh(
+    daemon: Daemon, mailer: MemoryMailer, caplog: pytest.LogCaptureFixture
+) -> None:
+    daemon.refresh_subscribers()
+    karen = ids(daemon)[KAREN]
+    assert daemon.app.remove_subscriber(KAREN) == KAREN
+    assert f"send-{karen}" in send_jobs(daemon)  # until the next refresh
+    caplog.set_level(logging.DEBUG, logger="newsletter.daemon")
+    daemon.refresh_subscribers()  # the subscribers file lists her, but does not resubscribe
+    assert sorted(send_jobs(daemon)) == sorted(f"send-{i}" for i in ids(daemon).values())
+    assert f"send-{karen}" not in send_jobs(daemon)
+    assert len(send_jobs(daemon)) == 2
+    assert messages(caplog) == [
+        f"removed send job of subscriber {karen} (no longer active)",
+        "subscriber refresh done: 2 send job(s)",
+    ]
+    # A send job of hers already queued finds nothing to do.
+    daemon.send(karen)
+    assert mailer.sent == []
+
+
+def test_changed_send_time_moves_the_job(daemon: Daemon, caplog: pytest.LogCaptureFixture) -> None:
+    zoe = "zoe@example.org"  # not in the subscribers file, which a refresh re-applies
+    daemon.app.add_subscriber(zoe, {"profile": "diffusion", "send_at": "07:00"})
+    daemon.refresh_subscribers()
+    zoe_id = ids(daemon)[zoe]
+    assert next_fire(send_jobs(daemon)[f"send-{zoe_id}"], NOW) == datetime(
+        2026, 11, 24, 7, 0, tzinfo=UTC
+    )
+    daemon.app.add_subscriber(zoe, {"send_at": "09:15"})
+    caplog.set_level(logging.DEBUG, logger="newsletter.daemon")
+    daemon.refresh_subscribers()
+    job = send_jobs(daemon)[f"send-{zoe_id}"]
+    assert next_fire(job, NOW) == datetime(2026, 11, 23, 9, 15, tzinfo=UTC)
+    assert len(send_jobs(daemon)) == 4
+    assert messages(caplog) == [
+        "next send to zoe@example.org at 2026-11-23 09:15 UTC",
+        "subscriber refresh done: 4 send job(s)",
+    ]
