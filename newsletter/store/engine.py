@@ -88,7 +88,7 @@ class StoreBase:
         except OperationalError as exc:
             raise StorageError(
                 f"cannot open database {self.engine.url.render_as_string(hide_password=True)}: "
-                f"{exc.orig}. Check database_url / NEWSLETTER_DATABASE_URL."
+                f"{' '.join(str(exc.orig).split())}. Check database_url / NEWSLETTER_DATABASE_URL."
             ) from None
         return current or ""
 
