@@ -5,6 +5,8 @@
 * :func:`workspace_env`: the ``NEWSLETTER_*`` variables that point the application at one test
   folder (the ``workdir`` fixture's layout) and one database; :func:`settings_env` the same
   for loaded settings;
+* :func:`run_once` and :func:`open_store`: one ``run --once`` as a new process does it, and
+  the run's database, in-process;
 * :func:`clean_environ` and :func:`run_cli`: ``python -m newsletter`` in a subprocess that
   inherits no ``NEWSLETTER_*`` variable from the shell that started pytest.
 """
@@ -19,8 +21,12 @@ from datetime import UTC, datetime, time
 from pathlib import Path
 from typing import Any
 
+from newsletter.app import Newsletter
 from newsletter.config import Settings
+from newsletter.deliver import Mailer
 from newsletter.domain import Paper, Subscriber, SubscriberStatus
+from newsletter.reports import RunSummary
+from newsletter.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "config" / "newsletter.toml"
@@ -128,3 +134,16 @@ def run_cli(
         timeout=timeout,
         cwd=cwd,
     )
+
+
+def run_once(settings: Settings, *, now: datetime, mailer: Mailer | None = None) -> RunSummary:
+    """One ``run --once`` as a new process does it: its own app (store, mailer) each time."""
+    with Newsletter(settings, mailer=mailer) as app:
+        return app.run_once(now)
+
+
+def open_store(settings: Settings) -> Store:
+    """The run's database, migrated; the caller closes it."""
+    store = Store(settings.database_url)
+    store.migrate()
+    return store

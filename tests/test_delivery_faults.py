@@ -10,33 +10,17 @@ from __future__ import annotations
 import json
 import logging
 import socket
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import pytest
 
-from newsletter.app import Newsletter
 from newsletter.config import Settings
 from newsletter.domain import IssueRecord, IssueState
-from newsletter.reports import RunSummary
-from newsletter.store import Store
 from tests.conftest import NOW
-from tests.factories import run_cli
+from tests.factories import open_store, run_cli, run_once
 from tests.smtp_server import HOST, Recorder, SmtpServer, cli_env, free_port, smtp_settings
 
 ADA, GRACE, KAREN = "ada@example.org", "grace@example.org", "karen@example.org"
-
-
-def run_once(settings: Settings, *, now: datetime) -> RunSummary:
-    """One ``run --once`` as a new process does it: its own app, store and SMTP mailer."""
-    with Newsletter(settings) as app:
-        return app.run_once(now)
-
-
-def open_store(settings: Settings) -> Store:
-    """The run's database, migrated; the caller closes it."""
-    store = Store(settings.database_url)
-    store.migrate()
-    return store
 
 
 def _issue(settings: Settings, email: str) -> IssueRecord:

@@ -4,31 +4,17 @@ from __future__ import annotations
 
 import email
 import email.policy
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import feedparser
 
 from newsletter.app import Newsletter
 from newsletter.config import Settings
-from newsletter.deliver import Envelope, Mailer, MemoryMailer
+from newsletter.deliver import Envelope, MemoryMailer
 from newsletter.domain import IssueState
-from newsletter.reports import RunSummary
-from newsletter.store import Store
 from tests.conftest import NOW
-
-
-def run_once(settings: Settings, *, now: datetime, mailer: Mailer | None = None) -> RunSummary:
-    """One ``run --once`` as a new process does it: its own app (store, mailer) each time."""
-    with Newsletter(settings, mailer=mailer) as app:
-        return app.run_once(now)
-
-
-def open_store(settings: Settings) -> Store:
-    """The run's database, migrated; the caller closes it."""
-    store = Store(settings.database_url)
-    store.migrate()
-    return store
+from tests.factories import open_store, run_once
 
 
 def _emails(outbox: Path) -> dict[str, email.message.EmailMessage]:

@@ -16,41 +16,24 @@ import re
 import ssl
 import time
 from collections.abc import Iterator
-from datetime import datetime
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
 import trustme
 
-from newsletter.app import Newsletter
 from newsletter.config import Settings, load_settings
 from newsletter.deliver import Envelope, MailerUnavailable
 from newsletter.domain import SubscriberSource, SubscriberSpec
 from newsletter.errors import ConfigError
 from newsletter.render import MAX_HTML_BYTES
-from newsletter.reports import RunSummary
 from newsletter.smtp import SmtpMailer
-from newsletter.store import Store
 from tests.conftest import NOW, ROOT
-from tests.factories import settings_env
+from tests.factories import open_store, run_once, settings_env
 from tests.smtp_server import HOST, SmtpServer, smtp_settings
 
 PASSWORD = "s3cret-only-in-the-environment"
 CONFIG = ROOT / "config" / "newsletter.toml"
-
-
-def run_once(settings: Settings, *, now: datetime) -> RunSummary:
-    """One ``run --once`` as a new process does it: its own app, store and SMTP mailer."""
-    with Newsletter(settings) as app:
-        return app.run_once(now)
-
-
-def open_store(settings: Settings) -> Store:
-    """The run's database, migrated; the caller closes it."""
-    store = Store(settings.database_url)
-    store.migrate()
-    return store
 
 
 def _message(n: int) -> tuple[Envelope, bytes]:

@@ -22,16 +22,15 @@ from markupsafe import escape
 from sqlalchemy import text
 from starlette.testclient import TestClient
 
-from newsletter.app import Newsletter
 from newsletter.config import Settings, load_settings
-from newsletter.deliver import Mailer, MemoryMailer
+from newsletter.deliver import MemoryMailer
 from newsletter.domain import Subscriber, SubscriberSource, SubscriberSpec, SubscriberStatus
 from newsletter.feeds import build_feeds
-from newsletter.reports import RunSummary
 from newsletter.store import Store
 from newsletter.web import create_app
 from newsletter.web.security import ARCHIVE_CSP, PAGE_CSP, FormSigner
 from tests.conftest import NOW, ROOT
+from tests.factories import open_store, run_once
 
 SECRET = b"test-secret-test-secret-0123456789"
 DAY = "2026-11-23"
@@ -47,19 +46,6 @@ class Clock:
 
 
 # ---------------------------------------------------------------------- fixtures and helpers
-
-
-def run_once(settings: Settings, *, now: datetime, mailer: Mailer) -> RunSummary:
-    """One ``run --once`` as a new process does it: its own app and store each time."""
-    with Newsletter(settings, mailer=mailer) as app:
-        return app.run_once(now)
-
-
-def open_store(settings: Settings) -> Store:
-    """The app's database, migrated; the caller closes it."""
-    store = Store(settings.database_url)
-    store.migrate()
-    return store
 
 
 @pytest.fixture

@@ -24,14 +24,12 @@ from newsletter.deliver import MemoryMailer
 from newsletter.domain import SubscriberStatus
 from newsletter.web import create_app
 from tests.conftest import NOW, ROOT
-from tests.factories import CONFIG, workspace_env
+from tests.factories import CONFIG, open_store, run_once, workspace_env
 from tests.test_web import (
     DAY,
     XSS_TITLE,
     Clock,
     confirm_links,
-    open_store,
-    run_once,
     xss_settings,
 )
 
