@@ -82,10 +82,7 @@ class AccountUseCases:
         """
         moment = self._now(now)
         entry: dict[str, Any] = {k: v for k, v in given.items() if v not in (None, "")}
-        try:
-            existing = self.store.subscriber(email.strip().lower())
-        except ValueError:
-            existing = None
+        existing = self.store.subscriber(email.strip().lower())
         if existing is not None:
             entry = {**spec_entry(existing), **entry}
         elif not entry.get("profile"):

@@ -170,9 +170,6 @@ class Newsletter(AccountUseCases):
         r = self.settings.ranking
         return RankSettings(title_boost=r.title_boost, k1=r.k1, b=r.b)
 
-    def _now(self, now: datetime | None) -> datetime:
-        return self.clock() if now is None else now
-
     # ------------------------------------------------------------------ the main job
 
     def ingest(
