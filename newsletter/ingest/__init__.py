@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 
-from newsletter.domain import IngestStatus, ParsedDigest
+from newsletter.domain import DigestRecord, IngestStatus, ParsedDigest
 from newsletter.errors import DataRejected, ParseError
 from newsletter.ingest import arxiv_feed, hf_json, hf_text, html_page
 from newsletter.ingest.identity import paper_key, title_key
 from newsletter.ingest.text import clean_text, decode, looks_binary
-from newsletter.store import KeyedPaper, Store
+from newsletter.store import DigestKnown, KeyedPaper, Store
 
 log = logging.getLogger(__name__)
 
@@ -211,15 +211,22 @@ def ingest_file(store: Store, path: Path, *, now: datetime, max_bytes: int) -> F
         )
     content_hash = hashlib.sha256(data if data else f"size:{size}:{name}".encode()).hexdigest()
     known = store.find_digest(content_hash)
-    if known is not None:
+
+    def unchanged(known: DigestRecord) -> FileReport:
         return FileReport(
             path=name, status=IngestStatus.UNCHANGED, format=known.format, reason=known.reason
         )
 
+    if known is not None:
+        return unchanged(known)
+
     def quarantine(reason: str) -> FileReport:
-        store.record_digest(
-            path=name, content_hash=content_hash, size=size, seen_at=now, reason=reason
-        )
+        try:
+            store.record_digest(
+                path=name, content_hash=content_hash, size=size, seen_at=now, reason=reason
+            )
+        except DigestKnown as exc:  # an overlapping run got there first
+            return unchanged(exc.record)
         log.warning("quarantined %s", reason)
         return FileReport(path=name, status=IngestStatus.QUARANTINED, reason=reason)
 
@@ -251,6 +258,8 @@ def ingest_file(store: Store, path: Path, *, now: datetime, max_bytes: int) -> F
             papers=keyed,
             digest_date=digest.digest_date,
         )
+    except DigestKnown as exc:  # an overlapping run got there first
+        return unchanged(exc.record)
     except DataRejected as exc:
         return quarantine(f"{name}: {exc}")
     log.info(

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 from newsletter.store.engine import new_token, normalize_url
 from newsletter.store.issues import PENDING_STATES, IssuePlan, IssueQueries
-from newsletter.store.papers import KeyedPaper, MergeCounts, PaperQueries
+from newsletter.store.papers import DigestKnown, KeyedPaper, MergeCounts, PaperQueries
 from newsletter.store.subscribers import ConfirmationRequest, SubscriberQueries
 
 __all__ = [
     "PENDING_STATES",
     "ConfirmationRequest",
+    "DigestKnown",
     "IssuePlan",
     "KeyedPaper",
     "MergeCounts",

@@ -1,7 +1,8 @@
 """The connection side of the store: engine, dialect quirks, migrations, units of work.
 
 :class:`StoreBase` is the base of every query mixin of :class:`newsletter.store.Store`; the
-mixins only use ``_session()`` and ``_insert()`` from here, so one class offers one API.
+mixins only use ``_session()`` (writes), ``_read()`` and ``_insert()`` from here, so one class
+offers one API.
 SQLite (WAL, busy_timeout, foreign keys on) is the embedded default; PostgreSQL (psycopg 3) is
 selected by URL. Inserts that may repeat use the dialect's ``INSERT … ON CONFLICT DO NOTHING``.
 """
@@ -55,7 +56,13 @@ class StoreBase:
         if self.dialect == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
             event.listen(self.engine, "begin", _sqlite_begin)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # Units that write take SQLite's write lock when they begin (BEGIN IMMEDIATE): a
+        # deferred transaction that reads and then writes cannot wait for the lock once
+        # another connection has committed, and fails with "database is locked" at once.
+        # Reads begin deferred and never block a writer (WAL).
+        writer = self.engine.execution_options(newsletter_begin="IMMEDIATE")
+        self._sessions = sessionmaker(writer, expire_on_commit=False)
+        self._readers = sessionmaker(self.engine, expire_on_commit=False)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -100,7 +107,14 @@ class StoreBase:
 
     @contextmanager
     def _session(self) -> Iterator[Session]:
+        """A unit of work that writes (on SQLite it holds the write lock from its start)."""
         with self._sessions.begin() as session:
+            yield session
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        """A unit of work that only reads."""
+        with self._readers.begin() as session:
             yield session
 
     def _insert(self, table: Any) -> Any:
@@ -113,8 +127,10 @@ def _raw_sqlite(conn: Any) -> Any:
 
 def _sqlite_begin(conn: Any) -> None:
     """Emit BEGIN ourselves: pysqlite's own transaction handling skips DDL, which would leave a
-    failed migration half-applied (SQLAlchemy's documented recipe for SQLite)."""
-    conn.exec_driver_sql("BEGIN")
+    failed migration half-applied (SQLAlchemy's documented recipe for SQLite). Writers ask for
+    ``BEGIN IMMEDIATE`` through an execution option (see ``StoreBase.__init__``)."""
+    mode = conn.get_execution_options().get("newsletter_begin", "")
+    conn.exec_driver_sql(f"BEGIN {mode}".strip())
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -12,7 +12,7 @@ from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
 
 from newsletter.domain import DigestRecord, DigestState, FeedItem, Paper, ParsedPaper
-from newsletter.errors import DataRejected
+from newsletter.errors import DataRejected, StorageError
 from newsletter.store import rows
 from newsletter.store.engine import BATCH, StoreBase, chunks
 from newsletter.store.schema import DigestFileRow, PaperRow
@@ -65,13 +65,22 @@ class MergeCounts:
     merged: int
 
 
+class DigestKnown(StorageError):
+    """The same bytes were recorded by another process between our look-up and our write:
+    nothing to do (``record`` is theirs)."""
+
+    def __init__(self, record: DigestRecord) -> None:
+        super().__init__(f"{record.path}: already recorded (same bytes)")
+        self.record = record
+
+
 class PaperQueries(StoreBase):
     """Digest files and papers (part of :class:`newsletter.store.Store`)."""
 
     # ------------------------------------------------------------------ digests
 
     def find_digest(self, content_hash: str) -> DigestRecord | None:
-        with self._session() as s:
+        with self._read() as s:
             row = s.scalar(select(DigestFileRow).where(DigestFileRow.content_hash == content_hash))
             return rows.digest(row) if row else None
 
@@ -128,6 +137,11 @@ class PaperQueries(StoreBase):
         reason: str | None,
     ) -> DigestRecord:
         with self._session() as s:
+            known = s.scalar(
+                select(DigestFileRow).where(DigestFileRow.content_hash == content_hash)
+            )
+            if known is not None:  # another process recorded the same bytes meanwhile
+                raise DigestKnown(rows.digest(known))
             counts = MergeCounts(0, 0)
             if reason is None:
                 counts = self._merge_papers(s, papers, seen_at)
@@ -149,7 +163,7 @@ class PaperQueries(StoreBase):
             return rows.digest(row)
 
     def list_digests(self, state: DigestState | None = None) -> list[DigestRecord]:
-        with self._session() as s:
+        with self._read() as s:
             query = select(DigestFileRow).order_by(DigestFileRow.seen_at, DigestFileRow.id)
             if state:
                 query = query.where(DigestFileRow.state == state.value)
@@ -203,13 +217,13 @@ class PaperQueries(StoreBase):
         return MergeCounts(len(created), len(merged))
 
     def count_papers(self) -> int:
-        with self._session() as s:
+        with self._read() as s:
             return int(s.scalar(select(func.count()).select_from(PaperRow)) or 0)
 
     def papers(
         self, *, seen_since: datetime | None = None, seen_until: datetime | None = None
     ) -> list[Paper]:
-        with self._session() as s:
+        with self._read() as s:
             query = select(PaperRow).order_by(PaperRow.id)
             if seen_since is not None:
                 query = query.where(PaperRow.first_seen_at >= seen_since)
@@ -218,7 +232,7 @@ class PaperQueries(StoreBase):
             return [rows.paper(r) for r in s.scalars(query)]
 
     def papers_by_id(self, ids: Iterable[int]) -> dict[int, Paper]:
-        with self._session() as s:
+        with self._read() as s:
             out: dict[int, Paper] = {}
             for chunk in chunks(list(ids), BATCH):
                 for r in s.scalars(select(PaperRow).where(PaperRow.id.in_(chunk))):
@@ -236,7 +250,7 @@ class PaperQueries(StoreBase):
     def papers_first_seen_on(self, day: date) -> list[Paper]:
         """Papers whose first sighting falls on this UTC date, most upvoted first."""
         start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-        with self._session() as s:
+        with self._read() as s:
             found = s.scalars(
                 select(PaperRow)
                 .where(
@@ -253,7 +267,7 @@ class PaperQueries(StoreBase):
         Grouped on distinct ``first_seen_at`` values (one per ingest, so few) and bucketed by date
         here: date arithmetic in SQL differs between SQLite and PostgreSQL.
         """
-        with self._session() as s:
+        with self._read() as s:
             found = s.execute(
                 select(PaperRow.first_seen_at, func.count())
                 .group_by(PaperRow.first_seen_at)

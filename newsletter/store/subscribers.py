@@ -63,7 +63,28 @@ class SubscriberQueries(StoreBase):
         status: SubscriberStatus = SubscriberStatus.ACTIVE,
     ) -> tuple[Subscriber, bool]:
         """Insert a subscriber, or update the settings of an existing one (never its status:
-        an unsubscribe must stick whatever the config file says). Returns (subscriber, created)."""
+        an unsubscribe must stick whatever the config file says). Returns (subscriber, created).
+
+        Two processes syncing the same new address at once (overlapping runs on PostgreSQL):
+        the unique address refuses the second insert, and the unit is run again, finding the
+        row the other one made."""
+        for attempt in (1, 2):
+            try:
+                return self._upsert_subscriber(spec, source, now, update, status)
+            except IntegrityError:
+                if attempt == 2:
+                    raise
+                log.info("concurrent insert of subscriber %s; retrying", spec.email)
+        raise AssertionError("unreachable")
+
+    def _upsert_subscriber(
+        self,
+        spec: SubscriberSpec,
+        source: SubscriberSource,
+        now: datetime,
+        update: bool,
+        status: SubscriberStatus,
+    ) -> tuple[Subscriber, bool]:
         with self._session() as s:
             row = s.scalar(select(SubscriberRow).where(SubscriberRow.email == spec.email))
             created = row is None
@@ -86,12 +107,12 @@ class SubscriberQueries(StoreBase):
             return rows.subscriber(row), created
 
     def subscriber(self, email: str) -> Subscriber | None:
-        with self._session() as s:
+        with self._read() as s:
             row = s.scalar(select(SubscriberRow).where(SubscriberRow.email == email.lower()))
             return rows.subscriber(row) if row else None
 
     def subscribers(self, status: SubscriberStatus | None = None) -> list[Subscriber]:
-        with self._session() as s:
+        with self._read() as s:
             query = select(SubscriberRow).order_by(SubscriberRow.id)
             if status is not None:
                 query = query.where(SubscriberRow.status == status.value)
@@ -102,7 +123,7 @@ class SubscriberQueries(StoreBase):
     ) -> dict[int, Subscriber]:
         """Subscribers by id, in id order: all of them (or those with ``status``), or the
         given ids (unknown ids are left out)."""
-        with self._session() as s:
+        with self._read() as s:
             query = select(SubscriberRow).order_by(SubscriberRow.id)
             if status is not None:
                 query = query.where(SubscriberRow.status == status.value)
@@ -129,7 +150,7 @@ class SubscriberQueries(StoreBase):
         """The subscriber whose unsubscribe/preferences/web-view token this is, any status."""
         if not _plausible(token):
             return None
-        with self._session() as s:
+        with self._read() as s:
             row = s.scalar(
                 select(SubscriberRow).where(SubscriberRow.token_hash == token_digest(token))
             )
@@ -141,7 +162,7 @@ class SubscriberQueries(StoreBase):
         """The subscriber whose private-feed token this is, any status."""
         if not _plausible(feed_token):
             return None
-        with self._session() as s:
+        with self._read() as s:
             row = s.scalar(
                 select(SubscriberRow).where(
                     SubscriberRow.feed_token_hash == token_digest(feed_token)
@@ -181,7 +202,7 @@ class SubscriberQueries(StoreBase):
 
     def subscriber_source(self, subscriber_id: int) -> SubscriberSource | None:
         """Where a subscriber came from: config | cli | csv | web (the domain object omits it)."""
-        with self._session() as s:
+        with self._read() as s:
             found = s.scalar(select(SubscriberRow.source).where(SubscriberRow.id == subscriber_id))
         return None if found is None else SubscriberSource(found)
 
@@ -272,7 +293,7 @@ class SubscriberQueries(StoreBase):
         if not _plausible(token):
             return None
         digest = token_digest(token)
-        with self._session() as s:
+        with self._read() as s:
             row = s.scalar(select(SubscriberRow).where(SubscriberRow.confirm_token_hash == digest))
             if row is None or row.confirm_token_hash is None:
                 return None
@@ -288,7 +309,7 @@ class SubscriberQueries(StoreBase):
         found = self._by_confirm_token(token, now, max_age)
         if found is None or not found[1]:
             return None
-        with self._session() as s:
+        with self._read() as s:
             row = s.get(SubscriberRow, found[0])
             return rows.subscriber(row) if row else None
 
