@@ -46,14 +46,38 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def header_safe(value: str, *, ascii_only: bool) -> str:
+    """Refuse what cannot stand in a mail header as given: control characters (CR/LF would
+    start a new header), and non-ASCII where the header takes no encoded words."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError("must not contain control characters (line breaks, tabs)")
+    if ascii_only and not value.isascii():
+        raise ValueError("must be ASCII: it goes into mail headers and links as it is")
+    return value
+
+
 class MailSettings(_Section):
     from_address: str = "digest@papers.example.org"
     from_name: str = "Paper Digest"
     list_id: str = "daily.papers.example.org"
 
+    @field_validator("from_name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return header_safe(value, ascii_only=False)
+
+    @field_validator("list_id")
+    @classmethod
+    def _list_id(cls, value: str) -> str:
+        header_safe(value, ascii_only=True)
+        if not value or any(c.isspace() or c in "<>" for c in value):
+            raise ValueError("must be a dotted name without spaces, such as papers.example.org")
+        return value
+
     @field_validator("from_address")
     @classmethod
     def _address(cls, value: str) -> str:
+        header_safe(value, ascii_only=True)
         if (
             "@" not in value
             or value.startswith("@")
@@ -72,6 +96,9 @@ class SmtpSettings(_Section):
     security: Literal["none", "starttls", "ssl"] = "starttls"
     username: str = ""
     timeout_seconds: float = Field(30.0, gt=0, le=600)
+    # Only the reply to the end of DATA, while the server checks the message (RFC 5321
+    # §4.5.3.2.6: 10 minutes); when it expires the outcome is unknown, not retried.
+    data_timeout_seconds: float = Field(600.0, gt=0, le=3600)
     rate_per_second: float = Field(0.0, ge=0)
     ca_file: Path | None = None
 
@@ -138,6 +165,11 @@ class Settings(_Section):
             return None
         return self._secret_key.get_secret_value().encode("utf-8")
 
+    @field_validator("name")
+    @classmethod
+    def _site_name(cls, value: str) -> str:
+        return header_safe(value, ascii_only=False)  # in the Subject and From headers
+
     @field_validator("timezone")
     @classmethod
     def _tz(cls, value: str) -> str:
@@ -147,6 +179,9 @@ class Settings(_Section):
     @field_validator("base_url")
     @classmethod
     def _url(cls, value: str) -> str:
+        header_safe(value, ascii_only=True)
+        if any(c.isspace() for c in value):
+            raise ValueError("must not contain spaces")
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")

@@ -13,6 +13,7 @@ sent) lives in :mod:`newsletter.pipeline` and the database. A mailer reports a f
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -35,6 +36,12 @@ class MailerUnavailable(DeliveryError):
     """
 
 
+class OutcomeUnknown(DeliveryError):
+    """The whole message went out but no final reply came (the end-of-DATA reply timed out):
+    the server may have queued it. The pipeline records the issue as ``unknown`` instead of
+    re-sending it; the operator decides (``newsletter retry``)."""
+
+
 @dataclass(frozen=True)
 class Envelope:
     sender: str
@@ -53,20 +60,54 @@ class Mailer(Protocol):
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
+#: Errors writing the outbox that are the file system's fault, not the message's: full (or
+#: over quota), failing, remounted read-only, not writable by us, not a folder, or out of file
+#: handles. Any of them stops every message alike, so it is :class:`MailerUnavailable`. Other
+#: errors (e.g. EFBIG, a message over a file-size limit) stay per-issue.
+OUTBOX_OUTAGE_ERRNOS = frozenset(
+    {
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EIO,
+        errno.EROFS,
+        errno.EACCES,
+        errno.EPERM,
+        errno.ENOTDIR,
+        errno.EMFILE,
+        errno.ENFILE,
+    }
+)
+
 
 class OutboxMailer:
     """Writes ``<name_hint>.eml`` atomically (temp file, fsync, rename) into a folder.
 
     The file name is derived from the issue, so writing the same issue twice (a retry
     after a crash) replaces the file instead of adding a second copy.
+
+    A folder that cannot be created, or an error in :data:`OUTBOX_OUTAGE_ERRNOS` while
+    writing (a full disk, EIO, a read-only file system...), is :class:`MailerUnavailable`:
+    the issue stays pending, its attempt not counted, until the file system is fixed.
     """
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
 
     def send(self, envelope: Envelope, message: bytes) -> str:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file in the way, no permission, read-only parent...
+            raise self._unavailable(exc) from None
         target = self.directory / f"{_UNSAFE.sub('_', envelope.name_hint)}.eml"
+        try:
+            self._write(target, message)
+        except OSError as exc:
+            if exc.errno in OUTBOX_OUTAGE_ERRNOS:
+                raise self._unavailable(exc) from None
+            raise
+        return str(target)
+
+    def _write(self, target: Path, message: bytes) -> None:
         fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".eml")
         try:
             with os.fdopen(fd, "wb") as handle:
@@ -77,7 +118,15 @@ class OutboxMailer:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        return str(target)
+
+    def _unavailable(self, exc: OSError) -> MailerUnavailable:
+        reason = exc.strerror or str(exc)
+        code = errno.errorcode.get(exc.errno or 0, "")
+        return MailerUnavailable(
+            f"outbox {self.directory} not writable: {reason}"
+            + (f" ({code})" if code else "")
+            + "; nothing is written until the file system is fixed"
+        )
 
     def close(self) -> None:
         return None

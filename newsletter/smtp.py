@@ -6,13 +6,25 @@ with ``sendmail``: ``sendmail`` throws the server's final reply away, and that r
 each reply be classified where it happens:
 
 * 2xx: accepted; the final reply is returned and stored on the issue.
-* 4xx (including 421, after which the server closes), timeouts and network errors: transient
-  :class:`~newsletter.errors.DeliveryError`; the pipeline retries with backoff.
-* 5xx to RCPT TO, DATA or at the end of DATA: ``permanent`` for this message (this recipient
-  or this content); the other issues go on.
-* Anything that stops every message alike — the server cannot be reached, TLS or login fails,
-  the sender address is refused — is :class:`~newsletter.deliver.MailerUnavailable`, so the
-  pipeline stops for this run instead of burning every issue's attempts one by one.
+* Anything that goes wrong before the server has accepted ``MAIL FROM`` stops every message
+  alike and is :class:`~newsletter.deliver.MailerUnavailable`, so the pipeline stops for this
+  run (the issue's attempt not counted) instead of burning every issue's attempts one by one:
+  the connection refused or timing out, no greeting, any non-2xx greeting or reply to
+  EHLO/HELO (``421 too busy``, ``451``), STARTTLS, TLS or login failing, any refusal of MAIL
+  FROM (4xx: the server is not taking mail now; 5xx: it refuses our sender address), a server
+  that stalls (no reply within ``timeout``) at any of these steps, or a connection dropped at
+  MAIL FROM again right after reconnecting. Nothing of the message has been sent by then, so
+  none of this can be the message's fault.
+* From RCPT TO on, replies are about this message. 4xx (including 421, after which the server
+  closes), timeouts and network errors: transient :class:`~newsletter.errors.DeliveryError`;
+  the pipeline retries with backoff. 5xx to RCPT TO, DATA or at the end of DATA:
+  ``permanent`` for this message (this recipient or this content); the other issues go on.
+* The reply to the end of DATA (the lone ``.``) is awaited for ``data_timeout`` instead
+  (``smtp.data_timeout_seconds``, default 600 s as RFC 5321 §4.5.3.2.6 recommends): the server
+  may be scanning the message. If even that expires, the whole message went out and the
+  server may have queued it, so re-sending could deliver it twice: the mailer raises
+  :class:`~newsletter.deliver.OutcomeUnknown` (the pipeline records the issue as ``unknown``)
+  and drops the connection.
 
 A connection found closed when a message starts (the server dropped an idle session, a broken
 pipe) is reopened once and the message sent again within the same :meth:`SmtpMailer.send`.
@@ -23,6 +35,7 @@ that re-send is a duplicate; it carries the same Message-ID, like the re-send af
 from __future__ import annotations
 
 import logging
+import re
 import smtplib
 import ssl
 import time
@@ -30,7 +43,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, NoReturn
 
-from newsletter.deliver import Envelope, MailerUnavailable
+from newsletter.deliver import Envelope, MailerUnavailable, OutcomeUnknown
 from newsletter.errors import ConfigError, DeliveryError
 
 if TYPE_CHECKING:
@@ -85,6 +98,18 @@ def _timed_out(exc: BaseException) -> bool:
     return isinstance(exc, TimeoutError) or isinstance(cause, TimeoutError)
 
 
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+
+
+def _data_payload(message: bytes) -> bytes:
+    """The bytes after DATA's 354, exactly as :meth:`smtplib.SMTP.data` sends bytes: lines
+    starting with ``.`` doubled, a final CRLF if missing, then the lone ``.``."""
+    payload = _LEADING_DOT.sub(b"..", message)
+    if not payload.endswith(b"\r\n"):
+        payload += b"\r\n"
+    return payload + b".\r\n"
+
+
 class SmtpMailer:
     """Sends each message over one SMTP session, kept open between messages.
 
@@ -102,6 +127,7 @@ class SmtpMailer:
         username: str = "",
         password: str | None = None,
         timeout: float = 30.0,
+        data_timeout: float = 600.0,
         rate_per_second: float = 0.0,
         ca_file: Path | None = None,
     ) -> None:
@@ -115,6 +141,7 @@ class SmtpMailer:
         self.username = username
         self._password = password
         self.timeout = timeout
+        self.data_timeout = data_timeout  # only for the reply to the end of DATA
         self.ca_file = ca_file
         self._limiter = RateLimiter(rate_per_second)
         self._conn: smtplib.SMTP | None = None
@@ -130,6 +157,7 @@ class SmtpMailer:
             username=s.username,
             password=settings.smtp_password,
             timeout=s.timeout_seconds,
+            data_timeout=s.data_timeout_seconds,
             rate_per_second=s.rate_per_second,
             ca_file=s.ca_file,
         )
@@ -149,6 +177,27 @@ class SmtpMailer:
         self._limiter.wait()
         for attempt in (1, 2):
             conn = self._session()
+            try:
+                self._mail_from(conn, envelope)
+            except smtplib.SMTPServerDisconnected as exc:
+                self._discard()
+                if _timed_out(exc):
+                    raise MailerUnavailable(
+                        f"SMTP server {self.address} stalled: no reply to MAIL FROM within "
+                        f"{self.timeout:g} s"
+                    ) from None
+                if attempt == 2:
+                    raise MailerUnavailable(
+                        f"SMTP server {self.address} closed the connection before answering "
+                        f"MAIL FROM, again after reconnecting ({exc})"
+                    ) from None
+                log.info("connection to %s lost (%s); reconnecting once", self.address, exc)
+                continue
+            except OSError as exc:
+                self._discard()
+                raise MailerUnavailable(
+                    f"network error talking to {self.address} before MAIL FROM was answered: {exc}"
+                ) from None
             try:
                 return self._transaction(conn, envelope, message)
             except smtplib.SMTPServerDisconnected as exc:
@@ -200,6 +249,11 @@ class SmtpMailer:
             raise MailerUnavailable(
                 f"TLS with SMTP server {self.address} failed: {exc}; check smtp.security, "
                 "smtp.port and smtp.ca_file"
+            ) from None
+        except smtplib.SMTPHeloError as exc:  # EHLO refused, then HELO too
+            raise MailerUnavailable(
+                f"SMTP server unreachable: {self.address} answered "
+                f"{_reply(exc.smtp_code, exc.smtp_error)} (reply to HELO)"
             ) from None
         except smtplib.SMTPResponseException as exc:  # e.g. "421 too busy" as the greeting
             raise MailerUnavailable(
@@ -254,22 +308,50 @@ class SmtpMailer:
 
     # ------------------------------------------------------------------ transaction
 
-    def _transaction(self, conn: smtplib.SMTP, envelope: Envelope, message: bytes) -> str:
-        text: bytes | str
+    def _mail_from(self, conn: smtplib.SMTP, envelope: Envelope) -> None:
+        """Start the transaction; any refusal is :class:`MailerUnavailable` (see _refused)."""
         code, text = conn.mail(envelope.sender)
         if code != 250:
             self._refused(conn, "MAIL FROM", code, text, envelope)
+
+    def _transaction(self, conn: smtplib.SMTP, envelope: Envelope, message: bytes) -> str:
+        """RCPT TO and DATA, after :meth:`_mail_from` was accepted."""
         code, text = conn.rcpt(envelope.recipient)
         if code not in (250, 251):
             self._refused(conn, "RCPT TO", code, text, envelope)
-        try:
-            code, text = conn.data(message)
-            stage = "end of DATA"
-        except smtplib.SMTPDataError as exc:  # the DATA command itself was refused
-            code, text, stage = exc.smtp_code, exc.smtp_error, "DATA"
+        code, text = conn.docmd("data")
+        if code != 354:  # the DATA command itself was refused
+            self._refused(conn, "DATA", code, text, envelope)
+        code, text = self._send_data(conn, message)
         if code != 250:
-            self._refused(conn, stage, code, text, envelope)
+            self._refused(conn, "end of DATA", code, text, envelope)
         return _reply(code, text)
+
+    def _send_data(self, conn: smtplib.SMTP, message: bytes) -> tuple[int, bytes]:
+        """Send the message after the 354 and wait up to ``data_timeout`` for the final reply.
+
+        What :meth:`smtplib.SMTP.data` does after the 354, with the socket's timeout raised
+        around the one read that may legitimately take long (the server checks the message
+        before it answers). A timeout there is :class:`OutcomeUnknown`: the message is out.
+        """
+        conn.send(_data_payload(message))
+        sock = conn.sock
+        assert sock is not None  # send() raises SMTPServerDisconnected when it is not
+        sock.settimeout(self.data_timeout)
+        try:
+            return conn.getreply()
+        except smtplib.SMTPServerDisconnected as exc:
+            if not _timed_out(exc):
+                raise  # a drop: send() reconnects once, as for any drop
+            self._discard()
+            raise OutcomeUnknown(
+                f"no reply from {self.address} within {self.data_timeout:g} s after the end of "
+                "DATA: the message went out and may have been accepted; not re-sent "
+                "automatically"
+            ) from None
+        finally:
+            if conn.sock is not None:  # smtplib closes the connection on a failed read
+                conn.sock.settimeout(self.timeout)
 
     def _refused(
         self, conn: smtplib.SMTP, stage: str, code: int, text: bytes | str, envelope: Envelope
@@ -287,5 +369,9 @@ class SmtpMailer:
             raise MailerUnavailable(
                 f"SMTP server {self.address} refuses the sender {envelope.sender}: {reply}; "
                 "check mail.from_address"
+            )
+        if stage == "MAIL FROM":  # 4xx (or garbage): nothing of the message was sent yet
+            raise MailerUnavailable(
+                f"SMTP server {self.address} is not taking mail now: {reply} (reply to MAIL FROM)"
             )
         raise DeliveryError(f"{reply} (reply to {stage})", permanent=500 <= code < 600)
