@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,24 @@ CONFIRM_MAX_AGE = timedelta(days=7)
 
 #: Builds the confirmation email for (subscriber id, address, name, token) at a moment.
 ComposeConfirmation = Callable[[int, SubscriberSpec, str, datetime], tuple[Envelope, bytes]]
+
+
+@dataclass(frozen=True)
+class ConfirmationJob:
+    """A composed confirmation email waiting to be sent, and the token it carries (so that the
+    token can be withdrawn if the email never goes out). The repr shows neither the token nor
+    the message, so a job can be logged."""
+
+    subscriber_id: int
+    token: str = field(repr=False)
+    envelope: Envelope
+    message: bytes = field(repr=False)
+
+
+#: Takes a confirmation email to send later, off the request path; returns False when it
+#: cannot take it (its queue is full, it is shutting down). The web's is
+#: :meth:`newsletter.web.sender.ConfirmationSender.submit`.
+DeliverConfirmation = Callable[[ConfirmationJob], bool]
 
 
 @dataclass(frozen=True)
@@ -161,31 +179,56 @@ class AccountUseCases:
 
     # ------------------------------------------------------------------ web: account flows
 
-    def subscribe(self, spec: SubscriberSpec, compose: ComposeConfirmation) -> ConfirmationRequest:
-        """Double opt-in: record the request and email a confirmation link, at most once per
-        :data:`RESEND_AFTER`; an active address gets nothing (and the caller shows the same
-        page whatever happened, so the form reveals nobody). If the email cannot be sent the
-        token is withdrawn, so that a new submission can send one at once."""
+    def subscribe(
+        self, spec: SubscriberSpec, compose: ComposeConfirmation, deliver: DeliverConfirmation
+    ) -> ConfirmationRequest:
+        """Double opt-in: record the request and hand a confirmation email to ``deliver``, at
+        most once per :data:`RESEND_AFTER`; an active address gets nothing (and the caller
+        shows the same page whatever happened, so the form reveals nobody).
+
+        Nothing is sent here: a web request must not wait for (or queue behind) an SMTP
+        server. ``deliver`` takes the job and returns at once (the web's background sender
+        queues it for :meth:`send_confirmation` on its own thread); if it cannot take the job
+        the token is withdrawn now, as after a failed send, so that a new submission can send
+        one at once instead of after :data:`RESEND_AFTER`."""
         now = self.clock()
         request = self.store.request_confirmation(spec, now, resend_after=RESEND_AFTER)
         if request.token is None or request.subscriber_id is None:
             log.info("subscribe: no confirmation sent (%s)", request.reason)
             return request
         envelope, message = compose(request.subscriber_id, spec, request.token, now)
-        try:
-            self.send_message(envelope, message)
-        except (DeliveryError, OSError) as exc:
-            log.error(
-                "subscribe: confirmation for subscriber %s not sent: %s", request.subscriber_id, exc
-            )
-            self.store.cancel_confirmation(request.subscriber_id, request.token)
-        else:
+        job = ConfirmationJob(request.subscriber_id, request.token, envelope, message)
+        if deliver(job):
             log.info(
-                "subscribe: confirmation sent to subscriber %s (%s)",
+                "subscribe: confirmation for subscriber %s queued (%s)",
                 request.subscriber_id,
                 request.reason,
             )
+        else:
+            self.withdraw_confirmation(job, "the send queue is full or closed")
         return request
+
+    def send_confirmation(self, job: ConfirmationJob) -> bool:
+        """Send a confirmation email (the web's sender thread calls this; the mailer's own
+        timeouts bound it). If it cannot be sent the token is withdrawn. Returns whether it
+        was sent."""
+        try:
+            self.send_message(job.envelope, job.message)
+        except (DeliveryError, OSError) as exc:
+            self.withdraw_confirmation(job, f"send failed: {exc}")
+            return False
+        log.info("subscribe: confirmation sent to subscriber %s", job.subscriber_id)
+        return True
+
+    def withdraw_confirmation(self, job: ConfirmationJob, why: str) -> None:
+        """A confirmation email will not go out: forget its token (only if it is still the one
+        on file), so that the next submission for the address sends a new one at once."""
+        log.error(
+            "subscribe: confirmation for subscriber %s not sent (%s): token withdrawn",
+            job.subscriber_id,
+            why,
+        )
+        self.store.cancel_confirmation(job.subscriber_id, job.token)
 
     def pending_confirmation(self, token: str) -> Subscriber | None:
         """Who a confirmation link would activate, if it still can (the GET page)."""

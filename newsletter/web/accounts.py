@@ -13,7 +13,9 @@ Decisions, and why:
   whose owner never clicked, which is what double opt-in exists to prevent.
 * **Subscribe** answers with the same "check your inbox" page whether the address is new,
   pending, active or was sent a confirmation within the hour, so the form does not reveal who
-  is subscribed; at most one confirmation per address per :data:`RESEND_AFTER`.
+  is subscribed; at most one confirmation per address per :data:`RESEND_AFTER`. The email is
+  queued for the background sender (:mod:`newsletter.web.sender`), never sent on the request
+  thread, so a slow SMTP server cannot hold up the site.
 * **Preferences** changes need a signed form (see :mod:`newsletter.web.security`).
 """
 
@@ -77,7 +79,8 @@ def _subscribe(ctx: WebContext, form: dict[str, list[str]]) -> Response:
             timezones=ctx.timezones,
         )
     spec = result.spec
-    ctx.app.subscribe(spec, partial(confirmation_message, ctx))
+    # The email is queued, not sent: the page does not wait for the SMTP server.
+    ctx.app.subscribe(spec, partial(confirmation_message, ctx), ctx.sender.submit)
     return ctx.page("check_inbox.html.j2", email=spec.email)
 
 

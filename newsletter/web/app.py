@@ -1,7 +1,8 @@
 """The ASGI application: ``create_app(settings)`` wires routes, headers and error pages.
 
 The web side shares the daemon's database and nothing else: it reads issues and papers,
-writes subscriber rows, and sends only the double opt-in email. Every URL it serves is one
+writes subscriber rows, and sends only the double opt-in email, from a background thread
+(:mod:`newsletter.web.sender`), never while a request waits. Every URL it serves is one
 that :class:`newsletter.domain.SiteInfo` builds into emails and feeds.
 
 The app never redirects (trailing-slash redirects are switched off too), so no URL taken
@@ -17,6 +18,7 @@ from contextlib import asynccontextmanager
 from functools import partial
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -119,8 +121,10 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        # The confirmation sender starts with the first subscribe; at shutdown it gets a
+        # bounded wait to send what is queued (in a thread: the event loop keeps running).
         yield
-        ctx.close()
+        await run_in_threadpool(ctx.close)
 
     app = Starlette(
         routes=routes,

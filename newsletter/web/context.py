@@ -1,4 +1,5 @@
-"""What every request handler shares: the application, the form signer and the templates.
+"""What every request handler shares: the application, the form signer, the templates and the
+background sender of confirmation emails.
 
 One :class:`WebContext` per app. Handlers are plain functions of it: they parse the request,
 call one :class:`~newsletter.app.Newsletter` method and render the answer, so tests build an
@@ -10,7 +11,7 @@ from __future__ import annotations
 import logging
 import zoneinfo
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
 from typing import Any
@@ -23,6 +24,7 @@ from newsletter.config import Settings
 from newsletter.domain import SiteInfo
 from newsletter.render_html import make_environment
 from newsletter.web.security import FormSigner
+from newsletter.web.sender import ConfirmationSender
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,11 @@ class WebContext:
     app: Newsletter
     signer: FormSigner
     owns_app: bool = True
+    #: Sends the confirmation emails off the request threads (see newsletter.web.sender).
+    sender: ConfirmationSender = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sender = ConfirmationSender(self.app.send_confirmation, self.app.withdraw_confirmation)
 
     @property
     def settings(self) -> Settings:
@@ -68,5 +75,7 @@ class WebContext:
         return HTMLResponse(html, status_code=status, headers=dict(headers or {}))
 
     def close(self) -> None:
+        """Shutdown: let queued confirmation emails go out (bounded wait), then close the app."""
+        self.sender.close()
         if self.owns_app:
             self.app.close()
