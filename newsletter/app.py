@@ -46,7 +46,7 @@ from newsletter.pipeline import (
 from newsletter.reports import RunSummary, StatusReport, build_status
 from newsletter.schedule import SendSchedule, due_slot, last_send_time, slot_of
 from newsletter.store import Store
-from newsletter.store.lock import DaemonLock
+from newsletter.store.lock import AlreadyRunning, DaemonLock, SendLock
 from newsletter.subscribers import Defaults, load_config_file
 
 if TYPE_CHECKING:
@@ -261,16 +261,28 @@ class Newsletter(AccountUseCases):
         progress: Progress | None = None,
         should_stop: Callable[[], bool] = lambda: False,
     ) -> Delivery:
-        """Render and send every pending issue whose time has come."""
-        return deliver_pending(
-            self.store,
-            self.renderer,
-            self.mailer,
-            site=self.site,
-            now=self._now(now),
-            progress=progress,
-            should_stop=should_stop,
-        )
+        """Render and send every pending issue whose time has come, holding the database's
+        send lock: a second sender (an overlapping cron run, a manual run beside the daemon)
+        delivers nothing and says so, and the issues it planned go out with the next pass."""
+        lock = SendLock(self.store.engine)
+        try:
+            lock.acquire()
+        except AlreadyRunning as exc:
+            reason = f"{exc}; pending issues are sent by the next run"
+            log.warning("delivery skipped: %s", reason)
+            return Delivery(stopped=reason)
+        try:
+            return deliver_pending(
+                self.store,
+                self.renderer,
+                self.mailer,
+                site=self.site,
+                now=self._now(now),
+                progress=progress,
+                should_stop=should_stop,
+            )
+        finally:
+            lock.release()
 
     def write_feeds(self) -> int:
         """Rebuild the global and private feeds; returns the number of files changed."""
@@ -301,10 +313,12 @@ class Newsletter(AccountUseCases):
         summary.issues_empty = self.plan_current_slots(moment).empty
         delivery = self.deliver(moment, progress=progress)
         summary.delivered, summary.delivery_stopped = delivery.delivered, delivery.stopped
+        summary.failed_now = delivery.failed
         summary.issues_delivered = len(summary.delivered)
         counts = self.store.issue_state_counts()
         summary.issues_failed = counts.failed
         summary.issues_pending = counts.pending
+        summary.issues_unknown = counts.unknown
         summary.feeds_written = self.write_feeds()
         summary.papers_total = self.store.count_papers()
         return summary

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -35,7 +35,7 @@ from newsletter.config import Settings
 from newsletter.deliver import Mailer
 from newsletter.domain import IngestStatus, Subscriber
 from newsletter.ingest import InboxScanner
-from newsletter.schedule import SendSchedule, SendTimeTrigger, slot_of
+from newsletter.schedule import SendSchedule, SendTimeTrigger, last_send_time, slot_of
 
 log = logging.getLogger(__name__)
 
@@ -209,13 +209,27 @@ class Daemon:
             log.info("next send to %s at %s", sub.email, _local(next_run, sub))
         log.debug("subscriber refresh done: %d send job(s)", len(self._signatures))
 
-    def send(self, subscriber_id: int, scheduled: datetime | None = None) -> None:
-        """A send job: plan this subscriber's slot (reading that subscriber only), deliver."""
+    def send(self, subscriber_id: int) -> None:
+        """A send job: plan this subscriber's slot (reading that subscriber only), deliver.
+
+        The slot is the one of the send time the job was scheduled for, the latest at or
+        before now, not today's date: a job that fires late (after local midnight, after the
+        machine was suspended) still serves its own day, within the catch-up grace.
+        """
         now = self.clock()
         schedule = self._schedules.get(subscriber_id)
         if schedule is None:
             return  # removed by a refresh since the job was queued
-        self.app.plan_slots({subscriber_id: slot_of(schedule, scheduled or now)}, now)
+        if self.settings.debug_send_every_seconds:
+            slot = slot_of(schedule, now)
+        else:
+            due = last_send_time(schedule, now)
+            grace = timedelta(hours=self.settings.catch_up_grace_hours)
+            if due is None or now - due > grace:
+                log.warning("send job for subscriber %d fired with no send time due", subscriber_id)
+                return
+            slot = slot_of(schedule, due)
+        self.app.plan_slots({subscriber_id: slot}, now)
         self._deliver(now)
 
     def catch_up(self) -> None:

@@ -171,6 +171,9 @@ class IssueState(enum.StrEnum):
     SENDING = "sending"
     SENT = "sent"
     FAILED = "failed"
+    # The server took the whole message but its reply to the end of DATA never came: it may
+    # or may not have been delivered. Never re-sent unless the operator retries it.
+    UNKNOWN = "unknown"
 
 
 @dataclass(frozen=True)

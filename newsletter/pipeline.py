@@ -20,7 +20,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from newsletter.deliver import Envelope, Mailer, MailerUnavailable
+from newsletter.deliver import Envelope, Mailer, MailerUnavailable, OutcomeUnknown
 from newsletter.domain import (
     IssueContent,
     IssueRecord,
@@ -154,9 +154,11 @@ def plan_issues(
 
 @dataclass
 class Delivery:
-    """What :func:`deliver_pending` did: the issues sent, and why it stopped early, if it did."""
+    """What :func:`deliver_pending` did: the issues sent, those that failed for good or whose
+    outcome is unknown in this pass, and why it stopped early, if it did."""
 
     delivered: list[dict[str, object]] = field(default_factory=list)
+    failed: list[dict[str, object]] = field(default_factory=list)
     stopped: str = ""
 
 
@@ -206,14 +208,24 @@ def deliver_pending(
         if issue.next_retry_at and issue.next_retry_at > now:
             continue
         try:
-            where = _deliver_one(store, renderer, mailer, site, issue, sub, now)
+            outcome = _deliver_one(store, renderer, mailer, site, issue, sub, now)
         except MailerUnavailable as exc:
             left = len(pending) - position
             log.error("%s; delivery stopped, %d issue(s) left pending for the next run", exc, left)
             result.stopped = str(exc)
             break
-        if where is None:
+        if isinstance(outcome, _NotSent):
+            if outcome.state in (IssueState.FAILED, IssueState.UNKNOWN):
+                result.failed.append(
+                    {
+                        "email": sub.email,
+                        "slot": issue.slot_date.isoformat(),
+                        "state": outcome.state.value,
+                        "reason": outcome.reason,
+                    }
+                )
             continue
+        where = outcome
         n = len(issue.paper_ids)
         log.info("sent issue %d to %s (%d papers): %s", issue.id, sub.email, n, where)
         result.delivered.append(
@@ -224,6 +236,15 @@ def deliver_pending(
     return result
 
 
+@dataclass(frozen=True)
+class _NotSent:
+    """Why an issue did not go out now: ``state`` is where it was left (None: another run
+    had it), ``reason`` the error."""
+
+    state: IssueState | None
+    reason: str = ""
+
+
 def _deliver_one(
     store: Store,
     renderer: EmailRenderer,
@@ -232,13 +253,16 @@ def _deliver_one(
     issue: IssueRecord,
     sub: Subscriber,
     now: datetime,
-) -> str | None:
-    """Render (if needed), claim and send one issue; None when it was not sent now.
+) -> str | _NotSent:
+    """Render (if needed), claim and send one issue; where it went, or why it did not.
 
     Raises :class:`MailerUnavailable` after handing the claimed issue back (``rendered``, its
     attempt not counted): an outage says nothing about this issue, and counting it would fail
-    whichever issues happened to be first in line after a few outages.
+    whichever issues happened to be first in line after a few outages. A rendering failure
+    counts an attempt like a failed send, so an issue that cannot be rendered ends failed.
+    A send whose final reply never came (:class:`OutcomeUnknown`) is not retried.
     """
+    claimed = False
     try:
         if issue.state is IssueState.PLANNED:
             rendered = renderer.render(issue_content(store, issue, sub))
@@ -249,9 +273,10 @@ def _deliver_one(
                 message=rendered.message,
                 message_id=rendered.message_id,
             ):
-                return None  # another run got there first
+                return _NotSent(None)  # another run got there first
         if not store.claim_for_sending(issue):
-            return None
+            return _NotSent(None)
+        claimed = True
         message = store.rendered_message(issue.id)
         assert message is not None
         envelope = Envelope(
@@ -262,20 +287,32 @@ def _deliver_one(
         )
         where = mailer.send(envelope, message)
     except MailerUnavailable as exc:
-        store.release_claim(issue.id, reply=f"not sent yet: {exc}")
+        if claimed:
+            store.release_claim(issue.id, reply=f"not sent yet: {exc}")
         raise
+    except OutcomeUnknown as exc:
+        store.mark_unknown(issue.id, reply=str(exc))
+        log.error(
+            "issue %d for %s: %s; not re-sent unless retried (`newsletter retry`)",
+            issue.id,
+            sub.email,
+            exc,
+        )
+        return _NotSent(IssueState.UNKNOWN, str(exc))
     except Exception as exc:  # noqa: BLE001 - one bad issue must never stop the others
         attempts = issue.attempts + 1
         permanent = isinstance(exc, DeliveryError) and exc.permanent
         retry = not permanent and attempts < MAX_ATTEMPTS
         retry_at = now + RETRY_BASE * 2 ** (attempts - 1) if retry else None
         reason = str(exc) if isinstance(exc, NewsletterError) else f"{type(exc).__name__}: {exc}"
-        store.mark_failed(issue.id, reply=reason, next_retry_at=retry_at)
+        store.mark_failed(
+            issue.id, reply=reason, next_retry_at=retry_at, count_attempt=not claimed
+        )
         if retry_at:
             log.warning("issue %d for %s: %s; retry at %s", issue.id, sub.email, reason, retry_at)
-        else:
-            log.error("issue %d for %s failed: %s", issue.id, sub.email, reason)
-        return None
+            return _NotSent(IssueState.PLANNED, reason)
+        log.error("issue %d for %s failed: %s", issue.id, sub.email, reason)
+        return _NotSent(IssueState.FAILED, reason)
     store.mark_sent(issue.id, sent_at=now, reply=where)
     return where
 

@@ -33,12 +33,26 @@ class RunSummary:
     issues_empty: int = 0
     issues_failed: int = 0
     issues_pending: int = 0
+    issues_unknown: int = 0  # sent, but the server's final reply never came: see `status`
     delivery_stopped: str = ""  # why delivery stopped early (mail server unavailable), if it did
+    # Issues that failed for good, or whose outcome is unknown, in this run.
+    failed_now: list[dict[str, object]] = field(default_factory=list)
     quarantined: list[str] = field(default_factory=list)
     delivered: list[dict[str, object]] = field(default_factory=list)
     outbox_dir: str = ""
     feeds_dir: str = ""
     feeds_written: int = 0
+
+    @property
+    def exit_status(self) -> int:
+        """For cron and systemd timers: 0 when everything due went out (or nothing was
+        due); 1 when an issue failed for good (or its outcome is unknown) in this run;
+        75 (EX_TEMPFAIL) when delivery stopped early or issues wait for a retry."""
+        if self.failed_now:
+            return 1
+        if self.delivery_stopped or self.issues_pending:
+            return 75
+        return 0
 
     def count_files(self, reports: Sequence[FileReport]) -> None:
         for report in reports:
@@ -96,6 +110,7 @@ class StatusReport:
     quarantined: tuple[QuarantinedFile, ...]
     pending: tuple[PendingIssue, ...]
     failed: tuple[FailedIssue, ...]
+    unknown: tuple[FailedIssue, ...]  # sent, final reply never came: retry them or not
     subscribers: tuple[SubscriberLine, ...]
 
 
@@ -103,7 +118,7 @@ def build_status(store: Store, now: datetime) -> StatusReport:
     subscribers = store.subscribers_by_id()
     digests = store.list_digests()
     quarantined = [d for d in digests if d.state == DigestState.QUARANTINED]
-    open_issues = store.issues(states=(*PENDING_STATES, IssueState.FAILED))
+    open_issues = store.issues(states=(*PENDING_STATES, IssueState.FAILED, IssueState.UNKNOWN))
     last_sent = store.last_sent_issues()
 
     def email(subscriber_id: int) -> str:
@@ -130,6 +145,11 @@ def build_status(store: Store, now: datetime) -> StatusReport:
             FailedIssue(email(i.subscriber_id), i.slot_date, i.attempts, i.last_reply)
             for i in open_issues
             if i.state is IssueState.FAILED
+        ),
+        unknown=tuple(
+            FailedIssue(email(i.subscriber_id), i.slot_date, i.attempts, i.last_reply)
+            for i in open_issues
+            if i.state is IssueState.UNKNOWN
         ),
         subscribers=tuple(
             SubscriberLine(

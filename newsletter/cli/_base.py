@@ -116,7 +116,11 @@ def main() -> None:
     """
     state = Context()
     try:
-        cli.main(standalone_mode=False, obj=state)
+        # Without standalone mode click returns (not raises) the code of ctx.exit(code) or
+        # click.exceptions.Exit: `run --once` asks for 75 or 1 that way.
+        code = cli.main(standalone_mode=False, obj=state)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:

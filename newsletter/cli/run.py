@@ -36,6 +36,9 @@ def run(ctx: Context, once: bool, as_json: bool, now_text: str | None) -> None:
 
     With --once: one pass in which every active subscriber's current slot (their local date)
     is due, whatever their send time; a slot that already has an issue is never sent again.
+    Exit status: 0 when everything due went out (or nothing was due); 75 when delivery
+    stopped (mail server down, another run delivering) or issues wait for a retry; 1 when an
+    issue failed for good (or its outcome is unknown) in this run.
 
     \b
     Example:
@@ -53,7 +56,7 @@ def run(ctx: Context, once: bool, as_json: bool, now_text: str | None) -> None:
         summary = app.run_once(parse_now(now_text), progress=progress_printer(as_json))
     if as_json:
         emit(asdict(summary))
-        return
+        raise click.exceptions.Exit(summary.exit_status)
     click.echo(
         f"files: {summary.files_ingested} ingested, {summary.files_unchanged} unchanged, "
         f"{summary.files_quarantined} quarantined; papers: {summary.papers_new} new, "
@@ -70,16 +73,26 @@ def run(ctx: Context, once: bool, as_json: bool, now_text: str | None) -> None:
     )
     if summary.issues_delivered:
         click.echo(f"issues: {summary.issues_delivered} delivered to {where}")
-    else:
+    elif summary.exit_status == 0:
         click.echo("issues: none delivered (nothing new for anyone, or already sent this slot)")
+    else:
+        click.echo("issues: none delivered")
     if summary.delivery_stopped:
         click.echo(
             f"  delivery stopped: {summary.delivery_stopped}; {summary.issues_pending} issue(s) "
             "pending, sent on the next run"
         )
+    for failed in summary.failed_now:
+        click.echo(f"  {failed['state']}: {failed['email']} {failed['slot']}: {failed['reason']}")
     if summary.issues_failed:
         click.echo(f"  {summary.issues_failed} failed issue(s): see `newsletter status`")
+    if summary.issues_unknown:
+        click.echo(
+            f"  {summary.issues_unknown} issue(s) with unknown outcome: see `newsletter status`"
+        )
     click.echo(f"feeds: {summary.feeds_dir} ({summary.feeds_written} file(s) changed)")
+    if summary.exit_status:
+        raise click.exceptions.Exit(summary.exit_status)
 
 
 # ---------------------------------------------------------------------- ingest

@@ -52,6 +52,13 @@ def status(ctx: Context, as_json: bool) -> None:
         click.echo(line)
     for f in report.failed:
         click.echo(f"  failed: {f.email} {f.slot} after {f.attempts} attempt(s): {f.reason}")
+    if report.unknown:
+        click.echo(
+            f"outcome unknown (sent, no final reply; `newsletter retry` re-sends): "
+            f"{len(report.unknown)}"
+        )
+    for u in report.unknown:
+        click.echo(f"  unknown: {u.email} {u.slot}: {u.reason}")
     click.echo("subscribers:")
     for s in report.subscribers:
         click.echo(

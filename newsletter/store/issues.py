@@ -38,6 +38,7 @@ class IssuePlan:
 class IssueCounts:
     pending: int
     failed: int
+    unknown: int = 0
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class IssueQueries(StoreBase):
     # ------------------------------------------------------------------ issues
 
     def sent_paper_ids(self, subscriber_id: int) -> set[int]:
-        with self._session() as s:
+        with self._read() as s:
             return set(
                 s.scalars(
                     select(SentLogRow.paper_id).where(SentLogRow.subscriber_id == subscriber_id)
@@ -87,7 +88,7 @@ class IssueQueries(StoreBase):
             )
         if len(wanted) <= BATCH:
             query = query.where(IssueRow.subscriber_id.in_(sorted(wanted)))
-        with self._session() as s:
+        with self._read() as s:
             for subscriber_id, paper_id in s.execute(query):
                 if subscriber_id in found:
                     found[subscriber_id].add(paper_id)
@@ -102,7 +103,7 @@ class IssueQueries(StoreBase):
         wanted = set(slots)
         ids = {subscriber_id for subscriber_id, _ in wanted}
         found: set[tuple[int, date]] = set()
-        with self._session() as s:
+        with self._read() as s:
             for dates in chunks(sorted({slot for _, slot in wanted}), BATCH):
                 query = select(IssueRow.subscriber_id, IssueRow.slot_date).where(
                     IssueRow.slot_date.in_(dates)
@@ -113,7 +114,7 @@ class IssueQueries(StoreBase):
         return found
 
     def issue(self, subscriber_id: int, slot_date: date) -> IssueRecord | None:
-        with self._session() as s:
+        with self._read() as s:
             row = s.scalar(
                 select(IssueRow)
                 .options(defer(IssueRow.html), defer(IssueRow.message))
@@ -124,7 +125,7 @@ class IssueQueries(StoreBase):
     def issues(self, *, states: Sequence[IssueState] | None = None) -> list[IssueRecord]:
         """Issues in id order (all, or those in ``states``), without their stored message:
         two queries whatever their number."""
-        with self._session() as s:
+        with self._read() as s:
             query = (
                 select(IssueRow)
                 .options(defer(IssueRow.html), defer(IssueRow.message))
@@ -137,7 +138,7 @@ class IssueQueries(StoreBase):
     def issue_html(self, subscriber_id: int, slot_date: date) -> str | None:
         """The HTML of a delivered issue as it was emailed; None unless that slot's issue
         was sent."""
-        with self._session() as s:
+        with self._read() as s:
             return s.scalar(
                 select(IssueRow.html).where(
                     IssueRow.subscriber_id == subscriber_id,
@@ -148,13 +149,14 @@ class IssueQueries(StoreBase):
 
     def issue_state_counts(self) -> IssueCounts:
         """How many issues are pending and failed: one grouped query."""
-        with self._session() as s:
+        with self._read() as s:
             counts = dict(
                 s.execute(select(IssueRow.state, func.count()).group_by(IssueRow.state)).all()
             )
         return IssueCounts(
             pending=sum(int(counts.get(st.value, 0)) for st in PENDING_STATES),
             failed=int(counts.get(IssueState.FAILED.value, 0)),
+            unknown=int(counts.get(IssueState.UNKNOWN.value, 0)),
         )
 
     def last_sent_issues(self) -> dict[int, LastSent]:
@@ -172,7 +174,7 @@ class IssueQueries(StoreBase):
             (latest.c.subscriber_id == IssueRow.subscriber_id)
             & (latest.c.slot_date == IssueRow.slot_date),
         )
-        with self._session() as s:
+        with self._read() as s:
             return {
                 sid: LastSent(slot, sent_at, reply)
                 for sid, slot, sent_at, reply in s.execute(query)
@@ -234,7 +236,7 @@ class IssueQueries(StoreBase):
         return self.issue(subscriber_id, slot_date)
 
     def issue_papers(self, issue_id: int) -> list[ScoredPaper]:
-        with self._session() as s:
+        with self._read() as s:
             found = s.execute(
                 select(IssuePaperRow, PaperRow)
                 .join(PaperRow, PaperRow.id == IssuePaperRow.paper_id)
@@ -265,7 +267,7 @@ class IssueQueries(StoreBase):
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
     def rendered_message(self, issue_id: int) -> bytes | None:
-        with self._session() as s:
+        with self._read() as s:
             return s.scalar(select(IssueRow.message).where(IssueRow.id == issue_id))
 
     def claim_for_sending(self, issue: IssueRecord) -> bool:
@@ -314,13 +316,22 @@ class IssueQueries(StoreBase):
                 )
 
     def mark_failed(
-        self, issue_id: int, *, reply: str, next_retry_at: datetime | None = None
+        self,
+        issue_id: int,
+        *,
+        reply: str,
+        next_retry_at: datetime | None = None,
+        count_attempt: bool = False,
     ) -> None:
         """Record a failure. With ``next_retry_at`` the issue stays due (planned if it was
-        never rendered, else rendered) and is retried then; without, it is failed for good."""
+        never rendered, else rendered) and is retried then; without, it is failed for good.
+        ``count_attempt``: the failure came before the claim (rendering), which counts the
+        attempt otherwise, so an issue that cannot be rendered ends failed too."""
         with self._session() as s:
             row = s.get(IssueRow, issue_id)
             assert row is not None
+            if count_attempt:
+                row.attempts += 1
             row.last_reply = reply
             row.next_retry_at = next_retry_at
             if next_retry_at is None:
@@ -329,6 +340,16 @@ class IssueQueries(StoreBase):
                 row.state = (
                     IssueState.PLANNED if row.message is None else IssueState.RENDERED
                 ).value
+
+    def mark_unknown(self, issue_id: int, *, reply: str) -> None:
+        """The message went out but its final reply never came: ``unknown``, not re-sent
+        unless the operator retries it (``newsletter retry``), since it may have arrived."""
+        with self._session() as s:
+            s.execute(
+                update(IssueRow)
+                .where(IssueRow.id == issue_id)
+                .values(state=IssueState.UNKNOWN.value, last_reply=reply, next_retry_at=None)
+            )
 
     def release_claim(self, issue_id: int, *, reply: str) -> bool:
         """Hand back an issue we claimed but could not even try to send (mail server down).
@@ -353,7 +374,8 @@ class IssueQueries(StoreBase):
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
     def requeue_failed(self, email: str | None = None) -> list[tuple[str, date]]:
-        """Put failed issues of active subscribers back in line: ``newsletter retry``.
+        """Put failed issues (and those whose outcome is unknown) of active subscribers back
+        in line: ``newsletter retry``.
 
         Each goes back to ``rendered`` (or ``planned`` if it never was), attempts reset and no
         retry delay, so the next run sends it. ``last_reply`` is kept until that try replaces
@@ -365,7 +387,7 @@ class IssueQueries(StoreBase):
                 select(IssueRow, SubscriberRow.email)
                 .join(SubscriberRow, SubscriberRow.id == IssueRow.subscriber_id)
                 .where(
-                    IssueRow.state == IssueState.FAILED.value,
+                    IssueRow.state.in_([IssueState.FAILED.value, IssueState.UNKNOWN.value]),
                     SubscriberRow.status == SubscriberStatus.ACTIVE.value,
                 )
                 .order_by(IssueRow.id)
@@ -384,7 +406,7 @@ class IssueQueries(StoreBase):
 
     def sent_log(self) -> list[tuple[int, int, int]]:
         """Every (subscriber id, paper id, issue id) of the sent log: audits and tests."""
-        with self._session() as s:
+        with self._read() as s:
             found = s.execute(
                 select(SentLogRow.subscriber_id, SentLogRow.paper_id, SentLogRow.issue_id).order_by(
                     SentLogRow.subscriber_id, SentLogRow.paper_id
@@ -394,7 +416,7 @@ class IssueQueries(StoreBase):
 
     def subscriber_feed_items(self, subscriber_id: int) -> list[FeedItem]:
         """The papers of this subscriber's sent issues, dated when the issue was sent."""
-        with self._session() as s:
+        with self._read() as s:
             found = s.execute(
                 select(IssuePaperRow, PaperRow, IssueRow.sent_at)
                 .join(IssueRow, IssueRow.id == IssuePaperRow.issue_id)

@@ -1,4 +1,10 @@
-"""One daemon per database.
+"""Locks on a database that die with their holder: one daemon, one sender at a time.
+
+:class:`DaemonLock` keeps a second daemon off a database for the daemon's lifetime;
+:class:`SendLock` is taken around each delivery pass (a daemon's job or a ``run --once``), so
+two senders never work through the pending issues at once: an issue found ``sending`` by the
+holder of the send lock was left by a sender that is gone (the lock died with it), and sending
+it again, with the same Message-ID, is the crash recovery. Both work the same way:
 
 * SQLite: an exclusive ``flock`` on ``<database>.lock`` beside the database file. The kernel
   drops it when the process dies, even by SIGKILL, so a crash never leaves a stale lock; the
@@ -26,7 +32,7 @@ from newsletter.errors import NewsletterError
 
 
 class AlreadyRunning(NewsletterError):
-    """Another daemon holds this database."""
+    """Another daemon (or, for :class:`SendLock`, another sender) holds this database."""
 
 
 def _owner() -> dict[str, Any]:
@@ -37,14 +43,17 @@ def _owner() -> dict[str, Any]:
     }
 
 
-# A fixed 64-bit key: the same for every daemon of this program on any database.
-_KEY = int.from_bytes(hashlib.sha256(b"newsletter daemon").digest()[:8], "big", signed=True)
-
-
 class DaemonLock:
     """Acquire with :meth:`acquire` (raises AlreadyRunning), release with :meth:`release`."""
 
+    #: What holds the lock: names the lock file suffix, the advisory key and the messages.
+    ROLE = "daemon"
+    SUFFIX = ".lock"
+
     def __init__(self, engine: Any) -> None:
+        # A fixed 64-bit key per role: the same for every process of this program.
+        digest = hashlib.sha256(f"newsletter {self.ROLE}".encode()).digest()
+        self._key = int.from_bytes(digest[:8], "big", signed=True)
         self.engine = engine
         self._fd: int | None = None
         self._conn: Connection | None = None
@@ -63,7 +72,7 @@ class DaemonLock:
             os.close(self._fd)
             self._fd = None
         if self._conn is not None:
-            self._conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _KEY})
+            self._conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self._key})
             self._conn.commit()
             self._conn.close()
             self._conn = None
@@ -74,7 +83,7 @@ class DaemonLock:
         database = make_url(self.engine.url).database
         if not database or database == ":memory:":
             return  # nothing on disk to share: nobody else can open this database
-        self.path = Path(database).resolve().with_name(Path(database).name + ".lock")
+        self.path = Path(database).resolve().with_name(Path(database).name + self.SUFFIX)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -82,7 +91,7 @@ class DaemonLock:
             holder = os.read(fd, 4096).decode("utf-8", "replace")
             os.close(fd)
             raise AlreadyRunning(
-                f"another newsletter daemon is running on {database}: {_describe(holder)} "
+                f"another newsletter {self.ROLE} is running on {database}: {_describe(holder)} "
                 f"(lock file {self.path}); stop it first, or use another database"
             ) from None
         os.ftruncate(fd, 0)
@@ -95,9 +104,9 @@ class DaemonLock:
     def _acquire_advisory(self) -> None:
         owner = _owner()
         conn = self.engine.connect()
-        label = f"newsletter daemon pid={owner['pid']} host={owner['host']}"
+        label = f"newsletter {self.ROLE} pid={owner['pid']} host={owner['host']}"
         conn.execute(text("SELECT set_config('application_name', :n, false)"), {"n": label})
-        got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _KEY}).scalar()
+        got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self._key}).scalar()
         conn.commit()
         if got:
             self._conn = conn
@@ -109,7 +118,7 @@ class DaemonLock:
                 "WHERE l.locktype = 'advisory' AND l.granted "
                 "AND l.classid = :hi AND l.objid = :lo"
             ),
-            {"hi": (_KEY >> 32) & 0xFFFFFFFF, "lo": _KEY & 0xFFFFFFFF},
+            {"hi": (self._key >> 32) & 0xFFFFFFFF, "lo": self._key & 0xFFFFFFFF},
         ).first()
         conn.close()
         who = (
@@ -119,7 +128,9 @@ class DaemonLock:
             else "unknown holder"
         )
         url = make_url(self.engine.url).render_as_string(hide_password=True)
-        raise AlreadyRunning(f"another newsletter daemon is running on {url}: {who}; stop it first")
+        raise AlreadyRunning(
+            f"another newsletter {self.ROLE} is running on {url}: {who}; stop it first"
+        )
 
 
 def _describe(holder: str) -> str:
@@ -128,3 +139,10 @@ def _describe(holder: str) -> str:
         return f"pid {info['pid']} on {info['host']}, started {info['started_at']}"
     except (ValueError, KeyError, TypeError):
         return "holder unknown"
+
+
+class SendLock(DaemonLock):
+    """Held by whoever is delivering pending issues on this database, for one pass."""
+
+    ROLE = "sender"
+    SUFFIX = ".send.lock"
