@@ -3,6 +3,9 @@
 Never a mock of smtplib: the code under test speaks SMTP over a TCP socket to this server.
 The handler records every accepted message, and can be told to refuse a recipient, answer
 DATA with 4xx replies a given number of times, or drop the connection instead of answering.
+:class:`Outage` also refuses EHLO/HELO or MAIL FROM while told to. :class:`ScriptedServer`
+is a small hand-written SMTP server on a plain socket for what aiosmtpd cannot do: go silent
+at a chosen step, or answer the end of DATA late.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
@@ -215,6 +218,187 @@ class SmtpServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@dataclass
+class Outage(Recorder):
+    """A :class:`Recorder` that, while the field is set, answers EHLO and HELO with
+    ``helo_reply`` or MAIL FROM with ``mail_reply`` (e.g. ``"421 4.3.2 Service not available"``);
+    set it back to None and the server is healthy again."""
+
+    helo_reply: str | None = None
+    mail_reply: str | None = None
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: Any
+    ) -> list[str]:
+        if self.helo_reply is not None:
+            return [self.helo_reply]
+        session.host_name = hostname  # the five-argument hook must set it (aiosmtpd 1.4)
+        return list(responses)
+
+    async def handle_HELO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str
+    ) -> str:
+        if self.helo_reply is not None:
+            return self.helo_reply
+        session.host_name = hostname
+        return f"250 {server.hostname}"
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: Any
+    ) -> str:
+        if self.mail_reply is not None:
+            return self.mail_reply
+        return await super().handle_MAIL(server, session, envelope, address, options)
+
+
+Step = Literal["greeting", "EHLO", "MAIL"]
+
+
+@dataclass(frozen=True)
+class Wire:
+    """One message as :class:`ScriptedServer` got it."""
+
+    sender: str
+    recipient: str
+    wire: bytes  # the bytes after the 354, up to and including the lone "."
+    data: bytes  # the message: dot-stuffing undone, the final "." line removed
+    session: int
+
+
+class ScriptedServer:
+    """A minimal SMTP server on 127.0.0.1 (plain sockets, a thread per connection).
+
+    ``stall_at`` makes it go silent at that step (before the greeting, on EHLO/HELO, on MAIL
+    FROM) while keeping the connection open until :meth:`stop`; ``data_reply_delay`` delays
+    the reply to the end of DATA by that many seconds (the message is recorded before the
+    wait). Both are read at each step, so a test can make the server healthy between runs.
+    """
+
+    def __init__(self, *, stall_at: Step | None = None, data_reply_delay: float = 0.0) -> None:
+        self.stall_at = stall_at
+        self.data_reply_delay = data_reply_delay
+        self.received: list[Wire] = []
+        self.connections = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._threads: list[threading.Thread] = []
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.bind((HOST, 0))
+        self._listener.listen(16)
+        self._listener.settimeout(0.1)  # the accept loop notices stop() within this
+        self.port = int(self._listener.getsockname()[1])
+
+    def start(self) -> ScriptedServer:
+        self._spawn(self._accept_loop)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._lock:
+            sockets = list(self._sockets)
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for thread in list(self._threads):
+            thread.join(5)
+        self._listener.close()
+
+    def __enter__(self) -> ScriptedServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _spawn(self, target: Callable[..., None], *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _accept_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.settimeout(None)
+            with self._lock:
+                self._sockets.append(conn)
+                self.connections += 1
+                number = self.connections
+            self._spawn(self._serve, conn, number)
+
+    def _stalls(self, step: Step) -> bool:
+        if self.stall_at != step:
+            return False
+        self._stop.wait()  # silent, the connection open, until the test stops the server
+        return True
+
+    def _serve(self, conn: socket.socket, number: int) -> None:
+        reader = conn.makefile("rb")
+
+        def reply(line: str) -> None:
+            conn.sendall(line.encode("ascii") + b"\r\n")
+
+        try:
+            if self._stalls("greeting"):
+                return
+            reply("220 scripted.test ESMTP")
+            sender, recipients = "", list[str]()
+            while not self._stop.is_set():
+                line = reader.readline()
+                if not line:
+                    return
+                command = line.decode("ascii", "replace").strip()
+                verb, _, arg = command.partition(" ")
+                verb = verb.upper()
+                if verb in ("EHLO", "HELO"):
+                    if self._stalls("EHLO"):
+                        return
+                    reply("250 scripted.test")
+                elif verb == "MAIL":
+                    if self._stalls("MAIL"):
+                        return
+                    sender = arg.partition(":")[2].strip().strip("<>")
+                    recipients = []
+                    reply("250 2.1.0 Ok")
+                elif verb == "RCPT":
+                    recipients.append(arg.partition(":")[2].strip().strip("<>"))
+                    reply("250 2.1.5 Ok")
+                elif verb == "DATA":
+                    reply("354 End data with <CR><LF>.<CR><LF>")
+                    wire: list[bytes] = []
+                    while (chunk := reader.readline()) != b".\r\n":
+                        if not chunk:
+                            return
+                        wire.append(chunk)
+                    data = b"".join(c[1:] if c.startswith(b".") else c for c in wire)
+                    with self._lock:
+                        for rcpt in recipients:
+                            got = Wire(sender, rcpt, b"".join(wire) + b".\r\n", data, number)
+                            self.received.append(got)
+                        queued = len(self.received)
+                    if self.data_reply_delay and self._stop.wait(self.data_reply_delay):
+                        return
+                    reply(f"250 2.0.0 Ok: queued as {queued}")
+                elif verb in ("RSET", "NOOP"):
+                    reply("250 2.0.0 Ok")
+                elif verb == "QUIT":
+                    reply("221 2.0.0 Bye")
+                    return
+                else:
+                    reply("502 5.5.2 Error: command not recognized")
+        except OSError:
+            return  # the client went away (or stop() cut the connection)
+        finally:
+            reader.close()
+            conn.close()
 
 
 def smtp_settings(settings: Settings, port: int, **smtp: Any) -> Settings:

@@ -156,8 +156,8 @@ def test_slot_older_than_the_grace_is_skipped_and_logged(
     ]
     # Her next send time sends her next slot, once.
     clock.now = datetime(2026, 11, 23, 11, 45, tzinfo=UTC)  # 06:45 in New York
-    daemon.send(grace_id, scheduled=clock.now)
-    daemon.send(grace_id, scheduled=clock.now)
+    daemon.send(grace_id)
+    daemon.send(grace_id)
     assert recipients(mailer).count(GRACE) == 1
     assert [i for i in issues(daemon) if i[0] == grace_id] == [(grace_id, MONDAY, IssueState.SENT)]
 
@@ -258,4 +258,25 @@ def test_changed_send_time_moves_the_job(daemon: Daemon, caplog: pytest.LogCaptu
     assert messages(caplog) == [
         "next send to zoe@example.org at 2026-11-23 09:15 UTC",
         "subscriber refresh done: 4 send job(s)",
+    ]
+
+
+def test_a_send_job_firing_after_midnight_serves_the_day_it_was_scheduled_for(
+    daemon: Daemon, mailer: MemoryMailer, clock: FakeClock
+) -> None:
+    start_up(daemon)
+    owl = "owl@example.org"
+    daemon.app.add_subscriber(owl, {"profile": "diffusion", "send_at": "23:30", "timezone": "UTC"})
+    daemon.refresh_subscribers()
+    owl_id = ids(daemon)[owl]
+    clock.now = datetime(2026, 11, 24, 0, 20, tzinfo=UTC)  # the 23:30 job, 50 minutes late
+    daemon.send(owl_id)
+    assert [i for i in issues(daemon) if i[0] == owl_id] == [(owl_id, MONDAY, IssueState.SENT)]
+    assert recipients(mailer).count(owl) == 1
+    # Tuesday's own job, on time, still has Tuesday's slot to serve.
+    clock.now = datetime(2026, 11, 24, 23, 30, tzinfo=UTC)
+    daemon.send(owl_id)
+    assert [(i[1], i[2]) for i in issues(daemon) if i[0] == owl_id] == [
+        (MONDAY, IssueState.SENT),
+        (date(2026, 11, 24), IssueState.SENT),
     ]

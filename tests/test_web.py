@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import feedparser
+import httpx2
 import pytest
 from click.testing import CliRunner
 from markupsafe import escape
 from sqlalchemy import text
+from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from newsletter.config import Settings, load_settings
@@ -28,6 +30,7 @@ from newsletter.domain import Subscriber, SubscriberSource, SubscriberSpec, Subs
 from newsletter.feeds import build_feeds
 from newsletter.store import Store
 from newsletter.web import create_app
+from newsletter.web.context import WebContext
 from newsletter.web.security import ARCHIVE_CSP, PAGE_CSP, FormSigner
 from tests.conftest import NOW, ROOT
 from tests.factories import open_store, run_once
@@ -58,9 +61,27 @@ def mailer() -> MemoryMailer:
     return MemoryMailer()
 
 
+def web_context(app: object) -> WebContext:
+    assert isinstance(app, Starlette)
+    ctx = app.state.web
+    assert isinstance(ctx, WebContext)
+    return ctx
+
+
+class WebClient(TestClient):
+    """A TestClient that, after each request, waits until the app's background sender has
+    sent every confirmation email queued so far (the web never sends on the request thread),
+    so a test can look at the mailer right after a POST."""
+
+    def request(self, *args: Any, **kwargs: Any) -> httpx2.Response:
+        response = super().request(*args, **kwargs)
+        assert web_context(self.app).sender.wait_idle(30), "confirmation sender stuck"
+        return response
+
+
 def make_client(settings: Settings, mailer: MemoryMailer, clock: Clock) -> TestClient:
     app = create_app(settings, mailer=mailer, clock=clock, secret=SECRET)
-    return TestClient(app, base_url="http://testserver", follow_redirects=False)
+    return WebClient(app, base_url="http://testserver", follow_redirects=False)
 
 
 @pytest.fixture

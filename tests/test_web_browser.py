@@ -23,6 +23,7 @@ from newsletter.config import Settings, load_settings
 from newsletter.deliver import MemoryMailer
 from newsletter.domain import SubscriberStatus
 from newsletter.web import create_app
+from newsletter.web.sender import ConfirmationSender
 from tests.conftest import NOW, ROOT
 from tests.factories import CONFIG, open_store, run_once, workspace_env
 from tests.test_web import (
@@ -66,6 +67,7 @@ class Served:
     url: str
     settings: Settings
     mailer: MemoryMailer
+    sender: ConfirmationSender  # wait_idle() before reading the mailer
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +113,7 @@ def serve(settings: Settings, sock: socket.socket) -> Iterator[Served]:
         assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.02)
     try:
-        yield Served(settings.base_url, settings, mailer)
+        yield Served(settings.base_url, settings, mailer, app.state.web.sender)
     finally:
         server.should_exit = True
         thread.join(timeout=15)
@@ -156,6 +158,7 @@ def test_subscribe_confirm_edit_preferences_unsubscribe(site: Served, page: Page
     expect(page.locator("main")).to_contain_text("If hedy@example.org can be subscribed")
     assert status_of(site.settings, "hedy@example.org") is SubscriberStatus.PENDING
 
+    assert site.sender.wait_idle(30), "the confirmation email was not sent"
     (link,) = confirm_links(site.mailer)
     assert link.startswith(site.url + "/confirm/")
     page.goto(link)
