@@ -21,13 +21,12 @@ from __future__ import annotations
 import argparse
 import logging
 import smtplib
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+
+from sink import HOST, free_port, start_sink
 
 from newsletter.app import Newsletter
 from newsletter.config import Settings, load_settings
@@ -36,7 +35,6 @@ from newsletter.pipeline import issue_content
 from newsletter.smtp import SmtpMailer
 
 ROOT = Path(__file__).resolve().parent.parent
-HOST = "127.0.0.1"
 NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 DIGEST = """Daily Papers
 
@@ -56,31 +54,6 @@ We benchmark quantum annealing against classical heuristics on combinatorial pro
 """
 
 log = logging.getLogger("bench_smtp")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def _start_sink(port: int) -> subprocess.Popen[bytes]:
-    sink = subprocess.Popen(
-        [sys.executable, "-m", "aiosmtpd", "-n", "-l", f"{HOST}:{port}"]
-        + ["-c", "aiosmtpd.handlers.Sink"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((HOST, port), timeout=0.5) as probe:
-                probe.recv(100)  # the greeting: the server is serving
-            return sink
-        except OSError:
-            time.sleep(0.05)
-    sink.kill()
-    raise SystemExit(f"the aiosmtpd sink did not start on {HOST}:{port}")
 
 
 def _settings(folder: Path) -> Settings:
@@ -157,8 +130,8 @@ def main() -> None:
     parser.add_argument("--issues", type=int, default=500, help="issues to send (default 500)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    port = _free_port()
-    sink = _start_sink(port)
+    port = free_port()
+    sink = start_sink(port)
     try:
         with tempfile.TemporaryDirectory(prefix="bench_smtp_") as tmp:
             settings = _settings(Path(tmp))

@@ -15,6 +15,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from newsletter.config import Settings
 from newsletter.deliver import Envelope
 from newsletter.domain import (
     FeedItem,
@@ -24,9 +25,9 @@ from newsletter.domain import (
     SubscriberSpec,
     SubscriberStatus,
 )
-from newsletter.errors import DeliveryError, SubscriberError
+from newsletter.errors import DataRejected, DeliveryError, SubscriberError
 from newsletter.store import ConfirmationRequest, Store
-from newsletter.subscribers import Defaults, make_spec, read_csv, spec_entry
+from newsletter.subscribers import Defaults, lookup_email, make_spec, read_csv, spec_entry
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class ImportResult:
 class AccountUseCases:
     """Subscriber use cases; :class:`newsletter.app.Newsletter` provides the attributes."""
 
+    settings: Settings
     store: Store
     defaults: Defaults
     clock: Callable[[], datetime]
@@ -100,7 +102,9 @@ class AccountUseCases:
         """
         moment = self._now(now)
         entry: dict[str, Any] = {k: v for k, v in given.items() if v not in (None, "")}
-        existing = self.store.subscriber(email.strip().lower())
+        existing = self.store.subscriber(
+            lookup_email(email, allow_local=self.defaults.allow_local_domains)
+        )
         if existing is not None:
             entry = {**spec_entry(existing), **entry}
         elif not entry.get("profile"):
@@ -118,7 +122,7 @@ class AccountUseCases:
 
     def remove_subscriber(self, email: str, now: datetime | None = None) -> str:
         """Unsubscribe by address (history kept); returns the normalized address."""
-        address = email.strip().lower()
+        address = lookup_email(email, allow_local=self.defaults.allow_local_domains)
         if not self.store.set_subscriber_status(
             address, SubscriberStatus.UNSUBSCRIBED, self._now(now)
         ):
@@ -132,13 +136,18 @@ class AccountUseCases:
         result = read_csv(csv_file, self.defaults)
         moment = self._now(now)
         added = updated = 0
+        errors = list(result.errors)
         for spec in result.specs:
-            _sub, created = self.store.upsert_subscriber(
-                spec, source=SubscriberSource.CSV, now=moment
-            )
+            try:
+                _sub, created = self.store.upsert_subscriber(
+                    spec, source=SubscriberSource.CSV, now=moment
+                )
+            except DataRejected as exc:  # a value validation let through: skip this row only
+                errors.append(f"{csv_file}: {exc}")
+                continue
             added += created
             updated += not created
-        return ImportResult(added, updated, tuple(result.errors))
+        return ImportResult(added, updated, tuple(errors))
 
     def update_preferences(self, sub: Subscriber, spec: SubscriberSpec) -> Subscriber | None:
         """Store validated settings from the web (never the address or the status)."""
@@ -183,8 +192,14 @@ class AccountUseCases:
         self, spec: SubscriberSpec, compose: ComposeConfirmation, deliver: DeliverConfirmation
     ) -> ConfirmationRequest:
         """Double opt-in: record the request and hand a confirmation email to ``deliver``, at
-        most once per :data:`RESEND_AFTER`; an active address gets nothing (and the caller
-        shows the same page whatever happened, so the form reveals nobody).
+        most once per mailbox per :data:`RESEND_AFTER` (``+tag`` variants of an address are
+        one mailbox: :func:`~newsletter.subscribers.mailbox_key`), and at most
+        ``web.confirmations_per_hour`` in all; an active address gets nothing (and the caller
+        shows the same page whatever happened, so the form reveals nobody). When the cap is
+        reached the result's ``retry_after`` says when to try again (the web answers 429).
+
+        The cap is counted in the database, not in a web process's memory: the promise "at
+        most N confirmation emails an hour" must hold however many web processes run.
 
         Nothing is sent here: a web request must not wait for (or queue behind) an SMTP
         server. ``deliver`` takes the job and returns at once (the web's background sender
@@ -192,7 +207,12 @@ class AccountUseCases:
         the token is withdrawn now, as after a failed send, so that a new submission can send
         one at once instead of after :data:`RESEND_AFTER`."""
         now = self.clock()
-        request = self.store.request_confirmation(spec, now, resend_after=RESEND_AFTER)
+        request = self.store.request_confirmation(
+            spec,
+            now,
+            resend_after=RESEND_AFTER,
+            max_per_window=self.settings.web.confirmations_per_hour,
+        )
         if request.token is None or request.subscriber_id is None:
             log.info("subscribe: no confirmation sent (%s)", request.reason)
             return request
@@ -240,6 +260,20 @@ class AccountUseCases:
         if sub is not None:
             log.info("confirm: subscriber %s is active", sub.id)
         return sub
+
+    def delete_unconfirmed(self, now: datetime | None = None) -> int:
+        """Delete the web sign-ups never confirmed within ``web.unconfirmed_days`` of their
+        last request (``run --once`` and the daemon call this); returns how many.
+
+        A pending row is an address somebody typed into the form, maybe somebody else's:
+        keeping it forever would keep data its owner never agreed to give us."""
+        moment = self._now(now)
+        deleted = self.store.delete_unconfirmed(
+            moment - timedelta(days=self.settings.web.unconfirmed_days)
+        )
+        if deleted:
+            log.info("deleted %d unconfirmed subscriber(s)", deleted)
+        return deleted
 
     def unsubscribe(self, sub: Subscriber) -> bool:
         """Unsubscribe at once (a pending confirmation dies with it); False if already gone."""

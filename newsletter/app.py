@@ -33,8 +33,8 @@ from newsletter.domain import (
     SubscriberSource,
     SubscriberStatus,
 )
-from newsletter.errors import SubscriberError
-from newsletter.ingest import FileReport, InboxScanner, ingest_paths
+from newsletter.errors import DataRejected, SubscriberError
+from newsletter.ingest import FileReport, InboxScanner, inbox_problem, ingest_paths
 from newsletter.pipeline import (
     Delivery,
     PlanResult,
@@ -47,7 +47,7 @@ from newsletter.reports import RunSummary, StatusReport, build_status
 from newsletter.schedule import SendSchedule, due_slot, last_send_time, slot_of
 from newsletter.store import Store
 from newsletter.store.lock import AlreadyRunning, DaemonLock, SendLock
-from newsletter.subscribers import Defaults, load_config_file
+from newsletter.subscribers import Defaults, load_config_file, lookup_email
 
 if TYPE_CHECKING:
     from newsletter.rank import RankSettings
@@ -112,6 +112,7 @@ class Newsletter(AccountUseCases):
             timezone=settings.timezone,
             max_papers=settings.ranking.default_max_papers,
             min_score=settings.ranking.default_min_score,
+            allow_local_domains=settings.mail.allow_local_domains,
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -198,12 +199,19 @@ class Newsletter(AccountUseCases):
         if path is None or not path.exists():
             return SyncResult(0, ())
         result = load_config_file(path, self.defaults)
-        for error in result.errors:
-            log.error("skipped subscriber: %s", error)
+        errors = list(result.errors)
         moment = self._now(now)
+        synced = 0
         for spec in result.specs:
-            self.store.upsert_subscriber(spec, source=SubscriberSource.CONFIG, now=moment)
-        return SyncResult(len(result.specs), tuple(result.errors))
+            try:
+                self.store.upsert_subscriber(spec, source=SubscriberSource.CONFIG, now=moment)
+            except DataRejected as exc:  # a value validation let through: skip this entry only
+                errors.append(f"{path}: {exc}")
+                continue
+            synced += 1
+        for error in errors:
+            log.error("skipped subscriber: %s", error)
+        return SyncResult(synced, tuple(errors))
 
     def active_subscribers(self) -> dict[int, Subscriber]:
         return self.store.subscribers_by_id(status=SubscriberStatus.ACTIVE)
@@ -302,6 +310,9 @@ class Newsletter(AccountUseCases):
             outbox_dir=str(self.settings.outbox_dir.resolve()),
             feeds_dir=str(self.settings.feeds_dir.resolve()),
         )
+        problem = inbox_problem(self.settings.inbox)
+        if problem:  # the run goes on (subscribers, retries, feeds); the summary says it
+            summary.warnings.append(problem)
         reports = self.ingest(
             now=moment,
             scanner=InboxScanner(self.settings.inbox_settle_seconds),
@@ -310,6 +321,7 @@ class Newsletter(AccountUseCases):
         summary.count_files(reports)
         synced = self.sync_subscribers(moment)
         summary.subscribers_synced, summary.subscriber_errors = synced.synced, list(synced.errors)
+        self.delete_unconfirmed(moment)  # web sign-ups never confirmed (web.unconfirmed_days)
         summary.issues_empty = self.plan_current_slots(moment).empty
         delivery = self.deliver(moment, progress=progress)
         summary.delivered, summary.delivery_stopped = delivery.delivered, delivery.stopped
@@ -319,30 +331,39 @@ class Newsletter(AccountUseCases):
         summary.issues_failed = counts.failed
         summary.issues_pending = counts.pending
         summary.issues_unknown = counts.unknown
-        summary.feeds_written = self.write_feeds()
+        try:
+            summary.feeds_written = self.write_feeds()
+        except OSError as exc:  # a full or read-only disk: what was delivered stays delivered
+            summary.feeds_error = f"feeds not written to {summary.feeds_dir}: {exc}"
         summary.papers_total = self.store.count_papers()
         return summary
 
     # ------------------------------------------------------------------ operator
 
     def status(self, now: datetime | None = None) -> StatusReport:
-        """Papers, files, pending and failed issues, and each subscriber's last and next issue."""
-        return build_status(self.store, self._now(now))
+        """Papers, files, pending and failed issues, each subscriber's last and next issue, and
+        the configuration in use (settings file, database, folders, mailer)."""
+        return build_status(self.store, self._now(now), self.settings)
 
     def retry(self, email: str | None = None) -> list[tuple[str, date]]:
         """Put failed issues of active subscribers back in line; (email, slot) of each."""
-        if email is not None and self.store.subscriber(email) is None:
-            raise SubscriberError(
-                f"retry: no subscriber {email!r}: see `newsletter subscriber list --all`",
-                field="email",
-            )
-        return self.store.requeue_failed(email)
+        address = None
+        if email is not None:
+            address = lookup_email(email, allow_local=self.defaults.allow_local_domains)
+            if self.store.subscriber(address) is None:
+                raise SubscriberError(
+                    f"retry: no subscriber {email!r}: see `newsletter subscriber list --all`",
+                    field="email",
+                )
+        return self.store.requeue_failed(address)
 
     def preview(self, email: str, out_dir: Path, now: datetime | None = None) -> Path:
         """Render a subscriber's next issue to an HTML file; deliver and record nothing."""
         moment = self._now(now)
         self.sync_subscribers(moment)
-        sub = self.store.subscriber(email)
+        sub = self.store.subscriber(
+            lookup_email(email, allow_local=self.defaults.allow_local_domains)
+        )
         if sub is None:
             raise SubscriberError(
                 f"no subscriber {email!r}: see `newsletter subscriber list`, or add one",
@@ -394,14 +415,14 @@ def make_mailer(settings: Settings) -> Mailer:
 
 
 def file_progress(progress: Progress | None) -> Callable[[FileReport], None] | None:
-    """One progress line per file ingested, quarantined or still being written."""
+    """One progress line per file ingested, quarantined, skipped or still being written."""
     if progress is None:
         return None
 
     def report(r: FileReport) -> None:
         if r.status is IngestStatus.INGESTED:
             progress(f"ingested {r.path}: {r.entries} entries, {r.papers_new} new")
-        elif r.status in (IngestStatus.QUARANTINED, IngestStatus.WAITING):
+        elif r.status in (IngestStatus.QUARANTINED, IngestStatus.SKIPPED, IngestStatus.WAITING):
             progress(f"{r.status}: {r.reason}")
 
     return report

@@ -31,19 +31,24 @@ from pydantic import (
     PrivateAttr,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 
 from newsletter.domain import SiteInfo
 from newsletter.errors import ConfigError
+from newsletter.limits import http_url
 
 ENV_PREFIX = "NEWSLETTER_"
 DEFAULT_CONFIG = Path("config/newsletter.toml")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_DEFAULT_PAPER_URL = "https://arxiv.org/search/?query={title}&searchtype=title"
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: ``nan`` passes every ge/gt/le test (all comparisons are false) and
+    # ``inf`` passes ge/gt, so without it a rate, boost or minimum score could be either.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def header_safe(value: str, *, ascii_only: bool) -> str:
@@ -57,6 +62,9 @@ def header_safe(value: str, *, ascii_only: bool) -> str:
 
 
 class MailSettings(_Section):
+    # Accept addresses on a dotless domain (user@localhost) for local delivery; see
+    # subscribers.normalize_email. Declared first: the from_address check reads it.
+    allow_local_domains: bool = False
     from_address: str = "digest@papers.example.org"
     from_name: str = "Paper Digest"
     list_id: str = "daily.papers.example.org"
@@ -76,15 +84,21 @@ class MailSettings(_Section):
 
     @field_validator("from_address")
     @classmethod
-    def _address(cls, value: str) -> str:
+    def _address(cls, value: str, info: ValidationInfo) -> str:
+        """ASCII as given (it ends every Message-ID), and a valid address by the same rule as
+        the subscribers' (imported here: the subscribers module imports this one)."""
+        from newsletter.subscribers import normalize_email
+
         header_safe(value, ascii_only=True)
-        if (
-            "@" not in value
-            or value.startswith("@")
-            or value.endswith("@")
-            or any(c.isspace() for c in value)
-        ):
-            raise ValueError("must be an email address such as digest@example.org")
+        try:
+            normalize_email(value, allow_local=bool(info.data.get("allow_local_domains")))
+        except ValueError as exc:
+            detail = str(exc).removeprefix(f"invalid email address {value!r}: ")
+            raise ValueError(
+                f"must be an email address such as digest@example.org: {detail}"
+            ) from None
+        if value != value.strip():
+            raise ValueError("must not start or end with spaces")
         return value
 
 
@@ -118,6 +132,53 @@ class RankingSettings(_Section):
     default_min_score: float = Field(1.0, ge=0)
 
 
+def rate_limits(value: str) -> str:
+    """Check a list of rate limits such as ``10/minute; 30/hour`` (the syntax of the ``limits``
+    package, which enforces them; imported here only when such a setting is given). Empty
+    means no limit."""
+    if not value.strip():
+        return ""
+    from limits import parse_many
+
+    try:
+        parsed = parse_many(value)
+    except ValueError:
+        parsed = []
+    if not parsed or any(item.amount < 1 for item in parsed):
+        raise ValueError(
+            f"{value!r} is not a list of rate limits such as '10/minute; 30/hour' "
+            "(N per second, minute, hour or day, at least 1; empty for no limit)"
+        )
+    return value
+
+
+class WebSettings(_Section):
+    """``newsletter serve``: how much the subscribe form and confirmation links take.
+
+    The ``*_limit_*`` values are requests per client address (``per_client``) or for all
+    clients together (``total``), counted in each web process's memory; the cap on
+    confirmation emails is counted in the database, so it holds for all processes together.
+    """
+
+    subscribe_limit_per_client: str = "10/minute; 30/hour"
+    subscribe_limit_total: str = "60/minute; 600/hour"
+    confirm_limit_per_client: str = "30/minute"
+    confirm_limit_total: str = "300/minute"
+    confirmations_per_hour: int = Field(100, ge=1, le=1_000_000)
+    # A pending (never confirmed) subscriber is deleted this long after its last request.
+    unconfirmed_days: int = Field(7, ge=1, le=365)
+
+    @field_validator(
+        "subscribe_limit_per_client",
+        "subscribe_limit_total",
+        "confirm_limit_per_client",
+        "confirm_limit_total",
+    )
+    @classmethod
+    def _limits(cls, value: str) -> str:
+        return rate_limits(value)
+
+
 class Settings(_Section):
     """The whole configuration. See README "Configuration reference" for each key."""
 
@@ -133,7 +194,7 @@ class Settings(_Section):
     base_url: str = "http://127.0.0.1:8080"
     timezone: str = "UTC"
     candidate_window_days: int = Field(7, ge=1, le=365)
-    paper_url_template: str = "https://arxiv.org/search/?query={title}&searchtype=title"
+    paper_url_template: str = _DEFAULT_PAPER_URL
     max_digest_bytes: int = Field(50 * 1024 * 1024, ge=1)
     inbox_settle_seconds: float = Field(1.0, ge=0, le=300)
     scan_interval_seconds: int = Field(60, ge=1, le=86400)
@@ -147,10 +208,19 @@ class Settings(_Section):
     mail: MailSettings = MailSettings()
     smtp: SmtpSettings = SmtpSettings()
     ranking: RankingSettings = RankingSettings()
+    web: WebSettings = WebSettings()
     # From NEWSLETTER_SMTP_PASSWORD only (see load_settings); SecretStr keeps it out of reprs.
     _smtp_password: SecretStr | None = PrivateAttr(default=None)
     # From NEWSLETTER_SECRET_KEY only: signs the web's forms, shared by every web worker.
     _secret_key: SecretStr | None = PrivateAttr(default=None)
+    # The settings file read (absolute), or None when none was found: built-in defaults.
+    _config_file: Path | None = PrivateAttr(default=None)
+
+    @property
+    def config_file(self) -> Path | None:
+        """The settings file these settings were read from, or None (defaults and the
+        environment only): what ``newsletter status`` shows as the configuration in use."""
+        return self._config_file
 
     @property
     def smtp_password(self) -> str | None:
@@ -200,6 +270,8 @@ class Settings(_Section):
     def _template(cls, value: str) -> str:
         if "{title}" not in value:
             raise ValueError("must contain {title}, replaced by the URL-quoted paper title")
+        if http_url(value.replace("{title}", "title")) is None:
+            raise ValueError("must be an http(s) URL with a host, e.g. " + _DEFAULT_PAPER_URL)
         return value
 
     @property
@@ -217,7 +289,7 @@ class Settings(_Section):
 def check_timezone(value: str) -> ZoneInfo:
     try:
         return ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long for a path
         raise ValueError(
             f"unknown timezone {value!r}: use an IANA name such as Europe/Berlin or UTC"
         ) from None
@@ -227,6 +299,9 @@ def check_timezone(value: str) -> ZoneInfo:
 OTHER_ENV = frozenset({"CONFIG", "TEST_POSTGRES_URL", "SECRET_KEY", "SMTP_PASSWORD"})
 PASSWORD_ENV = ENV_PREFIX + "SMTP_PASSWORD"
 SECRET_KEY_ENV = ENV_PREFIX + "SECRET_KEY"
+#: The shortest NEWSLETTER_SECRET_KEY (in UTF-8 bytes): a shorter key could be guessed, and
+#: anyone who guesses it can forge the web's signed forms.
+MIN_SECRET_KEY_BYTES = 16
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -240,6 +315,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         "mail": MailSettings,
         "smtp": SmtpSettings,
         "ranking": RankingSettings,
+        "web": WebSettings,
     }
     for var, value in environ.items():
         if not var.startswith(ENV_PREFIX) or var[len(ENV_PREFIX) :] in OTHER_ENV:
@@ -280,6 +356,8 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
             data = tomllib.loads(config_path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{config_path}: not valid TOML: {exc}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {config_path} cannot be read: {exc}") from None
     elif explicit:
         raise ConfigError(
             f"config file {config_path} does not exist: fix NEWSLETTER_CONFIG or --config"
@@ -308,6 +386,8 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
                 msg = err["msg"].removeprefix("Value error, ")
                 problems.append(f"bad value for {key!r} in {source}: {msg}")
         raise ConfigError("; ".join(problems)) from None
+    if config_path.exists():
+        settings._config_file = config_path.resolve()
     return _with_smtp_secret(settings, environ, config_path, env)
 
 
@@ -336,6 +416,13 @@ def _with_smtp_secret(
         settings._smtp_password = SecretStr(password)
     secret_key = environ.get(SECRET_KEY_ENV)
     if secret_key:
+        size = len(secret_key.encode("utf-8", "surrogateescape"))
+        if size < MIN_SECRET_KEY_BYTES:
+            raise ConfigError(
+                f"{SECRET_KEY_ENV} is {size} bytes long; it must be at least "
+                f"{MIN_SECRET_KEY_BYTES}: set it to a long random string, e.g. the output of "
+                "`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+            )
         settings._secret_key = SecretStr(secret_key)
     return settings
 

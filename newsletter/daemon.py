@@ -6,7 +6,8 @@ pickled job store: a renamed function would silently delete pickled jobs):
 * ``inbox``: every ``scan_interval_seconds``, ingest the files that are stable since the last
   scan, then deliver issues whose retry time has come;
 * ``subscribers``: every ``subscriber_refresh_seconds`` (and on SIGHUP), sync the subscribers
-  file and add, move or remove send jobs to match the database;
+  file, delete web sign-ups unconfirmed for ``web.unconfirmed_days``, and add, move or remove
+  send jobs to match the database;
 * ``send-<id>``: at each subscriber's local send time (:mod:`newsletter.schedule`), plan the
   slot's issue and deliver.
 
@@ -34,8 +35,10 @@ from newsletter.app import Clock, Newsletter, utc_now
 from newsletter.config import Settings
 from newsletter.deliver import Mailer
 from newsletter.domain import IngestStatus, Subscriber
-from newsletter.ingest import InboxScanner
+from newsletter.errors import ConfigError
+from newsletter.ingest import InboxScanner, inbox_problem
 from newsletter.schedule import SendSchedule, SendTimeTrigger, last_send_time, slot_of
+from newsletter.store.engine import display_url
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +81,7 @@ class Daemon:
         self._schedules: dict[int, SendSchedule] = {}
         self._signatures: dict[int, tuple[object, ...]] = {}
         self._app: Newsletter | None = None
+        self._inbox_problem: str | None = None  # logged once when it appears, once when fixed
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -97,7 +101,12 @@ class Daemon:
             self._app = None
 
     def run(self) -> None:
-        """Run until SIGTERM/SIGINT. Raises AlreadyRunning if another daemon has the database."""
+        """Run until SIGTERM/SIGINT. Raises AlreadyRunning if another daemon has the database,
+        and ConfigError if the inbox is missing or unreadable: a daemon that watches nothing
+        would otherwise run for months looking like a quiet inbox."""
+        problem = inbox_problem(self.settings.inbox)
+        if problem:
+            raise ConfigError(f"the daemon cannot start: {problem}")
         with self:
             lock = self.app.daemon_lock()
             watcher = threading.Thread(target=self._watch_signals, name="signals", daemon=True)
@@ -105,7 +114,12 @@ class Daemon:
                 lock.acquire()
                 self._install_signal_handlers()
                 watcher.start()
-                log.info("daemon started (pid lock %s)", lock.path or "advisory")
+                log.info(
+                    "daemon started (pid lock %s): database %s, inbox %s",
+                    lock.path or "advisory",
+                    display_url(self.settings.database_url),
+                    self.settings.inbox.resolve(),
+                )
                 self.refresh_subscribers()
                 self.scan_inbox(two_scans=True)  # papers first, so a catch-up issue has them
                 self.catch_up()
@@ -166,15 +180,34 @@ class Daemon:
     def scan_inbox(self, two_scans: bool = False) -> None:
         """Ingest stable files, refresh the feeds if anything came in, send due retries."""
         now = self.clock()
+        self._check_inbox()
         reports = self.app.ingest(now=now, scanner=self.scanner, two_scans=two_scans)
         if any(r.status is IngestStatus.INGESTED for r in reports):
-            self.app.write_feeds()
+            try:
+                self.app.write_feeds()
+            except OSError as exc:  # a full or read-only disk: the next scan tries again
+                log.error("feeds not written to %s: %s", self.settings.feeds_dir.resolve(), exc)
         self._deliver(now)
         log.debug("inbox scan done: %d file(s) looked at", len(reports))
 
+    def _check_inbox(self) -> None:
+        """Log when the inbox goes missing or unreadable while the daemon runs (a warning,
+        once), and when it is back: every scan in between would find nothing, silently."""
+        problem = inbox_problem(self.settings.inbox)
+        if problem == self._inbox_problem:
+            return
+        if problem:
+            log.warning("%s", problem)
+        else:
+            log.info("inbox %s can be read again", self.settings.inbox.resolve())
+        self._inbox_problem = problem
+
     def refresh_subscribers(self) -> None:
-        """Sync the subscribers file, then add, move or remove send jobs to match."""
-        self.app.sync_subscribers(self.clock())
+        """Sync the subscribers file, delete web sign-ups never confirmed in time, then add,
+        move or remove send jobs to match."""
+        now = self.clock()
+        self.app.sync_subscribers(now)
+        self.app.delete_unconfirmed(now)  # one DELETE; pending subscribers have no send job
         active = self.app.active_subscribers()
         for sub_id in set(self._signatures) - set(active):
             self.scheduler.remove_job(f"send-{sub_id}")

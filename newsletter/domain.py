@@ -8,10 +8,16 @@ lets a stage run alone from the CLI.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
+import logging
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
-from urllib.parse import quote_plus
+from urllib.parse import quote, quote_plus
+
+from newsletter.limits import http_url
+
+log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------- ingest
 
@@ -47,6 +53,7 @@ class IngestStatus(enum.StrEnum):
     INGESTED = "ingested"  # read, its papers stored
     QUARANTINED = "quarantined"  # unreadable: recorded with a reason, left on disk
     UNCHANGED = "unchanged"  # the same bytes were seen before: nothing to do
+    SKIPPED = "skipped"  # not a regular file (a link, FIFO, socket, device): never opened
     WAITING = "waiting"  # still being written: read at a later scan
 
 
@@ -176,6 +183,24 @@ class IssueState(enum.StrEnum):
     UNKNOWN = "unknown"
 
 
+@functools.lru_cache(maxsize=4096)
+def _digest_link(guid: str, url: str) -> str | None:
+    """:func:`http_url` of a stored paper URL, logging a dropped one once per paper and URL.
+
+    Cached because the same paper's link is built for every subscriber, feed and web page: a
+    bad URL gives one warning, not one per recipient.
+    """
+    checked = http_url(url)
+    if checked is None:
+        log.warning(
+            "paper %s: URL %.100r is not an http(s) link; linking to arXiv or the title search "
+            "instead",
+            guid,
+            url,
+        )
+    return checked
+
+
 @dataclass(frozen=True)
 class SiteInfo:
     """Who sends, and where the web side lives: everything links and headers are built from."""
@@ -188,11 +213,22 @@ class SiteInfo:
     paper_url_template: str  # used when a paper has no link of its own; "{title}" is replaced
 
     def paper_url(self, paper: Paper) -> str:
+        """The paper's link in emails, feeds and web pages.
+
+        The digest's own URL only when :func:`~newsletter.limits.http_url` allows it (a
+        ``javascript:`` or ``data:`` URL is dropped, logged once per paper and URL); else the
+        arXiv page, else the site's title search. The id and the title are percent-encoded, so
+        neither can change the URL's structure.
+        """
         if paper.url:
-            return paper.url
-        if paper.arxiv_id:
-            return f"https://arxiv.org/abs/{paper.arxiv_id}"
-        return self.paper_url_template.replace("{title}", quote_plus(paper.title))
+            url = _digest_link(paper.guid, paper.url)
+            if url is not None:
+                return url
+        arxiv_id = (paper.arxiv_id or "").strip()
+        if arxiv_id:
+            return f"https://arxiv.org/abs/{quote(arxiv_id, safe='/.', errors='replace')}"
+        title = quote_plus(paper.title, errors="replace")
+        return self.paper_url_template.replace("{title}", title)
 
     def unsubscribe_url(self, subscriber: Subscriber) -> str:
         return f"{self.base_url}/unsubscribe/{subscriber.token}"

@@ -25,6 +25,7 @@ from markupsafe import Markup
 from newsletter import __version__
 from newsletter.domain import FeedItem, SiteInfo, Subscriber
 from newsletter.errors import NewsletterError
+from newsletter.limits import http_url
 from newsletter.render import authors_label
 from newsletter.render_html import make_environment, sanitize_abstract
 
@@ -119,7 +120,11 @@ def build_feeds(
         fe.id(paper.guid)
         fe.guid(paper.guid, permalink=False)
         fe.title(_one_line(paper.title) or "(untitled)")
-        fe.link(href=site.paper_url(paper), rel="alternate")
+        # paper_url drops digest links that are not http(s) (javascript:, data:, relative);
+        # http_url here also covers the configured title-search template
+        link = http_url(site.paper_url(paper))
+        if link is not None:
+            fe.link(href=link, rel="alternate")
         when = _utc(item.when, paper.guid)
         fe.updated(when)
         fe.published(when)

@@ -90,7 +90,7 @@ def select_papers(
     requests, kept = [], []
     for sub in subscribers:
         try:
-            profile = parse_profile(sub.profile, who=f"subscriber {sub.email}")
+            profile = parse_profile(sub.profile, who=f"subscriber {sub.email}", strict=False)
         except ProfileError as exc:
             log.error("skipped %s: %s", sub.email, exc)
             continue
@@ -170,7 +170,7 @@ def issue_content(store: Store, issue: IssueRecord, sub: Subscriber) -> IssueCon
         subscriber=sub,
         slot_date=issue.slot_date,
         papers=tuple(store.issue_papers(issue.id)),
-        profile=parse_profile(sub.profile, who=f"subscriber {sub.email}"),
+        profile=parse_profile(sub.profile, who=f"subscriber {sub.email}", strict=False),
         created_at=issue.created_at,
     )
 
@@ -305,9 +305,7 @@ def _deliver_one(
         retry = not permanent and attempts < MAX_ATTEMPTS
         retry_at = now + RETRY_BASE * 2 ** (attempts - 1) if retry else None
         reason = str(exc) if isinstance(exc, NewsletterError) else f"{type(exc).__name__}: {exc}"
-        store.mark_failed(
-            issue.id, reply=reason, next_retry_at=retry_at, count_attempt=not claimed
-        )
+        store.mark_failed(issue.id, reply=reason, next_retry_at=retry_at, count_attempt=not claimed)
         if retry_at:
             log.warning("issue %d for %s: %s; retry at %s", issue.id, sub.email, reason, retry_at)
             return _NotSent(IssueState.PLANNED, reason)

@@ -22,8 +22,15 @@ matches whole words only (``rag`` does not match ``leverage``), and treats hyphe
 joined forms alike (``pretraining`` matches ``pre-training`` and ``pre training``).
 
 A profile needs at least one term that is not an exclusion. An unclosed quote, an empty phrase
-``""``, a bad weight (``^abc``, ``^0``, ``^-1``) or a term with no letters or digits (``---``)
-is an error whose message names the term.
+``""``, a bad weight (``^abc``, ``^0``, ``^-1``, above :data:`MAX_WEIGHT`) or a term with no
+letters or digits (``---``) is an error whose message names the term.
+
+What people bring from search engines is refused with a hint rather than read as words, because
+read as words it silently matches something else: an unknown field prefix (``titel:speech``,
+``abstract:x``: a word, a colon and a term right after it) and the bare operators ``AND``,
+``OR`` and ``NOT`` (upper case, unquoted). Quoted, both are ordinary text (``"re:invent"``).
+A profile longer than :data:`~newsletter.limits.MAX_PROFILE_CHARS` characters, or holding a
+control character other than tabs and line breaks, is refused before it is parsed.
 """
 
 from __future__ import annotations
@@ -34,23 +41,54 @@ import re
 from newsletter.analysis import analyze_query_term
 from newsletter.domain import Profile, ProfileTerm
 from newsletter.errors import ProfileError
+from newsletter.limits import MAX_PROFILE_CHARS, unstorable_character
 
 log = logging.getLogger(__name__)
 
-__all__ = ["format_profile", "parse_profile"]
+__all__ = ["FIELD_PREFIXES", "MAX_WEIGHT", "format_profile", "parse_profile"]
+
+#: The field prefixes a term may carry.
+FIELD_PREFIXES = ("title:",)
+#: The largest weight: enough to make one term outweigh any other, small enough that a score
+#: (a sum of weighted BM25 values) stays a finite number in every output and column.
+MAX_WEIGHT = 1000.0
 
 _SEPARATORS = " \t\r\n\f\v,"
 _WEIGHT = re.compile(r"(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _BARE_STOP = re.compile(r"[\s,\"^]")
 _EXAMPLE = 'e.g. speech, "diffusion transformer"^2, -survey'
+_TOKEN = re.compile(r"[^\s,]*")
+# A word, a colon and a term right after it: written as a field prefix (``titel:speech``).
+# ``note: speech`` and ``http://…`` are not: a separator or a non-word character follows.
+_PREFIX_LIKE = re.compile(r"([^\W\d_]+:)(?=[\w\"])")
+# Search-engine operators, upper case as search engines write them, and what to do instead.
+_OPERATORS = {
+    "AND": "every term adds to the score on its own; for words that must appear together "
+    'use a phrase in quotes ("speech recognition")',
+    "OR": "terms are alternatives already: separate them with a comma or a space",
+    "NOT": "to leave out papers with a term, put - before it (-survey)",
+}
 
 
-def parse_profile(text: str, *, who: str = "profile") -> Profile:
+def parse_profile(text: str, *, who: str = "profile", strict: bool = True) -> Profile:
     """Parse the profile syntax (see the module docstring) into analyzed terms.
+
+    ``strict`` refuses what reads like a search-engine habit (an unknown ``field:`` prefix, a
+    bare ``AND``/``OR``/``NOT``): every entry point checks new profiles strictly. Planning
+    reads stored profiles with ``strict=False``, so a profile saved before those rules existed
+    keeps matching as it always did (the words as written) instead of silencing a reader.
 
     ``who`` names the profile's owner in error messages (``"subscriber alice@example.org"``),
     because the operator reading the log needs to know whose profile to fix.
     """
+    if len(text) > MAX_PROFILE_CHARS:
+        raise ProfileError(
+            f"{who}: the profile is {len(text):,} characters long; at most "
+            f"{MAX_PROFILE_CHARS:,} are allowed: keep the terms that matter most."
+        )
+    problem = unstorable_character(text)
+    if problem:
+        raise ProfileError(f"{who}: the profile {problem}.")
     terms: list[ProfileTerm] = []
     i, n = 0, len(text)
     while True:
@@ -65,7 +103,11 @@ def parse_profile(text: str, *, who: str = "profile") -> Profile:
         title_only = text[i : i + 6].casefold() == "title:"
         if title_only:
             i += 6
-        if i < n and text[i] == '"':
+        prefix = _PREFIX_LIKE.match(text, i)
+        if prefix and strict:
+            raise ProfileError(_unknown_prefix(text, start, prefix, who))
+        quoted = i < n and text[i] == '"'
+        if quoted:
             close = text.find('"', i + 1)
             if close < 0:
                 raise ProfileError(
@@ -87,13 +129,18 @@ def parse_profile(text: str, *, who: str = "profile") -> Profile:
             i = end
         weight = 1.0
         if i < n and text[i] == "^":
-            m = re.compile(r"[^\s,]*").match(text, i + 1)
+            m = _TOKEN.match(text, i + 1)
             raw = m.group() if m else ""
             i += 1 + len(raw)
             weight = _parse_weight(raw, text[start:i], who)
         written = text[start:i]
+        if strict and not quoted and body in _OPERATORS:
+            raise ProfileError(
+                f"{who}: {written!r} is not an operator in a profile: {_OPERATORS[body]}; "
+                f'to match the word itself, quote it: "{body}".'
+            )
         if i < n and text[i] not in _SEPARATORS:
-            m = re.compile(r"[^\s,]*").match(text, i)
+            m = _TOKEN.match(text, i)
             junk = m.group() if m else text[i:]
             raise ProfileError(
                 f"{who}: unexpected {junk!r} right after the term {written!r}: "
@@ -118,13 +165,32 @@ def parse_profile(text: str, *, who: str = "profile") -> Profile:
     return Profile(tuple(terms))
 
 
+def _unknown_prefix(text: str, start: int, prefix: re.Match[str], who: str) -> str:
+    """The message for ``titel:speech`` or ``abstract:"a phrase"``: the known prefixes, and
+    how to write what was probably meant."""
+    after = prefix.end()
+    if text[after] == '"':
+        close = text.find('"', after + 1)
+        end = close + 1 if close >= 0 else len(text)
+        hint = f"to match the phrase anywhere, leave the prefix out: {text[after:end]}"
+    else:
+        stop = _BARE_STOP.search(text, after)
+        end = stop.start() if stop else len(text)
+        hint = f'to match the text as written, put it in quotes: "{text[prefix.start() : end]}"'
+    return (
+        f"{who}: unknown field prefix {prefix.group(1)!r} in {text[start:end]!r} (known "
+        f"prefixes: {', '.join(FIELD_PREFIXES)}, as in title:llm); {hint}."
+    )
+
+
 def _parse_weight(raw: str, written: str, who: str) -> float:
-    """A weight must be a plain positive number: 0 would silently disable the term."""
+    """A weight must be a plain positive number: 0 would silently disable the term, and a huge
+    one makes scores infinite (a paper that matches everything, JSON that is not JSON)."""
     value = float(raw) if _WEIGHT.fullmatch(raw) else 0.0
-    if not (0.0 < value < float("inf")):
+    if not (0.0 < value <= MAX_WEIGHT):
         raise ProfileError(
-            f"{who}: bad weight {raw!r} in the term {written!r}: "
-            'a weight is a positive number, as in speech^2 or "a phrase"^0.5.'
+            f"{who}: bad weight {raw!r} in the term {written!r}: a weight is a positive number "
+            f'up to {MAX_WEIGHT:g}, as in speech^2 or "a phrase"^0.5.'
         )
     return value
 
@@ -141,6 +207,8 @@ def _format_term(term: ProfileTerm) -> str:
         and not _BARE_STOP.search(text)
         and not text.startswith("-")
         and not text.casefold().startswith("title:")
+        and not _PREFIX_LIKE.match(text)
+        and text not in _OPERATORS
     )
     out = ("-" if term.exclude else "") + ("title:" if term.title_only else "")
     out += text if bare else f'"{text}"'

@@ -1,10 +1,12 @@
 """Render one subscriber's issue into a complete email (HTML + plain text, RFC 5322 headers).
 
-The expensive step, CSS inlining, runs once per template and once per paper card (see
-:mod:`newsletter.render_html`); per subscriber the renderer only highlights, escapes and joins
-cached fragments, then lets the ``email`` package build the MIME message. Headers are built from
-the site settings and the subscriber only, never from paper text, so a title with CR/LF cannot
-inject a header.
+The expensive step, CSS inlining, runs once per template, on the template rendered with slot
+tokens only (see :mod:`newsletter.render_html`); each paper's card is that compiled card with
+the paper's link and byline bound once, and per subscriber the renderer only highlights, escapes
+and joins, then lets the ``email`` package build the MIME message. No value is ever rendered
+into a template before it is cut at its slots, so no value can create or move a slot. Headers
+are built from the site settings and the subscriber only, never from paper text, so a title with
+CR/LF cannot inject a header.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import email.errors
 import functools
 import hashlib
 import logging
+import re
 import textwrap
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -89,6 +92,12 @@ def _upvotes_label(paper: Paper) -> str | None:
     return None if paper.upvotes is None else plural(paper.upvotes, "upvote")
 
 
+def _meta_label(paper: Paper) -> str:
+    """The byline under a title: authors · published · upvotes, whichever are known."""
+    parts = (authors_label(paper), _published_label(paper), _upvotes_label(paper) or "")
+    return " · ".join(x for x in parts if x)
+
+
 def _zone(subscriber: Subscriber) -> tzinfo:
     """The subscriber's timezone; UTC (with a warning) if the stored name is unknown here."""
     try:
@@ -150,14 +159,21 @@ class EmailRenderer:
     # ------------------------------------------------------------------ cached fragments
 
     def _fragment(self, name: str) -> CompiledFragment:
-        """A shell or macro fragment, inlined on first use and kept for the renderer's life."""
+        """A shell, card or macro fragment, inlined on first use and kept for the renderer's life.
+
+        Every template is rendered with slot tokens only (no paper, subscriber or site value),
+        so cutting it at its tokens cannot be confused by anything a value spells.
+        """
         compiled = self._fragments.get(name)
         if compiled is None:
             if name == "shell":
-                document = self._env.get_template("email.html.j2").render(
-                    slots=Slots(), site_name=strip_controls(self.site.name)
-                )
+                document = self._env.get_template("email.html.j2").render(slots=Slots())
                 compiled = CompiledFragment.from_html(self._inliner.inline_document(document))
+            elif name in ("card", "card_with_meta"):
+                piece = self._env.get_template("card.html.j2").render(
+                    slots=Slots(), has_meta=name == "card_with_meta"
+                )
+                compiled = CompiledFragment.from_html(self._inliner.inline_fragment(Markup(piece)))
             else:
                 macros: Any = self._env.get_template("fragments.html.j2").module
                 args = {
@@ -172,18 +188,15 @@ class EmailRenderer:
         return compiled
 
     def _card(self, paper: Paper) -> CompiledFragment:
+        """The paper's card with its link and byline bound (cached: papers repeat across
+        subscribers); the per-subscriber slots stay open."""
         compiled = self._cards.get(paper)
         if compiled is not None:
             self._cards.move_to_end(paper)
             return compiled
-        piece = self._env.get_template("card.html.j2").render(
-            slots=Slots(),
-            url=self.site.paper_url(paper),
-            authors=authors_label(paper),
-            published=_published_label(paper),
-            upvotes=_upvotes_label(paper),
-        )
-        compiled = CompiledFragment.from_html(self._inliner.inline_fragment(Markup(piece)))
+        meta = _meta_label(paper)
+        template = self._fragment("card_with_meta" if meta else "card")
+        compiled = template.bind({"url": escape(self.site.paper_url(paper)), "meta": escape(meta)})
         self._cards[paper] = compiled
         if len(self._cards) > self._card_cache_size:
             self._cards.popitem(last=False)
@@ -247,6 +260,7 @@ class EmailRenderer:
         shell = self._fragment("shell")
         values: dict[str, Markup] = {
             "subject": escape(subject),
+            "site_name": escape(strip_controls(site.name)),
             "preheader": escape(preheader or intro),
             "issue_date": escape(issue_date),
             "intro": escape(intro),
@@ -346,15 +360,7 @@ class EmailRenderer:
         for rank, scored in enumerate(issue.papers[:n_shown], start=1):
             paper = scored.paper
             indent = " " * len(f"{rank}. ")
-            meta = " · ".join(
-                x
-                for x in (
-                    authors_label(paper),
-                    _published_label(paper),
-                    _upvotes_label(paper) or "",
-                )
-                if x
-            )
+            meta = _meta_label(paper)
             paragraphs = [p for p in abstract_plain_text(paper.abstract).split("\n\n") if p.strip()]
             cards.append(
                 {
@@ -406,7 +412,7 @@ class EmailRenderer:
                 "fix mail.from_address in the configuration"
             ) from exc
         try:
-            msg["To"] = Address(name, addr_spec=sub.email)
+            msg["To"] = Address(header_display_name(name), addr_spec=sub.email)
         except (ValueError, IndexError, email.errors.HeaderParseError) as exc:
             raise SubscriberError(
                 f"subscriber {sub.id}: email {sub.email!r} is not a valid address ({exc}); "
@@ -427,6 +433,25 @@ class EmailRenderer:
         digest = hashlib.sha256(message_id.encode("utf-8")).hexdigest()[:24]
         msg.set_boundary(f"==nl-{digest}==")
         return msg
+
+
+#: RFC 5322 specials: a display name holding one must be quoted, and Python's email package
+#: (3.11) can drop those quotes when it folds a long To header, so that a name such as
+#: 'Eve "x" <evil@example.net>, Mallory <m@example.net>' became three addresses.
+_NAME_SPECIALS_RE = re.compile(r'["\\<>()\[\]:;@,.]')
+#: A run of this many non-blank characters gets a space after it: the same folder can emit an
+#: empty line (which ends the header block) when one word does not fit on a line.
+_LONG_WORD_RE = re.compile(r"\S{40}(?=\S)")
+
+
+def header_display_name(name: str) -> str:
+    """The subscriber's name as the To header can carry it: specials become spaces and very
+    long words are broken, so the header always parses back to exactly one address.
+
+    Only the header is affected; the greeting in the email shows the name as given.
+    """
+    plain = " ".join(_NAME_SPECIALS_RE.sub(" ", strip_controls(name)).split())
+    return _LONG_WORD_RE.sub(lambda m: m.group() + " ", plain)
 
 
 def _aware(moment: datetime) -> datetime:

@@ -1,13 +1,16 @@
 """HTML building blocks of the email renderer: CSS inlining once, slots, sanitizing, highlighting.
 
 premailer costs tens of milliseconds per email, so it must not run once per subscriber (a
-design rule). Templates are therefore rendered with *slot tokens* where per-subscriber values go,
-inlined once, and cut at the tokens into a :class:`CompiledFragment`; a subscriber's email is the
-fragments joined with escaped values. The tokens are plain ASCII words because libxml2
+design rule). Templates are therefore rendered with *slot tokens* where values go, inlined once,
+and cut at the tokens into a :class:`CompiledFragment`; an email is the fragments joined with
+values escaped for their context. The tokens are plain ASCII words because libxml2
 percent-escapes non-ASCII characters inside ``href`` attributes when premailer serializes.
 
-Paper text never reaches premailer or lxml: it is escaped (or sanitized) and joined in afterwards,
-so whatever a title contains cannot change the markup around it.
+Injection-proof by construction: a template is rendered with slot tokens *only* (no paper,
+subscriber or site value), and it is cut at its tokens exactly once, before any value exists.
+Values are joined in afterwards (:meth:`CompiledFragment.fill`, :meth:`CompiledFragment.bind`)
+and the result is never scanned for tokens again, so a title, author or URL that spells a slot
+token is just text: it cannot create a slot, and it cannot reach premailer or lxml either.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from markupsafe import Markup, escape
 from premailer import Premailer
 
 from newsletter.domain import ProfileTerm
+from newsletter.limits import LINK_SCHEMES, http_url
 from newsletter.resources import template_loader
 
 log = logging.getLogger(__name__)
@@ -36,10 +40,20 @@ _SLOT_RE = re.compile(rf"{_SLOT_PREFIX}([a-z_]+)ZZ")
 _FRAGMENT_START = "<!--fragment-start-->"
 _FRAGMENT_END = "<!--fragment-end-->"
 
-#: Control characters (C0 except tab/newline, DEL, C1) and Unicode line/paragraph separators.
-_CONTROL_RE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+#: Control characters (C0 except tab/newline, DEL, C1), Unicode line/paragraph separators, and
+#: lone surrogates (JSON's "\ud800" decodes to one; UTF-8 cannot encode it, so the email would
+#: fail to build).
+_CONTROL_RE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 #: A tag of serialized, sanitized HTML; quoted attribute values may contain ">".
 _TAG_RE = re.compile(r"""(<(?:[^>"']|"[^"]*"|'[^']*')*>)""")
+#: Characters percent-encoded in links kept from abstracts (see :func:`_abstract_link`).
+_URL_QUOTE_RE = re.compile("[\"'<>`]")
+#: An inline markdown link ``[text](target "title")``; one level of parentheses in the target.
+_MD_LINK_RE = re.compile(
+    r"\[([^\[\]\n]*)\]\(\s*<?([^\s<>()]*(?:\([^\s<>()]*\)[^\s<>()]*)*)>?(?:\s+[^)\n]*)?\)"
+)
+#: A markdown reference definition ``[label]: target``, a line of its own.
+_MD_REF_RE = re.compile(r"^ {0,3}\[[^\[\]\n]+\]:[ \t]*<?([^\s<>]*)>?[^\n]*(?:\n|$)", re.M)
 
 ABSTRACT_TAGS = frozenset({"p", "em", "strong", "code", "a", "ul", "ol", "li", "sup", "sub"})
 
@@ -65,6 +79,11 @@ class CompiledFragment:
 
     @classmethod
     def from_html(cls, inlined: str) -> CompiledFragment:
+        """Cut a rendered template at its slot tokens.
+
+        Only for template output rendered with slot tokens and no values: this is the one place
+        tokens are searched for, so a value must never pass through here (see the module doc).
+        """
         pieces = _SLOT_RE.split(inlined)
         return cls(parts=tuple(pieces[0::2]), slots=tuple(pieces[1::2]))
 
@@ -75,6 +94,28 @@ class CompiledFragment:
             out.append(values[name])
             out.append(part)
         return Markup("".join(out))
+
+    def bind(self, values: Mapping[str, Markup]) -> CompiledFragment:
+        """Fill some slots now and keep the others: a paper's card binds its link and byline
+        once, and each subscriber fills only rank, title, abstract, score and reasons.
+
+        The bound values are joined into the static parts, never scanned for tokens, so they
+        stay plain content whatever they spell.
+        """
+        parts: list[str] = []
+        slots: list[str] = []
+        current = [self.parts[0]]
+        for name, part in zip(self.slots, self.parts[1:], strict=True):
+            value = values.get(name)
+            if value is None:
+                parts.append("".join(current))
+                slots.append(name)
+                current = [part]
+            else:
+                current.append(value)
+                current.append(part)
+        parts.append("".join(current))
+        return CompiledFragment(parts=tuple(parts), slots=tuple(slots))
 
     @property
     def static_size(self) -> int:
@@ -162,21 +203,76 @@ def sanitize_abstract(abstract: str) -> str:
     after it. Cached per abstract: the same papers go to many subscribers.
     """
     rendered = markdown.markdown(strip_controls_keep_lines(abstract), output_format="html")
-    return nh3.clean(
-        rendered,
-        tags=set(ABSTRACT_TAGS),
-        attributes={"a": {"href"}},
-        url_schemes={"http", "https"},
-        link_rel="noopener noreferrer nofollow",
-        strip_comments=True,
-    ).strip()
+    return escape_text_segments(_ABSTRACT_CLEANER.clean(rendered).strip())
+
+
+def escape_text_segments(safe_html: str) -> str:
+    """Re-escape the text between the tags of sanitized HTML with :func:`markupsafe.escape`.
+
+    nh3 leaves quotes in text unescaped (valid HTML, but not safe in every context a caller
+    may put it in); after this every ``"`` and ``'`` outside a tag is an entity. Attribute
+    values are already quoted by nh3, and the only ones left are checked links.
+    """
+    out: list[str] = []
+    for i, piece in enumerate(_TAG_RE.split(safe_html)):
+        out.append(piece if i % 2 else str(escape(html.unescape(piece))))
+    return "".join(out)
+
+
+def _abstract_link(element: str, attribute: str, value: str) -> str | None:
+    """nh3's attribute filter: an abstract's ``href`` stays only if :func:`http_url` allows it.
+
+    Characters that could end a quoted attribute in a careless consumer are percent-encoded
+    (they mean the same in a URL). Logged at debug level: sanitizing is cached per abstract.
+    """
+    if attribute != "href":
+        return value
+    url = http_url(value)
+    if url is None:
+        log.debug("abstract link %.100r dropped: only http(s) URLs become links", value)
+        return None
+    return _URL_QUOTE_RE.sub(lambda m: f"%{ord(m.group()):02X}", url)
+
+
+#: The one sanitizer for abstracts: allowed tags only; on links only ``href`` (http(s) with a
+#: host, checked by :func:`http_url`) and the ``rel`` nh3 adds; no generic attributes (nh3
+#: would otherwise keep ``title`` and ``lang`` on every tag).
+_ABSTRACT_CLEANER = nh3.Cleaner(
+    tags=set(ABSTRACT_TAGS),
+    attributes={"a": {"href"}, "*": set()},
+    attribute_filter=_abstract_link,
+    url_schemes=set(LINK_SCHEMES),
+    url_relative="deny",
+    link_rel="noopener noreferrer nofollow",
+    strip_comments=True,
+)
 
 
 @functools.lru_cache(maxsize=4096)
 def abstract_plain_text(abstract: str) -> str:
-    """The abstract for the text part: markdown left as written, but no HTML tags at all."""
+    """The abstract for the text part: markdown left as written, but no HTML tags at all.
+
+    A markdown link whose target is not an http(s) URL keeps only its text (and a reference
+    definition to one is dropped): a ``javascript:`` target must not reach the text part,
+    where mail clients turn URLs into links.
+    """
     no_tags = nh3.clean(strip_controls_keep_lines(abstract), tags=set(), strip_comments=True)
-    return html.unescape(no_tags).strip()
+    text = _MD_LINK_RE.sub(_plain_link, html.unescape(no_tags))
+    return _MD_REF_RE.sub(_plain_reference, text).strip()
+
+
+def _plain_link(match: re.Match[str]) -> str:
+    if http_url(match.group(2)) is not None:
+        return match.group(0)
+    log.debug("abstract link %.100r dropped from the text part", match.group(2))
+    return match.group(1)
+
+
+def _plain_reference(match: re.Match[str]) -> str:
+    if http_url(match.group(1)) is not None:
+        return match.group(0)
+    log.debug("abstract link %.100r dropped from the text part", match.group(1))
+    return ""
 
 
 SpanFinder = Callable[[str, Sequence[ProfileTerm]], list[tuple[int, int]]]

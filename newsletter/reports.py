@@ -11,10 +11,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
+from newsletter.config import Settings
 from newsletter.domain import DigestState, IngestStatus, IssueState, Subscriber, SubscriberStatus
-from newsletter.ingest import FileReport
+from newsletter.ingest import FileReport, inbox_problem
 from newsletter.schedule import SendSchedule, next_send_time
 from newsletter.store import PENDING_STATES, Store
+from newsletter.store.engine import display_url
 
 
 @dataclass
@@ -25,6 +27,7 @@ class RunSummary:
     files_unchanged: int = 0
     files_quarantined: int = 0
     files_waiting: int = 0
+    files_skipped: int = 0  # inbox entries that are not regular files (links, FIFOs, …)
     papers_new: int = 0
     papers_total: int = 0
     subscribers_synced: int = 0
@@ -38,17 +41,24 @@ class RunSummary:
     # Issues that failed for good, or whose outcome is unknown, in this run.
     failed_now: list[dict[str, object]] = field(default_factory=list)
     quarantined: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # why each of files_skipped was not read
     delivered: list[dict[str, object]] = field(default_factory=list)
     outbox_dir: str = ""
     feeds_dir: str = ""
     feeds_written: int = 0
+    # Why the feeds could not be written (a full or read-only disk), or "": the run did
+    # everything else, and its summary is still worth printing before the error.
+    feeds_error: str = ""
+    # Misconfiguration the run went on despite (a missing inbox): one line each.
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def exit_status(self) -> int:
         """For cron and systemd timers: 0 when everything due went out (or nothing was
-        due); 1 when an issue failed for good (or its outcome is unknown) in this run;
-        75 (EX_TEMPFAIL) when delivery stopped early or issues wait for a retry."""
-        if self.failed_now:
+        due); 1 when an issue failed for good (or its outcome is unknown) in this run, or the
+        feeds could not be written; 75 (EX_TEMPFAIL) when delivery stopped early or issues
+        wait for a retry."""
+        if self.failed_now or self.feeds_error:
             return 1
         if self.delivery_stopped or self.issues_pending:
             return 75
@@ -64,6 +74,9 @@ class RunSummary:
                 self.quarantined.append(report.reason or report.path)
             elif report.status is IngestStatus.WAITING:
                 self.files_waiting += 1
+            elif report.status is IngestStatus.SKIPPED:
+                self.files_skipped += 1
+                self.skipped.append(report.reason or report.path)
             else:
                 self.files_unchanged += 1
 
@@ -103,6 +116,36 @@ class SubscriberLine:
 
 
 @dataclass(frozen=True)
+class ConfigInUse:
+    """Where this process reads and writes: a command that quietly ran on built-in defaults
+    (no settings file found) or on a relative SQLite path looks like it worked and did it
+    somewhere else. Paths are absolute; the database URL has its password hidden."""
+
+    file: str | None  # the settings file read, or None: built-in defaults and environment
+    database_url: str
+    inbox: str
+    outbox_dir: str
+    feeds_dir: str
+    mailer: str  # "outbox <folder>" or "smtp <host>:<port> (<security>)"
+
+    @classmethod
+    def of(cls, settings: Settings) -> ConfigInUse:
+        if settings.mailer == "smtp":
+            smtp = settings.smtp
+            mailer = f"smtp {smtp.host}:{smtp.port} ({smtp.security})"
+        else:
+            mailer = f"outbox {settings.outbox_dir.resolve()}"
+        return cls(
+            file=None if settings.config_file is None else str(settings.config_file),
+            database_url=display_url(settings.database_url),
+            inbox=str(settings.inbox.resolve()),
+            outbox_dir=str(settings.outbox_dir.resolve()),
+            feeds_dir=str(settings.feeds_dir.resolve()),
+            mailer=mailer,
+        )
+
+
+@dataclass(frozen=True)
 class StatusReport:
     papers: int
     files_ingested: int
@@ -112,9 +155,11 @@ class StatusReport:
     failed: tuple[FailedIssue, ...]
     unknown: tuple[FailedIssue, ...]  # sent, final reply never came: retry them or not
     subscribers: tuple[SubscriberLine, ...]
+    config: ConfigInUse
+    warnings: tuple[str, ...]  # misconfiguration found now (a missing inbox)
 
 
-def build_status(store: Store, now: datetime) -> StatusReport:
+def build_status(store: Store, now: datetime, settings: Settings) -> StatusReport:
     subscribers = store.subscribers_by_id()
     digests = store.list_digests()
     quarantined = [d for d in digests if d.state == DigestState.QUARANTINED]
@@ -162,6 +207,8 @@ def build_status(store: Store, now: datetime) -> StatusReport:
             )
             for s in subscribers.values()
         ),
+        config=ConfigInUse.of(settings),
+        warnings=tuple(w for w in (inbox_problem(settings.inbox),) if w),
     )
 
 

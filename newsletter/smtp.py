@@ -19,6 +19,12 @@ each reply be classified where it happens:
   closes), timeouts and network errors: transient :class:`~newsletter.errors.DeliveryError`;
   the pipeline retries with backoff. 5xx to RCPT TO, DATA or at the end of DATA:
   ``permanent`` for this message (this recipient or this content); the other issues go on.
+  So is a recipient that smtplib cannot even write as ``RCPT TO`` (a non-ASCII address
+  stored before the address rule of :func:`newsletter.subscribers.normalize_email`): the
+  reason names the address. After any refusal the transaction is ended with ``RSET`` and the
+  session serves the next message; after anything unforeseen in a transaction the session
+  is dropped, so that a half-open transaction can never make the next ``MAIL FROM`` fail
+  (``503 nested MAIL``) and stop delivery for everyone.
 * The reply to the end of DATA (the lone ``.``) is awaited for ``data_timeout`` instead
   (``smtp.data_timeout_seconds``, default 600 s as RFC 5321 §4.5.3.2.6 recommends): the server
   may be scanning the message. If even that expires, the whole message went out and the
@@ -90,6 +96,25 @@ def _reply(code: int, text: bytes | str) -> str:
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
     return f"{code} {' '.join(text.split())}".strip()
+
+
+def _unsendable(recipient: str, exc: ValueError) -> DeliveryError:
+    """The recipient cannot even be written as ``RCPT TO`` (smtplib writes commands in ASCII
+    and refuses line breaks): permanent for this message, and the reason names the address,
+    not the server or the sender. Only a row stored before
+    :func:`newsletter.subscribers.normalize_email` made every address ASCII gets here."""
+    if isinstance(exc, UnicodeEncodeError):
+        why = (
+            "it is not ASCII, and SMTP without SMTPUTF8 carries only ASCII addresses; "
+            "`newsletter subscriber remove` it and add it again (a Unicode domain is then "
+            "stored in its IDNA xn-- form)"
+        )
+    else:
+        why = f"{exc}; `newsletter subscriber remove` it and add it again"
+    return DeliveryError(
+        f"cannot send to the recipient address {recipient!r}: {why}; not retried",
+        permanent=True,
+    )
 
 
 def _timed_out(exc: BaseException) -> bool:
@@ -198,6 +223,16 @@ class SmtpMailer:
                 raise MailerUnavailable(
                     f"network error talking to {self.address} before MAIL FROM was answered: {exc}"
                 ) from None
+            except ValueError as exc:  # smtplib could not write the command: nothing was sent
+                raise MailerUnavailable(
+                    f"the sender {envelope.sender!r} cannot be written in an SMTP command "
+                    f"({exc}); check mail.from_address"
+                ) from None
+            except DeliveryError:
+                raise
+            except BaseException:  # unforeseen: the session's state is unknown (see below)
+                self._discard()
+                raise
             try:
                 return self._transaction(conn, envelope, message)
             except smtplib.SMTPServerDisconnected as exc:
@@ -215,6 +250,14 @@ class SmtpMailer:
             except OSError as exc:  # smtplib wraps most socket errors, not all
                 self._discard()
                 raise DeliveryError(f"network error talking to {self.address}: {exc}") from None
+            except DeliveryError:
+                raise  # classified where it happened, the session already reset or dropped
+            except BaseException:
+                # Anything unforeseen inside the transaction (a bug, an interrupt) leaves the
+                # server in the middle of it: drop the session, so that the next message starts
+                # on a fresh one instead of meeting "503 nested MAIL command".
+                self._discard()
+                raise
         raise AssertionError("unreachable")
 
     def close(self) -> None:
@@ -316,7 +359,11 @@ class SmtpMailer:
 
     def _transaction(self, conn: smtplib.SMTP, envelope: Envelope, message: bytes) -> str:
         """RCPT TO and DATA, after :meth:`_mail_from` was accepted."""
-        code, text = conn.rcpt(envelope.recipient)
+        try:
+            code, text = conn.rcpt(envelope.recipient)
+        except ValueError as exc:
+            self._reset(conn)
+            raise _unsendable(envelope.recipient, exc) from None
         if code not in (250, 251):
             self._refused(conn, "RCPT TO", code, text, envelope)
         code, text = conn.docmd("data")
@@ -353,6 +400,17 @@ class SmtpMailer:
             if conn.sock is not None:  # smtplib closes the connection on a failed read
                 conn.sock.settimeout(self.timeout)
 
+    def _reset(self, conn: smtplib.SMTP) -> None:
+        """End the transaction with RSET so the session serves the next message; a session
+        that cannot even do that is dropped (the next message opens a new one)."""
+        try:
+            code, _text = conn.rset()
+        except (smtplib.SMTPException, OSError):
+            self._discard()
+            return
+        if code != 250:
+            self._discard()
+
     def _refused(
         self, conn: smtplib.SMTP, stage: str, code: int, text: bytes | str, envelope: Envelope
     ) -> NoReturn:
@@ -361,10 +419,7 @@ class SmtpMailer:
         if code == 421:  # the server is closing the session
             self._discard()
         else:
-            try:
-                conn.rset()
-            except (smtplib.SMTPException, OSError):
-                self._discard()
+            self._reset(conn)
         if stage == "MAIL FROM" and code >= 500:
             raise MailerUnavailable(
                 f"SMTP server {self.address} refuses the sender {envelope.sender}: {reply}; "

@@ -16,6 +16,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from newsletter.config import Settings, load_settings
+from newsletter.store import Store
 from tests.factories import CONFIG, ENV_PREFIX, workspace_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,6 +71,15 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[Store]:
+    """A migrated store on :func:`database_url` (web tests override it with the app's)."""
+    s = Store(database_url)
+    s.migrate()
+    yield s
+    s.close()
 
 
 @pytest.fixture

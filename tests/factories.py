@@ -147,3 +147,9 @@ def open_store(settings: Settings) -> Store:
     store = Store(settings.database_url)
     store.migrate()
     return store
+
+
+def with_web(settings: Settings, **web: Any) -> Settings:
+    """``settings`` with these ``web.*`` values (``subscribe_limit_per_client=""`` lifts that
+    limit, for a test that posts a burst from one client on purpose)."""
+    return settings.model_copy(update={"web": settings.web.model_copy(update=web)})

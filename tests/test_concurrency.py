@@ -205,8 +205,15 @@ def test_web_subscribes_while_a_run_delivers_200_issues(
     port = free_port()
     serve_log = tmp_path / "serve.log"
     run_log = tmp_path / "run.log"
+    # This test is about the database under concurrent writers, not abuse: the request and
+    # confirmation limits (tests/test_web_abuse.py) are lifted so every post reaches it.
+    unlimited = {
+        "web_subscribe_limit_per_client": "",
+        "web_subscribe_limit_total": "",
+        "web_confirmations_per_hour": 1_000_000,
+    }
     web = _popen(
-        workspace_env(workdir, database_url),
+        workspace_env(workdir, database_url, **unlimited),
         "serve",
         "--port",
         str(port),

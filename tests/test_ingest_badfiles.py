@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from click.testing import CliRunner
 
 from newsletter.cli import cli
 from newsletter.domain import DigestState
-from newsletter.ingest import InboxScanner, ingest_paths
+from newsletter.ingest import InboxScanner, ingest_paths, read_regular_file
 from newsletter.store import Store
 from tests.conftest import NOW, ROOT, SEED_COUNTS, SEEDS
 from tests.factories import run_cli, workspace_env
@@ -72,14 +71,6 @@ def _write(folder: Path, files: dict[str, bytes]) -> None:
 
 def _unchanged_on_disk(folder: Path, files: dict[str, bytes]) -> bool:
     return all((folder / name).read_bytes() == data for name, data in files.items())
-
-
-@pytest.fixture
-def store(database_url: str) -> Iterator[Store]:
-    s = Store(database_url)
-    s.migrate()
-    yield s
-    s.close()
 
 
 # ------------------------------------------------------------------ quarantine
@@ -359,13 +350,13 @@ def test_hidden_and_temporary_files_are_never_read(
     (inbox / "sub").mkdir()  # folders are not recursed into
     (inbox / "sub" / "nested.txt").write_text(GOOD)
     read: list[str] = []
-    real_read_bytes = Path.read_bytes
+    real_read = read_regular_file  # every inbox file is read through it (no link, no FIFO)
 
-    def spy(self: Path) -> bytes:
-        read.append(self.name)
-        return real_read_bytes(self)
+    def spy(path: Path, max_bytes: int) -> bytes:
+        read.append(path.name)
+        return real_read(path, max_bytes)
 
-    monkeypatch.setattr(Path, "read_bytes", spy)
+    monkeypatch.setattr("newsletter.ingest.read_regular_file", spy)
     scanner = InboxScanner(settle_seconds=0)
     assert scanner.scan([inbox]) == ([], [inbox / "good.txt"])
     reports = ingest_paths(store, [inbox], now=NOW, max_bytes=MAX, scanner=scanner)

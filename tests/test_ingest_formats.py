@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import codecs
 import json
-from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
@@ -27,14 +26,6 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 MAX = 1 << 20
 SEED_003 = "003_48e8e8a7bd500b11.txt"
 SEED_004 = "004_8f615052814f5bfc.txt"
-
-
-@pytest.fixture
-def store(database_url: str) -> Iterator[Store]:
-    s = Store(database_url)
-    s.migrate()
-    yield s
-    s.close()
 
 
 def _ingest(store: Store, path: Path, data: bytes | str) -> FileReport:

@@ -1,9 +1,7 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import date, datetime, time, timedelta, timezone
 
-import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
@@ -20,14 +18,6 @@ from newsletter.domain import (
 from newsletter.store import KeyedPaper, Store
 from newsletter.store.schema import Base
 from tests.conftest import NOW
-
-
-@pytest.fixture
-def store(database_url: str) -> Iterator[Store]:
-    s = Store(database_url)
-    s.migrate()
-    yield s
-    s.close()
 
 
 def test_migrations_create_exactly_the_models(store: Store) -> None:

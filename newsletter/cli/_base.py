@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from newsletter import __version__
-from newsletter.config import Settings, load_settings
+from newsletter.config import DEFAULT_CONFIG, Settings, load_settings
 from newsletter.errors import NewsletterError
 
 if TYPE_CHECKING:
@@ -65,6 +66,7 @@ class Context:
     def settings(self) -> Settings:
         if self._settings is None:
             self._settings = load_settings(self.config)
+            announce(self._settings)
         return self._settings
 
     def app(self) -> Newsletter:
@@ -75,6 +77,27 @@ class Context:
 
 
 pass_ctx = click.make_pass_decorator(Context)
+
+
+def announce(settings: Settings) -> None:
+    """Say which settings a command runs on: a warning when no settings file was found (run
+    outside the project folder, a command would otherwise quietly create ./var/newsletter.db
+    and read an inbox that is not there), else at info level. Both name the database as an
+    absolute URL, because ``sqlite:///tmp/x.db`` is ``./tmp/x.db``, not ``/tmp/x.db``."""
+    from newsletter.store.engine import display_url
+
+    database = display_url(settings.database_url)
+    inbox = settings.inbox.resolve()
+    if settings.config_file is None:
+        log.warning(
+            "no settings file (looked for %s; set NEWSLETTER_CONFIG or --config): using "
+            "built-in defaults and NEWSLETTER_* variables: database %s, inbox %s",
+            DEFAULT_CONFIG.resolve(),
+            database,
+            inbox,
+        )
+    else:
+        log.info("settings %s: database %s, inbox %s", settings.config_file, database, inbox)
 
 
 @click.group(context_settings=CONTEXT)
@@ -149,7 +172,33 @@ def describe_unexpected(exc: BaseException) -> str:
 
 
 def emit(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+    """Print ``data`` as JSON, the one way every ``--json`` output is written.
+
+    It is always valid JSON: a non-finite number (a score overflowing to infinity) becomes
+    null, where ``json.dumps`` would print the bare words ``NaN`` or ``Infinity`` that JSON
+    parsers refuse; text that is not UTF-8 (a file name's undecodable bytes) is escaped; other
+    values JSON has no type for (dates, paths) become their text.
+    """
+    click.echo(
+        json.dumps(json_safe(data), indent=2, ensure_ascii=False, allow_nan=False, default=str)
+    )
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every float finite (else None) and every string encodable as UTF-8."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+        return value
+    if isinstance(value, dict):
+        return {json_safe(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def progress_printer(as_json: bool) -> Any:

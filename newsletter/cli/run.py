@@ -38,7 +38,8 @@ def run(ctx: Context, once: bool, as_json: bool, now_text: str | None) -> None:
     is due, whatever their send time; a slot that already has an issue is never sent again.
     Exit status: 0 when everything due went out (or nothing was due); 75 when delivery
     stopped (mail server down, another run delivering) or issues wait for a retry; 1 when an
-    issue failed for good (or its outcome is unknown) in this run.
+    issue failed for good (or its outcome is unknown) in this run, or the feeds could not be
+    written (the summary is printed first, then one error line).
 
     \b
     Example:
@@ -56,7 +57,10 @@ def run(ctx: Context, once: bool, as_json: bool, now_text: str | None) -> None:
         summary = app.run_once(parse_now(now_text), progress=progress_printer(as_json))
     if as_json:
         emit(asdict(summary))
+        _feeds_error(summary.feeds_error)
         raise click.exceptions.Exit(summary.exit_status)
+    for warning in summary.warnings:
+        click.echo(f"warning: {warning}")
     click.echo(
         f"files: {summary.files_ingested} ingested, {summary.files_unchanged} unchanged, "
         f"{summary.files_quarantined} quarantined; papers: {summary.papers_new} new, "
@@ -64,6 +68,8 @@ def run(ctx: Context, once: bool, as_json: bool, now_text: str | None) -> None:
     )
     for reason in summary.quarantined:
         click.echo(f"  quarantined: {reason}")
+    for reason in summary.skipped:
+        click.echo(f"  skipped: {reason}")
     if summary.files_waiting:
         click.echo(f"  {summary.files_waiting} file(s) still being written: read on the next run")
     for error in summary.subscriber_errors:
@@ -90,9 +96,19 @@ def run(ctx: Context, once: bool, as_json: bool, now_text: str | None) -> None:
         click.echo(
             f"  {summary.issues_unknown} issue(s) with unknown outcome: see `newsletter status`"
         )
-    click.echo(f"feeds: {summary.feeds_dir} ({summary.feeds_written} file(s) changed)")
+    if summary.feeds_error:
+        click.echo(f"feeds: {summary.feeds_dir} (not written)")
+    else:
+        click.echo(f"feeds: {summary.feeds_dir} ({summary.feeds_written} file(s) changed)")
+    _feeds_error(summary.feeds_error)
     if summary.exit_status:
         raise click.exceptions.Exit(summary.exit_status)
+
+
+def _feeds_error(error: str) -> None:
+    """The run's one ``error:`` line, after its summary, when the feeds could not be written."""
+    if error:
+        click.echo(f"error: {error}", err=True)
 
 
 # ---------------------------------------------------------------------- ingest
@@ -120,10 +136,12 @@ def ingest(ctx: Context, paths: tuple[Path, ...], as_json: bool) -> None:
                 f"{r.path}: {r.entries} papers found, {r.papers_new} new, "
                 f"{r.papers_merged} merged ({r.format})"
             )
-            for note in r.skipped:
+            for note in (*r.skipped, *r.notes):
                 click.echo(f"  {note}")
         elif r.status is IngestStatus.QUARANTINED:
             click.echo(f"{r.path}: quarantined: {r.reason}")
+        elif r.status is IngestStatus.SKIPPED:
+            click.echo(f"{r.path}: skipped: {r.reason}")
         elif r.reason:
             click.echo(f"{r.path}: quarantined before (same bytes): {r.reason}")
         else:

@@ -24,7 +24,8 @@ def status(ctx: Context, as_json: bool) -> None:
     """Papers, quarantined files, pending and failed issues, last issue per subscriber.
 
     Pending issues show their attempts, the last server reply and when they are retried;
-    failed ones why they failed (`newsletter retry` puts them back in line).
+    failed ones why they failed (`newsletter retry` puts them back in line). Last, the
+    configuration in use: settings file, database, inbox, outbox, feeds and mailer.
 
     \b
     Example:
@@ -65,6 +66,18 @@ def status(ctx: Context, as_json: bool) -> None:
             f"  {s.email:<32} {s.status:<13} last issue: {s.last_sent or '-'}; "
             f"next send: {s.next_send or '-'}"
         )
+    config = report.config
+    click.echo("configuration:")
+    click.echo(
+        f"  settings file: {config.file or 'none: built-in defaults and NEWSLETTER_* variables'}"
+    )
+    click.echo(f"  database: {config.database_url}")
+    click.echo(f"  inbox: {config.inbox}")
+    click.echo(f"  outbox: {config.outbox_dir}")
+    click.echo(f"  feeds: {config.feeds_dir}")
+    click.echo(f"  mailer: {config.mailer}")
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}")
 
 
 # ---------------------------------------------------------------------- retry

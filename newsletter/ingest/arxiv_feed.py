@@ -20,6 +20,13 @@ import feedparser
 from newsletter.domain import ParsedDigest, ParsedPaper
 from newsletter.errors import ParseError
 from newsletter.ingest.identity import normalize_arxiv_id
+from newsletter.ingest.text import squash_spaces
+from newsletter.limits import (
+    MAX_ABSTRACT_CHARS,
+    MAX_AUTHOR_NAME_CHARS,
+    MAX_AUTHORS,
+    MAX_TITLE_CHARS,
+)
 
 FORMAT = "arxiv-feed"
 _ROOT = re.compile(r"<(?:feed|rss|rdf:RDF)\b", re.I)
@@ -50,7 +57,7 @@ def parse(text: str, *, name: str, today: date) -> ParsedDigest:
     papers: list[ParsedPaper] = []
     skipped: list[str] = []
     for index, entry in enumerate(entries):
-        title = " ".join(str(entry.get("title") or "").split())
+        title = squash_spaces(str(entry.get("title") or ""), MAX_TITLE_CHARS)
         if not title:
             skipped.append(f"{name}: entry {index}: no title, skipped")
             continue
@@ -72,12 +79,15 @@ def _paper(entry: Any, title: str) -> ParsedPaper:
         if match and (arxiv_id := normalize_arxiv_id(match.group(1))):
             break
     summary = str(entry.get("summary") or "")
-    summary = " ".join(_RSS_PREFIX.sub("", summary).split())
+    summary = squash_spaces(_RSS_PREFIX.sub("", summary, count=1), MAX_ABSTRACT_CHARS)
+    authors = _authors(entry)
+    # Values are kept one character past each limit: newsletter.ingest cuts them and says so;
+    # a link that is not http(s) is dropped there too.
     return ParsedPaper(
         title=title,
         abstract=summary,
-        authors=_authors(entry),
-        author_count=len(_authors(entry)) or None,
+        authors=authors[: MAX_AUTHORS + 1],
+        author_count=len(authors) or None,
         published=_date(_raw(entry, "published_parsed") or _raw(entry, "updated_parsed")),
         arxiv_id=arxiv_id,
         url=f"https://arxiv.org/abs/{arxiv_id}"
@@ -96,7 +106,7 @@ def _authors(entry: Any) -> tuple[str, ...]:
     names = [n for n in names if n]
     if len(names) == 1 and "," in names[0]:  # RSS dc:creator: "A. One, B. Two, C. Three"
         names = [n for n in _AUTHOR_SPLIT.split(names[0]) if n]
-    return tuple(names)
+    return tuple(squash_spaces(name, MAX_AUTHOR_NAME_CHARS) for name in names)
 
 
 def _date(parsed: time.struct_time | None) -> date | None:

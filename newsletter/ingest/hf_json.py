@@ -22,6 +22,13 @@ from typing import Any
 from newsletter.domain import ParsedDigest, ParsedPaper
 from newsletter.errors import ParseError
 from newsletter.ingest.identity import normalize_arxiv_id
+from newsletter.ingest.text import squash_spaces
+from newsletter.limits import (
+    MAX_ABSTRACT_CHARS,
+    MAX_AUTHOR_NAME_CHARS,
+    MAX_AUTHORS,
+    MAX_TITLE_CHARS,
+)
 
 FORMAT = "hf-json"
 MAX_COUNT = 2**31 - 1  # what the database's integer columns hold
@@ -82,11 +89,13 @@ def _paper(item: Any) -> ParsedPaper | None:
         _text(a.get("name")) if isinstance(a, Mapping) else _text(a)
         for a in (raw_authors if isinstance(raw_authors, list) else [])
     )
-    authors = tuple(name for name in names if name)
+    authors = [squash_spaces(name, MAX_AUTHOR_NAME_CHARS) for name in names if name]
+    summary = _text(paper.get("summary")) or _text(item.get("summary"))
+    # Values are kept one character past each limit: newsletter.ingest cuts them and says so.
     return ParsedPaper(
-        title=" ".join(title.split()),
-        abstract=" ".join((_text(paper.get("summary")) or _text(item.get("summary"))).split()),
-        authors=authors,
+        title=squash_spaces(title, MAX_TITLE_CHARS),
+        abstract=squash_spaces(summary, MAX_ABSTRACT_CHARS),
+        authors=tuple(authors[: MAX_AUTHORS + 1]),
         author_count=len(authors) or None,
         published=_date(paper.get("publishedAt")) or _date(item.get("publishedAt")),
         upvotes=_int(paper.get("upvotes")) if "upvotes" in paper else _int(item.get("upvotes")),

@@ -40,6 +40,20 @@ def normalize_url(url: str) -> str:
     return url
 
 
+def display_url(url: str) -> str:
+    """The database URL as the operator should see it: the password hidden, and a SQLite
+    file's path made absolute (``sqlite:///var/x.db`` is relative to the working directory,
+    ``sqlite:////var/x.db`` is ``/var/x.db``; the two are easy to mix up)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return parsed.render_as_string(hide_password=True)
+    database = parsed.database
+    if not database or database == ":memory:":
+        return url
+    query = url.partition("?")[2]
+    return f"{parsed.drivername}:///{Path(database).resolve()}" + (f"?{query}" if query else "")
+
+
 class StoreBase:
     def __init__(self, url: str) -> None:
         url = normalize_url(url)

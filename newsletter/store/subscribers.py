@@ -10,6 +10,7 @@ as their hash: a copy of the database cannot confirm anybody.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import secrets
@@ -17,15 +18,25 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import delete, exists, func, or_, select, text, update
+from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.orm import Session
 
 from newsletter.domain import Subscriber, SubscriberSource, SubscriberSpec, SubscriberStatus
+from newsletter.errors import DataRejected
 from newsletter.store import rows
 from newsletter.store.engine import BATCH, StoreBase, chunks, new_token
-from newsletter.store.schema import SubscriberRow, token_digest
+from newsletter.store.schema import IssueRow, SubscriberRow, token_digest
+from newsletter.subscribers import mailbox_key
 
 log = logging.getLogger(__name__)
+
+#: PostgreSQL: the transaction advisory lock that serializes confirmation requests across
+#: web processes (SQLite serializes them with its write lock). A fixed 64-bit key, made like
+#: the keys of :mod:`newsletter.store.lock`.
+CONFIRM_LOCK_KEY = int.from_bytes(
+    hashlib.sha256(b"newsletter confirmations").digest()[:8], "big", signed=True
+)
 
 #: Longest token we look up: ours are 32 characters; anything far longer is not one of ours.
 MAX_TOKEN_LENGTH = 128
@@ -37,15 +48,43 @@ class ConfirmationRequest:
 
     ``token`` is the new confirmation token to email, or None when no email must go out:
     ``reason`` then says why (for the log only; the visitor sees the same page either way).
+    ``retry_after`` is set only when the cap on confirmation emails refused the request: how
+    long until the oldest email in the window leaves it (the web answers 429 with it).
     """
 
     subscriber_id: int | None
     token: str | None
     reason: str
+    retry_after: timedelta | None = None
 
 
 def _plausible(token: str) -> bool:
     return 0 < len(token) <= MAX_TOKEN_LENGTH
+
+
+def _like_literal(text: str) -> str:
+    """``text`` as a literal inside a LIKE pattern with ``\\`` as the escape character."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _mailbox_sent_since(s: Session, email: str, since: datetime) -> bool:
+    """Whether any address of ``email``'s mailbox (the untagged one, or any ``+tag`` of it)
+    was handed a confirmation token after ``since``.
+
+    No column holds the mailbox key (that would need a migration): the rows are found by the
+    untagged address and a LIKE on ``mailbox+%@domain`` (addresses are stored lower-case),
+    then checked with :func:`mailbox_key` itself, which is the rule.
+    """
+    key = mailbox_key(email)
+    mailbox, _, domain = key.rpartition("@")
+    pattern = f"{_like_literal(mailbox)}+%@{_like_literal(domain)}"
+    found = s.scalars(
+        select(SubscriberRow.email).where(
+            SubscriberRow.confirm_sent_at > since,
+            or_(SubscriberRow.email == key, SubscriberRow.email.like(pattern, escape="\\")),
+        )
+    )
+    return any(mailbox_key(address) == key for address in found)
 
 
 class SubscriberQueries(StoreBase):
@@ -75,6 +114,13 @@ class SubscriberQueries(StoreBase):
                 if attempt == 2:
                     raise
                 log.info("concurrent insert of subscriber %s; retrying", spec.email)
+            except (DataError, OverflowError, UnicodeEncodeError) as exc:
+                # A value the columns cannot hold, which validation should have refused: the
+                # entry's fault, so the caller skips it and goes on with the others.
+                detail = " ".join(str(getattr(exc, "orig", None) or exc).split())
+                raise DataRejected(
+                    f"subscriber {spec.email}: the database refused a value ({detail})"
+                ) from None
         raise AssertionError("unreachable")
 
     def _upsert_subscriber(
@@ -220,21 +266,56 @@ class SubscriberQueries(StoreBase):
             return rows.subscriber(row)
 
     def request_confirmation(
-        self, spec: SubscriberSpec, now: datetime, *, resend_after: timedelta
+        self,
+        spec: SubscriberSpec,
+        now: datetime,
+        *,
+        resend_after: timedelta,
+        max_per_window: int | None = None,
     ) -> ConfirmationRequest:
-        """Record a subscribe request and hand out a confirmation token, unless one went out lately.
+        """Record a subscribe request and hand out a confirmation token, unless one went out
+        lately to the same mailbox or the cap on confirmation emails is reached.
 
-        A new address becomes a pending subscriber. A pending or unsubscribed one gets the
-        submitted settings and a new token, at most once per ``resend_after`` (the conditional
-        update makes two simultaneous submissions send one email). An active address gets
-        nothing: it is subscribed already, and the form must not reveal that.
+        The rules, in order:
+
+        1. The cap: at most ``max_per_window`` tokens handed out in the last ``resend_after``,
+           counted in the table, so that every web process shares it. It is checked first,
+           whatever the address, so that a refusal reveals nothing about the address. The
+           count is exact: a row's ``confirm_sent_at`` moves only after ``resend_after``, so
+           each token of the window is on a row of its own (a withdrawn token was never sent
+           and leaves the count).
+        2. An active address gets nothing: it is subscribed already, and the form must not
+           reveal that.
+        3. At most one token per mailbox (:func:`~newsletter.subscribers.mailbox_key`) per
+           ``resend_after``: ``victim+1@`` and ``victim+2@`` are one mailbox.
+        4. A new address becomes a pending subscriber; a pending or unsubscribed one gets the
+           submitted settings and a new token.
+
+        The unit is serialized across processes (SQLite: the write lock its BEGIN takes;
+        PostgreSQL: a transaction-level advisory lock), so two simultaneous requests can pass
+        neither the cap nor the mailbox rule together.
         """
         token = secrets.token_urlsafe(24)
         digest = token_digest(token)
+        since = now - resend_after
         with self._session() as s:
+            if self.dialect == "postgresql":
+                s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": CONFIRM_LOCK_KEY})
+            if max_per_window is not None:
+                sent, oldest = s.execute(
+                    select(func.count(), func.min(SubscriberRow.confirm_sent_at)).where(
+                        SubscriberRow.confirm_sent_at > since
+                    )
+                ).one()
+                if sent >= max_per_window and oldest is not None:
+                    wait = max(oldest + resend_after - now, timedelta(seconds=1))
+                    return ConfirmationRequest(None, None, "confirmation cap reached", wait)
             row = s.scalar(select(SubscriberRow).where(SubscriberRow.email == spec.email))
             if row is not None and row.status == SubscriberStatus.ACTIVE.value:
                 return ConfirmationRequest(row.id, None, "already active")
+            if _mailbox_sent_since(s, spec.email, since):
+                known = None if row is None else row.id
+                return ConfirmationRequest(known, None, "confirmation sent recently")
             if row is None:
                 row = SubscriberRow(
                     email=spec.email,
@@ -273,6 +354,30 @@ class SubscriberQueries(StoreBase):
             if rows.apply_spec(row, spec):
                 row.updated_at = now
             return ConfirmationRequest(row.id, token, f"{row.status} address")
+
+    def delete_unconfirmed(self, before: datetime) -> int:
+        """Delete, in one statement, the pending subscribers (web sign-ups never confirmed)
+        created before ``before`` and sent no confirmation since; returns how many.
+
+        A pending row holds an address somebody typed into a form, maybe not its owner's: it
+        is kept only as long as its confirmation could still be used. Rows with an issue are
+        never deleted (a pending subscriber has none; the guard keeps the history safe should
+        a status ever be set by hand)."""
+        with self._session() as s:
+            result = s.execute(
+                delete(SubscriberRow)
+                .where(
+                    SubscriberRow.status == SubscriberStatus.PENDING.value,
+                    SubscriberRow.created_at < before,
+                    or_(
+                        SubscriberRow.confirm_sent_at.is_(None),
+                        SubscriberRow.confirm_sent_at < before,
+                    ),
+                    ~exists().where(IssueRow.subscriber_id == SubscriberRow.id),
+                )
+                .execution_options(synchronize_session=False)
+            )
+            return int(result.rowcount)  # type: ignore[attr-defined]
 
     def cancel_confirmation(self, subscriber_id: int, token: str) -> None:
         """The confirmation email could not be sent: forget the token and allow a new request."""

@@ -13,15 +13,21 @@ Decisions, and why:
   whose owner never clicked, which is what double opt-in exists to prevent.
 * **Subscribe** answers with the same "check your inbox" page whether the address is new,
   pending, active or was sent a confirmation within the hour, so the form does not reveal who
-  is subscribed; at most one confirmation per address per :data:`RESEND_AFTER`. The email is
-  queued for the background sender (:mod:`newsletter.web.sender`), never sent on the request
-  thread, so a slow SMTP server cannot hold up the site.
+  is subscribed; at most one confirmation per mailbox (``+tag`` variants are one) per
+  :data:`RESEND_AFTER`. The email is queued for the background sender
+  (:mod:`newsletter.web.sender`), never sent on the request thread, so a slow SMTP server
+  cannot hold up the site.
+* **Abuse**: subscribe and confirm answer 429 with ``Retry-After`` beyond the request rate
+  limits (per client address and in total, :mod:`newsletter.web.ratelimit`) and, for
+  subscribe, once ``web.confirmations_per_hour`` emails went out in the last hour (counted in
+  the database, for every address alike, so the 429 reveals nothing about the address).
 * **Preferences** changes need a signed form (see :mod:`newsletter.web.security`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from functools import partial
 from typing import Any
 
@@ -35,6 +41,7 @@ from newsletter.subscribers import WEEKDAYS
 from newsletter.web.context import WebContext
 from newsletter.web.forms import preferences_values, validate
 from newsletter.web.mail import confirmation_message
+from newsletter.web.ratelimit import CONFIRM, SUBSCRIBE, too_many
 from newsletter.web.security import first, read_form
 
 log = logging.getLogger(__name__)
@@ -61,7 +68,17 @@ def subscribe_form(ctx: WebContext, request: Request) -> Response:
     )
 
 
+def _throttle(ctx: WebContext, request: Request, action: str) -> None:
+    """429 beyond the request rate limits of ``action`` (before the body is read or the
+    database asked: a refused request costs next to nothing)."""
+    wait = ctx.limits.check(action, request.client.host if request.client else None)
+    if wait is not None:
+        log.info("%s: rate limit reached; answered 429 (retry after %d s)", action, wait)
+        raise too_many(wait)
+
+
 async def subscribe(ctx: WebContext, request: Request) -> Response:
+    _throttle(ctx, request, SUBSCRIBE)
     form = await read_form(request)
     return await run_in_threadpool(_subscribe, ctx, form)
 
@@ -80,7 +97,10 @@ def _subscribe(ctx: WebContext, form: dict[str, list[str]]) -> Response:
         )
     spec = result.spec
     # The email is queued, not sent: the page does not wait for the SMTP server.
-    ctx.app.subscribe(spec, partial(confirmation_message, ctx), ctx.sender.submit)
+    done = ctx.app.subscribe(spec, partial(confirmation_message, ctx), ctx.sender.submit)
+    if done.retry_after is not None:  # the hourly cap on confirmation emails, whatever address
+        log.warning("subscribe: the cap on confirmation emails is reached; answered 429")
+        raise too_many(math.ceil(done.retry_after.total_seconds()))
     return ctx.page("check_inbox.html.j2", email=spec.email)
 
 
@@ -88,6 +108,7 @@ def _subscribe(ctx: WebContext, form: dict[str, list[str]]) -> Response:
 
 
 def confirm_page(ctx: WebContext, request: Request) -> Response:
+    _throttle(ctx, request, CONFIRM)
     token = str(request.path_params["token"])
     sub = ctx.app.pending_confirmation(token)
     if sub is None:
@@ -96,6 +117,7 @@ def confirm_page(ctx: WebContext, request: Request) -> Response:
 
 
 def confirm(ctx: WebContext, request: Request) -> Response:
+    _throttle(ctx, request, CONFIRM)
     token = str(request.path_params["token"])
     sub = ctx.app.confirm(token)
     if sub is None:

@@ -32,6 +32,7 @@ from newsletter.resources import read_resource
 from newsletter.web import accounts, pages
 from newsletter.web.context import WebContext
 from newsletter.web.feeds import FeedHandler
+from newsletter.web.ratelimit import wait_text
 from newsletter.web.security import DEFAULT_HEADERS, FormSigner, SecurityHeaders
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ ERROR_TITLES = {
     405: "Method not allowed",
     413: "Too large",
     415: "Unsupported form",
+    429: "Too many requests",
 }
 
 
@@ -111,12 +113,14 @@ def create_app(
         headers = dict(DEFAULT_HEADERS)
         if isinstance(exc, HTTPException):
             headers.update(exc.headers or {})
+        retry_after = headers.get("retry-after", "")
         return ctx.page(
             "error.html.j2",
             status=status,
             headers=headers,
             title=ERROR_TITLES.get(status, "Something went wrong"),
             status_code=status,
+            wait=wait_text(int(retry_after)) if retry_after.isdigit() else "later",
         )
 
     @asynccontextmanager

@@ -1,5 +1,5 @@
-"""What every request handler shares: the application, the form signer, the templates and the
-background sender of confirmation emails.
+"""What every request handler shares: the application, the form signer, the templates, the
+background sender of confirmation emails and the request rate limits.
 
 One :class:`WebContext` per app. Handlers are plain functions of it: they parse the request,
 call one :class:`~newsletter.app.Newsletter` method and render the answer, so tests build an
@@ -23,6 +23,7 @@ from newsletter.app import Newsletter
 from newsletter.config import Settings
 from newsletter.domain import SiteInfo
 from newsletter.render_html import make_environment
+from newsletter.web.ratelimit import RateLimits
 from newsletter.web.security import FormSigner
 from newsletter.web.sender import ConfirmationSender
 
@@ -36,9 +37,12 @@ class WebContext:
     owns_app: bool = True
     #: Sends the confirmation emails off the request threads (see newsletter.web.sender).
     sender: ConfirmationSender = field(init=False)
+    #: Request rate limits of this process on subscribe and confirm (newsletter.web.ratelimit).
+    limits: RateLimits = field(init=False)
 
     def __post_init__(self) -> None:
         self.sender = ConfirmationSender(self.app.send_confirmation, self.app.withdraw_confirmation)
+        self.limits = RateLimits(self.settings.web)
 
     @property
     def settings(self) -> Settings:

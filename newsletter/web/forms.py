@@ -44,6 +44,9 @@ def validate(entry: Mapping[str, Any], defaults: Defaults) -> FormResult:
 
     An entry with a field ``make_spec`` does not know is the caller's bug, not the visitor's
     mistake: its SubscriberError (``field`` None) propagates.
+
+    Length limits (:mod:`newsletter.limits`) are ``make_spec``'s too, so a 37 KB name is
+    refused here with the same message the subscribers file and the CLI give.
     """
     values = dict(entry)
     errors: dict[str, str] = {}

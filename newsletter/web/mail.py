@@ -1,8 +1,10 @@
 """The double opt-in email: built with the ``email`` package from a text template.
 
-Only the site settings and the validated subscriber (whose name make_spec stripped of control
-characters) reach the headers; the confirmation link is built from ``base_url``, never from
-the request, so a forged Host header cannot point the link elsewhere.
+It carries nothing typed into the form but the address it goes to: no name (not even in the
+To header), no profile. Anybody can submit anybody's address, so any free text from the form
+would make this email a relay for the submitter's words to a stranger's inbox, under our
+name. Only the site settings, the validated address and the link reach it; the link is built
+from ``base_url``, never from the request, so a forged Host header cannot point it elsewhere.
 """
 
 from __future__ import annotations
@@ -30,17 +32,19 @@ def confirmation_message(
 ) -> tuple[Envelope, bytes]:
     """The confirmation email for a subscribe request (a :data:`ComposeConfirmation`)."""
     site = ctx.site
-    email, name = spec.email, spec.name
+    email = spec.email
     text = ctx.templates.get_template("confirm_email.txt.j2").render(
         site_name=site.name,
-        name=name,
+        # Always empty, never the form's name (see the module docstring); still passed so
+        # that an override template written for the old email renders.
+        name="",
         email=email,
         confirm_url=confirm_url(site, token),
         base_url=site.base_url,
     )
     msg = EmailMessage(policy=SMTP)
     msg["From"] = Address(strip_controls(site.from_name), addr_spec=site.from_address)
-    msg["To"] = Address(name, addr_spec=email)
+    msg["To"] = Address(addr_spec=email)
     msg["Subject"] = f"Confirm your subscription to {strip_controls(site.name)}"
     msg["Date"] = format_datetime(now)
     message_id = make_msgid(idstring="confirm", domain=site.domain)

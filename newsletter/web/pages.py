@@ -9,7 +9,7 @@ executable. Day pages are rendered here, with autoescaped templates.
 from __future__ import annotations
 
 import re
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 from markupsafe import Markup
@@ -18,31 +18,42 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from newsletter.domain import Paper
+from newsletter.limits import http_url
 from newsletter.render import authors_label
 from newsletter.render_html import sanitize_abstract, strip_controls
 from newsletter.web.context import WebContext
-from newsletter.web.security import ARCHIVE_CSP, safe_link
+from newsletter.web.security import ARCHIVE_CSP
 
 RECENT_DAYS = 14
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 DAY_CACHE_CONTROL = "public, max-age=300"
+#: The days a page can be about. Nothing is first seen or sent before 1970, and a day is
+#: looked up as [day, next day): the last date Python has, 9999-12-31, has no next day
+#: (``/days/9999-12-31`` was a 500).
+FIRST_DAY, LAST_DAY = date(1970, 1, 1), date.max - timedelta(days=1)
 
 
 def parse_day(text: str) -> date:
-    """A YYYY-MM-DD path segment, else 404 (fromisoformat alone also takes 20261123)."""
+    """A YYYY-MM-DD path segment within [FIRST_DAY, LAST_DAY], else 404 (fromisoformat alone
+    also takes 20261123)."""
     if not _ISO_DATE.match(text):
         raise HTTPException(404)
     try:
-        return date.fromisoformat(text)
+        day = date.fromisoformat(text)
     except ValueError:
         raise HTTPException(404) from None
+    if not FIRST_DAY <= day <= LAST_DAY:
+        raise HTTPException(404)
+    return day
 
 
 def paper_view(ctx: WebContext, paper: Paper) -> dict[str, Any]:
     """What a template shows of a paper: one-line title, safe link, sanitized abstract."""
     return {
         "title": strip_controls(paper.title) or "(untitled)",
-        "url": safe_link(ctx.site.paper_url(paper)),
+        # paper_url already drops digest links that are not http(s); this also covers a title
+        # search template from the configuration
+        "url": http_url(ctx.site.paper_url(paper)),
         "authors": authors_label(paper),
         "published": paper.published.isoformat() if paper.published else "",
         "upvotes": paper.upvotes,

@@ -18,12 +18,14 @@ import hashlib
 import hmac
 import secrets
 from datetime import datetime, timedelta
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl
 
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from newsletter.config import MIN_SECRET_KEY_BYTES
 
 __all__ = [
     "ARCHIVE_CSP",
@@ -33,7 +35,6 @@ __all__ = [
     "FormSigner",
     "SecurityHeaders",
     "read_form",
-    "safe_link",
 ]
 
 #: Our own pages: one stylesheet from this origin, no script, forms only to this origin.
@@ -86,8 +87,8 @@ class FormSigner:
     """Signs and checks the hidden ``csrf`` field of forms that change settings."""
 
     def __init__(self, secret: bytes, max_age: timedelta = FORM_MAX_AGE) -> None:
-        if len(secret) < 16:
-            raise ValueError("the web secret must be at least 16 bytes")
+        if len(secret) < MIN_SECRET_KEY_BYTES:  # load_settings refuses a shorter key first
+            raise ValueError(f"the web secret must be at least {MIN_SECRET_KEY_BYTES} bytes")
         self._secret = secret
         self.max_age = max_age
 
@@ -146,12 +147,3 @@ def first(form: dict[str, list[str]], name: str) -> str:
     """The first value of a field, or "" (a browser omits empty checkboxes)."""
     values = form.get(name)
     return values[0] if values else ""
-
-
-def safe_link(url: str) -> str | None:
-    """``url`` if it is http(s); None for ``javascript:`` and other schemes from digest files."""
-    try:
-        scheme = urlsplit(url).scheme.lower()
-    except ValueError:
-        return None
-    return url if scheme in ("http", "https") else None

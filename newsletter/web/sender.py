@@ -124,6 +124,18 @@ class ConfirmationSender:
             finally:
                 self._queue.task_done()
 
+    def _withdraw_after(self, job: ConfirmationJob, exc: Exception) -> None:
+        """After an unforeseen error the email most likely did not go out: withdraw its token
+        so that the visitor can ask again at once rather than after ``RESEND_AFTER``. Best
+        effort: if the error was the database's, withdrawing may fail too (logged)."""
+        try:
+            self._withdraw(job, f"send failed unexpectedly: {type(exc).__name__}: {exc}")
+        except Exception:
+            log.exception(
+                "confirmation sender: could not withdraw the confirmation of subscriber %s",
+                job.subscriber_id,
+            )
+
     def _run(self) -> None:
         while True:
             job = self._queue.get()
@@ -131,12 +143,14 @@ class ConfirmationSender:
                 if job is None:
                     return
                 self._send(job)
-            except Exception:
+            except Exception as exc:
                 # ``send`` handles delivery errors itself; anything else (a database error
                 # while withdrawing, a bug) must not stop the emails queued behind this one.
                 log.exception(
                     "confirmation sender: the confirmation of subscriber %s failed",
                     job.subscriber_id if job is not None else "?",
                 )
+                if job is not None:
+                    self._withdraw_after(job, exc)
             finally:
                 self._queue.task_done()
