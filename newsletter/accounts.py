@@ -9,16 +9,22 @@ lifetime and resend limit) is defined here and nowhere in ``cli/`` or ``web/``.
 from __future__ import annotations
 
 import logging
+import sys
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from newsletter.config import Settings
 from newsletter.deliver import Envelope
 from newsletter.domain import (
     FeedItem,
+    FeedVersion,
+    FeedWindow,
+    IssueContent,
     Paper,
     Subscriber,
     SubscriberSource,
@@ -29,7 +35,13 @@ from newsletter.errors import DataRejected, DeliveryError, SubscriberError
 from newsletter.store import ConfirmationRequest, Store
 from newsletter.subscribers import Defaults, lookup_email, make_spec, read_csv, spec_entry
 
+if TYPE_CHECKING:  # rendering pulls in premailer and lxml: imported where used
+    from newsletter.render import EmailRenderer
+
 log = logging.getLogger(__name__)
+
+#: Web handlers run on a thread pool; one archive page is rendered at a time.
+_ARCHIVE_RENDER_LOCK = threading.Lock()
 
 #: At most one confirmation email per address in this time.
 RESEND_AFTER = timedelta(hours=1)
@@ -167,20 +179,73 @@ class AccountUseCases:
         return self.store.subscriber_by_feed_token(feed_token)
 
     def archived_issue_html(self, sub: Subscriber, slot_date: date) -> str | None:
-        """The HTML of a sent issue as it was emailed; None unless that slot's issue was sent."""
-        return self.store.issue_html(sub.id, slot_date)
+        """A sent issue's HTML, re-rendered: None unless that slot's issue was sent (and not
+        pruned by retention).
+
+        A sent issue stores no HTML (about 100 KB each): it keeps its papers in order with
+        the scores and reasons they were sent with and the moment it was planned, and the
+        email renderer is deterministic, so rendering them again gives the email's HTML.
+        What can differ is only what is read as it is now: the subscriber's name, timezone
+        and profile (highlighted terms), the site settings, and a paper's metadata if a later
+        digest updated it. The archive shows every paper: the email may have cut the list at
+        Gmail's clipping limit and linked here for the rest ("read the full issue").
+        """
+        from newsletter.profile import parse_profile
+
+        sent = self.store.sent_issue(sub.id, slot_date)
+        if sent is None:
+            return None
+        content = IssueContent(
+            subscriber=sub,
+            slot_date=sent.slot_date,
+            papers=sent.papers,
+            profile=parse_profile(sub.profile, who=f"subscriber {sub.email}", strict=False),
+            created_at=sent.created_at,
+        )
+        with _ARCHIVE_RENDER_LOCK:  # the renderer's caches are not shared across threads
+            try:
+                return self.archive_renderer.render(content).html
+            except SubscriberError as exc:  # an address stored before today's address rule
+                log.warning("archive: issue %s of subscriber %s: %s", slot_date, sub.id, exc)
+                return None
+
+    @cached_property
+    def archive_renderer(self) -> EmailRenderer:
+        """The email renderer without the HTML size limit (its own inlined templates, kept
+        for the process's life like :attr:`newsletter.app.Newsletter.renderer`)."""
+        from newsletter.render import EmailRenderer
+
+        return EmailRenderer(
+            self.settings.templates_dir, self.settings.site, max_html_bytes=sys.maxsize
+        )
 
     def recent_days(self, limit: int) -> list[tuple[date, int]]:
         return self.store.recent_days(limit)
 
-    def papers_first_seen_on(self, day: date) -> list[Paper]:
-        return self.store.papers_first_seen_on(day)
+    def papers_first_seen_on(
+        self, day: date, *, offset: int = 0, limit: int | None = None
+    ) -> list[Paper]:
+        return self.store.papers_first_seen_on(day, offset=offset, limit=limit)
 
-    def global_feed_items(self) -> list[FeedItem]:
-        return self.store.global_feed_items()
+    def count_papers_first_seen_on(self, day: date) -> int:
+        return self.store.count_papers_first_seen_on(day)
 
-    def subscriber_feed_items(self, sub: Subscriber) -> list[FeedItem]:
-        return self.store.subscriber_feed_items(sub.id)
+    def feed_window(self, now: datetime | None = None) -> FeedWindow:
+        """What every feed holds at this moment (``feeds.global_days``, ``feeds.max_entries``)."""
+        feeds = self.settings.feeds
+        return FeedWindow.ending(self._now(now), days=feeds.global_days, limit=feeds.max_entries)
+
+    def global_feed_items(self, window: FeedWindow) -> list[FeedItem]:
+        return self.store.global_feed_items(window)
+
+    def global_feed_version(self, window: FeedWindow) -> FeedVersion:
+        return self.store.global_feed_version(window)
+
+    def subscriber_feed_items(self, sub: Subscriber, window: FeedWindow) -> list[FeedItem]:
+        return self.store.subscriber_feed_items(sub.id, window)
+
+    def subscriber_feed_version(self, sub: Subscriber, window: FeedWindow) -> FeedVersion:
+        return self.store.subscriber_feed_version(sub.id, window)
 
     def backfill_token_hashes(self) -> int:
         """Hash tokens of rows written without them (raw SQL, an old process): at web start."""

@@ -30,6 +30,7 @@ from newsletter.domain import (
     ScoredPaper,
     SiteInfo,
     Subscriber,
+    SubscriberSendTime,
     SubscriberSource,
     SubscriberStatus,
 )
@@ -45,7 +46,7 @@ from newsletter.pipeline import (
 )
 from newsletter.reports import RunSummary, StatusReport, build_status
 from newsletter.schedule import SendSchedule, due_slot, last_send_time, slot_of
-from newsletter.store import Store
+from newsletter.store import PruneResult, Store
 from newsletter.store.lock import AlreadyRunning, DaemonLock, SendLock
 from newsletter.subscribers import Defaults, load_config_file, lookup_email
 
@@ -71,11 +72,18 @@ class SyncResult:
     errors: tuple[str, ...]
 
 
+#: The daemon plans a large batch of due slots this many subscribers at a time, checking for
+#: a stop request in between: one chunk ranks in about a second, so SIGTERM is honoured
+#: within seconds even during a 100,000-subscriber catch-up, and the per-chunk overhead
+#: (reading the candidate papers) stays negligible.
+PLAN_CHUNK = 2000
+
+
 @dataclass(frozen=True)
 class MissedSlot:
     """A slot whose send time passed while no daemon ran, and whether it is still sent."""
 
-    subscriber: Subscriber
+    subscriber: SubscriberSendTime
     slot: date
     due: datetime
     within_grace: bool
@@ -108,6 +116,7 @@ class Newsletter(AccountUseCases):
         self._mailer = mailer
         self._owns_mailer = mailer is None
         self._mailer_lock = threading.Lock()
+        self._pruned_before: date | None = None  # apply_retention's last cutoff
         self.defaults = Defaults(
             timezone=settings.timezone,
             max_papers=settings.ranking.default_max_papers,
@@ -239,27 +248,65 @@ class Newsletter(AccountUseCases):
                 due.append((sub, slot))
         return self.plan(due, moment)
 
-    def plan_slots(self, slots: Mapping[int, date], now: datetime | None = None) -> PlanResult:
-        """The daemon: plan the given slot of each subscriber id that is still active."""
-        subscribers = self.store.subscribers_by_id(slots, status=SubscriberStatus.ACTIVE)
-        return self.plan([(sub, slots[sub.id]) for sub in subscribers.values()], now)
+    def active_send_times(self) -> dict[int, SubscriberSendTime]:
+        """Every active subscriber's send time and address (no profile): the daemon's view."""
+        return self.store.active_send_times()
 
-    def missed_slots(self, now: datetime | None = None) -> list[MissedSlot]:
+    def plan_slots(
+        self,
+        slots: Mapping[int, date],
+        now: datetime | None = None,
+        *,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> PlanResult:
+        """The daemon: plan the given slot of each subscriber id that is still active.
+
+        One ranking call per :data:`PLAN_CHUNK` subscribers, whatever their number; between
+        chunks ``should_stop`` is asked, and a stop leaves the rest unplanned (a restart's
+        catch-up finds those slots still without an issue)."""
+        moment = self._now(now)
+        planned = empty = already = 0
+        ids = sorted(slots)
+        for start in range(0, len(ids), PLAN_CHUNK):
+            if start and should_stop():
+                log.info("stopping: %d slot(s) left unplanned", len(ids) - start)
+                break
+            chunk = ids[start : start + PLAN_CHUNK]
+            subscribers = self.store.subscribers_by_id(chunk, status=SubscriberStatus.ACTIVE)
+            result = self.plan([(sub, slots[sub.id]) for sub in subscribers.values()], moment)
+            planned, empty = planned + result.planned, empty + result.empty
+            already += result.already
+        return PlanResult(planned=planned, empty=empty, already=already)
+
+    def missed_slots(
+        self,
+        now: datetime | None = None,
+        send_times: Mapping[int, SubscriberSendTime] | None = None,
+    ) -> list[MissedSlot]:
         """Each active subscriber's latest send time before ``now`` whose slot has no issue:
-        within ``catch_up_grace_hours`` it is still to be sent (once), older ones are not."""
+        within ``catch_up_grace_hours`` it is still to be sent (once), older ones are not.
+
+        ``send_times`` (default: read now) are grouped by schedule, so the DST arithmetic runs
+        once per distinct schedule, and the slots taken are read in a few queries by date: one
+        batch for the whole audience. A zero grace sends nothing missed."""
         moment = self._now(now)
         grace = timedelta(hours=self.settings.catch_up_grace_hours)
-        latest = {}
-        for sub in self.active_subscribers().values():
+        if send_times is None:
+            send_times = self.active_send_times()
+        latest: dict[SendSchedule, tuple[datetime, date] | None] = {}
+        found = []
+        for sub in send_times.values():
             schedule = SendSchedule.of(sub)
-            due = last_send_time(schedule, moment)
-            if due is not None:
-                latest[sub.id] = (sub, due, slot_of(schedule, due))
-        taken = self.store.slots_with_issues((sid, slot) for sid, (_, _, slot) in latest.items())
+            if schedule not in latest:
+                due = last_send_time(schedule, moment)
+                latest[schedule] = None if due is None else (due, slot_of(schedule, due))
+            if (when := latest[schedule]) is not None:
+                found.append((sub, *when))
+        taken = self.store.slots_with_issues((sub.id, slot) for sub, _, slot in found)
         return [
-            MissedSlot(sub, slot, due, moment - due <= grace)
-            for sid, (sub, due, slot) in latest.items()
-            if (sid, slot) not in taken
+            MissedSlot(sub, slot, due, grace > timedelta(0) and moment - due <= grace)
+            for sub, due, slot in found
+            if (sub.id, slot) not in taken
         ]
 
     def deliver(
@@ -288,17 +335,21 @@ class Newsletter(AccountUseCases):
                 now=self._now(now),
                 progress=progress,
                 should_stop=should_stop,
+                batch_size=self.settings.delivery_batch_size,
             )
         finally:
             lock.release()
 
-    def write_feeds(self) -> int:
-        """Rebuild the global and private feeds; returns the number of files changed."""
+    def write_feeds(self, now: datetime | None = None, *, force: bool = False) -> int:
+        """Rebuild the feeds whose entries changed (``force``: all of them) for the window
+        ending ``now``; returns the number of files changed."""
         return write_all_feeds(
             self.store,
             site=self.site,
             directory=self.settings.feeds_dir,
             templates_dir=self.settings.templates_dir,
+            window=self.feed_window(now),
+            force=force,
         )
 
     def run_once(
@@ -322,6 +373,7 @@ class Newsletter(AccountUseCases):
         synced = self.sync_subscribers(moment)
         summary.subscribers_synced, summary.subscriber_errors = synced.synced, list(synced.errors)
         self.delete_unconfirmed(moment)  # web sign-ups never confirmed (web.unconfirmed_days)
+        self.apply_retention(moment)  # issues past retention.issue_days keep the sent log only
         summary.issues_empty = self.plan_current_slots(moment).empty
         delivery = self.deliver(moment, progress=progress)
         summary.delivered, summary.delivery_stopped = delivery.delivered, delivery.stopped
@@ -332,11 +384,42 @@ class Newsletter(AccountUseCases):
         summary.issues_pending = counts.pending
         summary.issues_unknown = counts.unknown
         try:
-            summary.feeds_written = self.write_feeds()
+            summary.feeds_written = self.write_feeds(moment)
         except OSError as exc:  # a full or read-only disk: what was delivered stays delivered
             summary.feeds_error = f"feeds not written to {summary.feeds_dir}: {exc}"
         summary.papers_total = self.store.count_papers()
         return summary
+
+    def apply_retention(self, now: datetime | None = None) -> PruneResult:
+        """Prune issues whose slot is more than ``retention.issue_days`` old down to the sent
+        log (:meth:`newsletter.store.Store.prune_issues` says what stays); ``run --once`` and
+        the daemon call this. 0 days keeps everything. The cutoff is a date, so one process
+        prunes once per date: later calls on the same date do nothing.
+
+        The window is never shorter than the candidate window plus two days (a slot is a
+        local date, up to a day off UTC, planned from papers seen up to a day after it):
+        planning excludes the papers of a subscriber's issues only among papers that are
+        still candidates, so pruning an issue whose papers could still be candidates would
+        let them be sent twice.
+        """
+        days = self.settings.retention.issue_days
+        if days <= 0:
+            return PruneResult()
+        days = max(days, self.settings.candidate_window_days + 2)
+        before = self._now(now).astimezone(UTC).date() - timedelta(days=days)
+        if before == self._pruned_before:  # the daemon calls this every refresh: once a day
+            return PruneResult()
+        result = self.store.prune_issues(before)
+        self._pruned_before = before
+        if result.issue_papers or result.issues:
+            log.info(
+                "retention: pruned %d issue(s) and the papers of issues older than %d days "
+                "(%d issue-paper rows); the sent log is kept",
+                result.issues,
+                days,
+                result.issue_papers,
+            )
+        return result
 
     # ------------------------------------------------------------------ operator
 

@@ -152,6 +152,18 @@ def rate_limits(value: str) -> str:
     return value
 
 
+class RetentionSettings(_Section):
+    """How long issues keep more than the sent log (see README "Retention").
+
+    ``issue_days``: an issue whose slot is older than this many days keeps only the sent log;
+    0 keeps everything forever. Never applied with fewer days than the candidate window plus
+    two (:meth:`newsletter.app.Newsletter.apply_retention`), so pruning cannot make an old
+    paper a candidate again.
+    """
+
+    issue_days: int = Field(400, ge=0, le=36_500)
+
+
 class WebSettings(_Section):
     """``newsletter serve``: how much the subscribe form and confirmation links take.
 
@@ -179,6 +191,16 @@ class WebSettings(_Section):
         return rate_limits(value)
 
 
+class FeedsSettings(_Section):
+    """How much history a feed holds: the global feed the papers first seen in the last
+    ``global_days`` days, a private feed the papers of issues sent in that window, each at
+    most ``max_entries`` (newest first). Bounded feeds keep a feed build, a feed file and a
+    feed reader's download the same size however long the newsletter has run."""
+
+    global_days: int = Field(7, ge=1, le=3650)
+    max_entries: int = Field(500, ge=1, le=100_000)
+
+
 class Settings(_Section):
     """The whole configuration. See README "Configuration reference" for each key."""
 
@@ -201,14 +223,19 @@ class Settings(_Section):
     subscriber_refresh_seconds: int = Field(60, ge=1, le=86400)
     catch_up_grace_hours: float = Field(12.0, ge=0, le=168)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    # Test and debugging only: every subscriber's send job fires every N seconds instead of at
-    # their local send time (still one issue per slot, i.e. per local date).
+    # Test and debugging only: the send tick runs every N seconds with every active subscriber
+    # due, instead of at their local send time (still one issue per slot, i.e. per local date).
     debug_send_every_seconds: int | None = Field(None, ge=1)
     mailer: Literal["outbox", "smtp"] = "outbox"
+    # Issues rendered, claimed and committed per transaction (newsletter/pipeline.py): a
+    # crash re-sends at most the messages sent since the last commit (and at most 2 s' worth).
+    delivery_batch_size: int = Field(100, ge=1, le=10_000)
     mail: MailSettings = MailSettings()
     smtp: SmtpSettings = SmtpSettings()
     ranking: RankingSettings = RankingSettings()
     web: WebSettings = WebSettings()
+    retention: RetentionSettings = RetentionSettings()
+    feeds: FeedsSettings = FeedsSettings()
     # From NEWSLETTER_SMTP_PASSWORD only (see load_settings); SecretStr keeps it out of reprs.
     _smtp_password: SecretStr | None = PrivateAttr(default=None)
     # From NEWSLETTER_SECRET_KEY only: signs the web's forms, shared by every web worker.
@@ -316,6 +343,8 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         "smtp": SmtpSettings,
         "ranking": RankingSettings,
         "web": WebSettings,
+        "retention": RetentionSettings,
+        "feeds": FeedsSettings,
     }
     for var, value in environ.items():
         if not var.startswith(ENV_PREFIX) or var[len(ENV_PREFIX) :] in OTHER_ENV:

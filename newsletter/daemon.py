@@ -6,16 +6,21 @@ pickled job store: a renamed function would silently delete pickled jobs):
 * ``inbox``: every ``scan_interval_seconds``, ingest the files that are stable since the last
   scan, then deliver issues whose retry time has come;
 * ``subscribers``: every ``subscriber_refresh_seconds`` (and on SIGHUP), sync the subscribers
-  file, delete web sign-ups unconfirmed for ``web.unconfirmed_days``, and add, move or remove
-  send jobs to match the database;
-* ``send-<id>``: at each subscriber's local send time (:mod:`newsletter.schedule`), plan the
-  slot's issue and deliver.
+  file, delete web sign-ups unconfirmed for ``web.unconfirmed_days``, prune issues past
+  ``retention.issue_days`` (once a day), and bring the send calendar
+  (:class:`newsletter.schedule.SendCalendar`) in line with the active subscribers, read as
+  send times only (no profiles);
+* ``send``: a tick at the start of every minute (send times are whole minutes) takes every
+  subscriber whose send time has come, whatever their number, plans their slots in one
+  ranking call per :data:`newsletter.app.PLAN_CHUNK` subscribers and delivers them in one
+  loop. The work of a tick is proportional to the subscribers due, never to the audience.
 
 Jobs run one at a time (a single worker thread): a send never races an ingest on the same
-database. At start-up, a slot missed while the daemon was down is sent once if it is within
-``catch_up_grace_hours``; older ones are logged and skipped. SIGTERM and SIGINT stop the
-scheduler; the job in progress finishes the message in flight, records it, and stops before
-the next one.
+database. At start-up, the slots missed while the daemon was down are planned and delivered
+as one batch, those within ``catch_up_grace_hours`` (a zero grace: none); older ones are
+logged and skipped. SIGTERM and SIGINT stop the scheduler; the job in progress (a tick, the
+catch-up) stops between planning chunks or after the message in flight, records it, and
+leaves the rest for the next start.
 """
 
 from __future__ import annotations
@@ -23,25 +28,28 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.blocking import BlockingScheduler
+from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from newsletter.app import Clock, Newsletter, utc_now
 from newsletter.config import Settings
 from newsletter.deliver import Mailer
-from newsletter.domain import IngestStatus, Subscriber
+from newsletter.domain import IngestStatus, SubscriberSendTime
 from newsletter.errors import ConfigError
 from newsletter.ingest import InboxScanner, inbox_problem
-from newsletter.schedule import SendSchedule, SendTimeTrigger, last_send_time, slot_of
+from newsletter.schedule import SendCalendar, slot_of
 from newsletter.store.engine import display_url
 
 log = logging.getLogger(__name__)
 
+#: Missed slots logged one per line at start-up; the rest are counted in one line.
+CATCH_UP_LINES = 50
 #: Logged when start-up work (subscribers, inbox, catch-up) is done and the scheduler starts:
 #: tests wait for it instead of sleeping.
 READY = "daemon ready"
@@ -52,7 +60,7 @@ class Daemon:
 
     ``with Daemon(settings, mailer=..., clock=...) as daemon:`` opens the application without
     starting the scheduler, so each job (:meth:`refresh_subscribers`, :meth:`scan_inbox`,
-    :meth:`catch_up`, :meth:`send`) can be driven in-process with a fake clock; :meth:`run`
+    :meth:`catch_up`, :meth:`tick`) can be driven in-process with a fake clock; :meth:`run`
     does the start-up work and runs the scheduler until SIGTERM/SIGINT.
     """
 
@@ -78,8 +86,11 @@ class Daemon:
             executors={"default": self.executor},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": grace},
         )
-        self._schedules: dict[int, SendSchedule] = {}
-        self._signatures: dict[int, tuple[object, ...]] = {}
+        self.calendar = SendCalendar()
+        self._send_times: dict[int, SubscriberSendTime] = {}
+        # When the calendar was first built: send times from then on are the ticks' to send,
+        # earlier ones were missed while no daemon watched (the catch-up's).
+        self._watching_since: datetime | None = None
         self._app: Newsletter | None = None
         self._inbox_problem: str | None = None  # logged once when it appears, once when fixed
 
@@ -120,23 +131,18 @@ class Daemon:
                     display_url(self.settings.database_url),
                     self.settings.inbox.resolve(),
                 )
-                self.refresh_subscribers()
-                self.scan_inbox(two_scans=True)  # papers first, so a catch-up issue has them
-                self.catch_up()
-                self.scheduler.add_job(
-                    self.scan_inbox,
-                    IntervalTrigger(seconds=self.settings.scan_interval_seconds),
-                    id="inbox",
-                    name="inbox scan",
-                )
-                self.scheduler.add_job(
+                # Each start-up step is skipped once a stop is asked for (catch-up stops
+                # inside, between planning chunks and messages).
+                for step in (
                     self.refresh_subscribers,
-                    IntervalTrigger(seconds=self.settings.subscriber_refresh_seconds),
-                    id="subscribers",
-                    name="subscriber refresh",
-                )
-                log.info(READY)
+                    lambda: self.scan_inbox(two_scans=True),  # papers first, for catch-up
+                    self.catch_up,
+                ):
+                    if not self.stopping.is_set():
+                        step()
                 if not self.stopping.is_set():
+                    self._add_jobs()
+                    log.info(READY)
                     self.scheduler.start()  # blocks until the watcher shuts it down
                 pool = getattr(self.executor, "_pool", None)
                 if pool is not None:
@@ -145,6 +151,21 @@ class Daemon:
                 self._finished.set()
                 lock.release()
                 log.info("daemon stopped")
+
+    def _add_jobs(self) -> None:
+        self.scheduler.add_job(
+            self.scan_inbox,
+            IntervalTrigger(seconds=self.settings.scan_interval_seconds),
+            id="inbox",
+            name="inbox scan",
+        )
+        self.scheduler.add_job(
+            self.refresh_subscribers,
+            IntervalTrigger(seconds=self.settings.subscriber_refresh_seconds),
+            id="subscribers",
+            name="subscriber refresh",
+        )
+        self.scheduler.add_job(self.tick, self.tick_trigger(), id="send", name="send tick")
 
     def request_stop(self, *_: Any) -> None:
         """Signal handler: only set a flag. Taking the scheduler's or an executor's locks here
@@ -203,98 +224,126 @@ class Daemon:
         self._inbox_problem = problem
 
     def refresh_subscribers(self) -> None:
-        """Sync the subscribers file, delete web sign-ups never confirmed in time, then add,
-        move or remove send jobs to match."""
+        """Sync the subscribers file, delete web sign-ups never confirmed in time, prune old
+        issues, then bring the send calendar in line with the active subscribers' send
+        times."""
         now = self.clock()
         self.app.sync_subscribers(now)
-        self.app.delete_unconfirmed(now)  # one DELETE; pending subscribers have no send job
-        active = self.app.active_subscribers()
-        for sub_id in set(self._signatures) - set(active):
-            self.scheduler.remove_job(f"send-{sub_id}")
-            del self._signatures[sub_id]
-            del self._schedules[sub_id]
-            log.info("removed send job of subscriber %d (no longer active)", sub_id)
-        for sub in active.values():
-            signature = (sub.timezone, sub.send_at, sub.weekdays)
-            if self._signatures.get(sub.id) == signature:
-                continue
-            if sub.id in self._signatures:  # moved: a scheduler not started yet keeps duplicates
-                self.scheduler.remove_job(f"send-{sub.id}")
-            schedule = SendSchedule.of(sub)
-            trigger: Any = (
-                IntervalTrigger(seconds=self.settings.debug_send_every_seconds)
-                if self.settings.debug_send_every_seconds
-                else SendTimeTrigger(schedule)
+        self.app.delete_unconfirmed(now)  # one DELETE; pending subscribers have no send time
+        self.app.apply_retention(now)  # retention.issue_days; prunes once per date
+        send_times = self.app.active_send_times()
+        previous, self._send_times = self._send_times, send_times
+        if self._watching_since is None:
+            self._watching_since = now
+        change = self.calendar.update(send_times, now)
+        for sub_id in change.removed:
+            log.info("removed send time of subscriber %d (no longer active)", sub_id)
+        for sub_id in change.added:
+            sub = send_times[sub_id]
+            log.debug(
+                "next send to %s at %s", sub.email, _local(self.calendar.next_send(sub_id), sub)
             )
-            job = self.scheduler.add_job(
-                self.send,
-                trigger,
-                args=[sub.id],
-                id=f"send-{sub.id}",
-                name=f"send to {sub.email}",
-                replace_existing=True,
+        if change.added or change.removed:
+            log.info(
+                "send calendar: %d subscriber(s) added or moved, %d removed (was %d, now %d)",
+                len(change.added),
+                len(change.removed),
+                len(previous),
+                len(send_times),
             )
-            self._signatures[sub.id] = signature
-            self._schedules[sub.id] = schedule
-            next_run = getattr(job, "next_run_time", None) or trigger.get_next_fire_time(
-                None, self.clock()
-            )
-            log.info("next send to %s at %s", sub.email, _local(next_run, sub))
-        log.debug("subscriber refresh done: %d send job(s)", len(self._signatures))
+        log.debug("subscriber refresh done: %d send time(s)", len(self.calendar))
 
-    def send(self, subscriber_id: int) -> None:
-        """A send job: plan this subscriber's slot (reading that subscriber only), deliver.
+    def tick_trigger(self) -> Any:
+        """Every minute at second 0 (send times are whole minutes); with
+        ``debug_send_every_seconds``, every that many seconds."""
+        if self.settings.debug_send_every_seconds:
+            return IntervalTrigger(seconds=self.settings.debug_send_every_seconds)
+        return CronTrigger(second=0, timezone=UTC)
 
-        The slot is the one of the send time the job was scheduled for, the latest at or
-        before now, not today's date: a job that fires late (after local midnight, after the
-        machine was suspended) still serves its own day, within the catch-up grace.
+    def tick(self) -> None:
+        """The send job: plan the slot of every subscriber whose send time has come since the
+        last tick, in one batch, then deliver in one loop.
+
+        The slot is the day of the send time that came due, not of the tick: a tick that runs
+        late (after local midnight, behind a long delivery, after the machine was suspended)
+        still serves that send time's own day. With ``debug_send_every_seconds`` every active
+        subscriber's current slot is due at every tick.
         """
         now = self.clock()
-        schedule = self._schedules.get(subscriber_id)
-        if schedule is None:
-            return  # removed by a refresh since the job was queued
+        due: dict[int, date] = {}
         if self.settings.debug_send_every_seconds:
-            slot = slot_of(schedule, now)
+            for schedule, members in self.calendar.groups():
+                slot = slot_of(schedule, now)
+                due.update((sid, slot) for sid in members)
         else:
-            due = last_send_time(schedule, now)
-            grace = timedelta(hours=self.settings.catch_up_grace_hours)
-            if due is None or now - due > grace:
-                log.warning("send job for subscriber %d fired with no send time due", subscriber_id)
-                return
-            slot = slot_of(schedule, due)
-        self.app.plan_slots({subscriber_id: slot}, now)
-        self._deliver(now)
+            for group in self.calendar.pop_due(now):
+                due.update((sid, group.slot) for sid in group.subscriber_ids)
+                log.info(
+                    "send time %s: %d subscriber(s) due, slot %s",
+                    group.due.astimezone(group.schedule.zone).strftime("%Y-%m-%d %H:%M %Z"),
+                    len(group.subscriber_ids),
+                    group.slot,
+                )
+        if due:
+            self._plan_and_deliver(due, now)
 
     def catch_up(self) -> None:
-        """Send, once, each slot missed while the daemon was down, if within the grace period."""
+        """Send, once, the slots missed while the daemon was down that are within the grace
+        period: one batch for everyone (one plan, one delivery loop)."""
         if self.settings.debug_send_every_seconds:
             return
         now = self.clock()
-        missed = self.app.missed_slots(now)
-        for m in missed:
-            if m.within_grace:
+        since = self._watching_since or now
+        # A send time since the calendar was built is not missed: the next tick sends it.
+        missed = [m for m in self.app.missed_slots(now, self._send_times or None) if m.due < since]
+        for position, m in enumerate(missed):
+            if position == CATCH_UP_LINES:  # 100,000 lines help nobody: count the rest
                 log.info(
+                    "... and %d more missed slot(s) (%d to send, %d older than the grace); "
+                    "each is logged at debug level (-vv)",
+                    len(missed) - position,
+                    sum(1 for rest in missed[position:] if rest.within_grace),
+                    sum(1 for rest in missed[position:] if not rest.within_grace),
+                )
+            level = logging.DEBUG if position >= CATCH_UP_LINES else None
+            if m.within_grace:
+                log.log(
+                    level or logging.INFO,
                     "catching up %s's slot %s (due %s)",
                     m.subscriber.email,
                     m.slot,
                     _local(m.due, m.subscriber),
                 )
             else:
-                log.warning(
+                log.log(
+                    level or logging.WARNING,
                     "skipped %s's missed slot %s: due %s, older than the %g h grace",
                     m.subscriber.email,
                     m.slot,
                     _local(m.due, m.subscriber),
                     self.settings.catch_up_grace_hours,
                 )
-        self.app.plan_slots({m.subscriber.id: m.slot for m in missed if m.within_grace}, now)
+        slots = {m.subscriber.id: m.slot for m in missed if m.within_grace}
+        if slots:
+            log.info("catch-up: %d missed slot(s) to send", len(slots))
+            self._plan_and_deliver(slots, now)
+
+    def _plan_and_deliver(self, slots: dict[int, date], now: datetime) -> None:
+        result = self.app.plan_slots(slots, now, should_stop=self.stopping.is_set)
+        log.info(
+            "planned %d issue(s) for %d due slot(s) (%d with nothing to send, %d planned before)",
+            result.planned,
+            len(slots),
+            result.empty,
+            result.already,
+        )
         self._deliver(now)
 
     def _deliver(self, now: datetime) -> None:
         self.app.deliver(now, should_stop=self.stopping.is_set)
 
 
-def _local(moment: datetime | None, sub: Subscriber) -> str:
+def _local(moment: datetime | None, sub: SubscriberSendTime) -> str:
     if moment is None:
         return "never"
     from zoneinfo import ZoneInfo

@@ -12,7 +12,7 @@ import functools
 import hashlib
 import logging
 from dataclasses import dataclass, field
-from datetime import date, datetime, time
+from datetime import date, datetime, time, timedelta
 from urllib.parse import quote, quote_plus
 
 from newsletter.limits import http_url
@@ -117,6 +117,18 @@ class Subscriber:
     status: SubscriberStatus
     token: str  # secret, URL-safe, 192 bits: unsubscribe, preferences, web view
     feed_token: str = ""  # a second secret for the private feed: feed URLs get shared
+
+
+@dataclass(frozen=True)
+class SubscriberSendTime:
+    """An active subscriber's send time and address only: what the daemon keeps in memory
+    for the whole audience (no profile, no tokens), read in one light query."""
+
+    id: int
+    email: str
+    timezone: str
+    send_at: time
+    weekdays: tuple[int, ...]
 
 
 # --------------------------------------------------------------------------- rank
@@ -283,6 +295,42 @@ class FeedItem:
     when: datetime  # timezone-aware
     reasons: tuple[Reason, ...] = field(default=())
     score: float | None = None
+
+
+@dataclass(frozen=True)
+class FeedWindow:
+    """Which entries a feed holds: dated at or after ``since``, the newest ``limit`` of them
+    (ties: lowest paper id first). One window for the files and the web, so both serve the
+    same entries; a feed's size no longer grows with the newsletter's history."""
+
+    since: datetime  # timezone-aware
+    limit: int
+
+    @classmethod
+    def ending(cls, now: datetime, *, days: int, limit: int) -> FeedWindow:
+        """The last ``days`` days up to ``now`` (settings ``feeds.global_days``/``max_entries``)."""
+        return cls(since=now - timedelta(days=days), limit=limit)
+
+
+@dataclass(frozen=True)
+class FeedVersion:
+    """A cheap summary of a feed's window, read with one aggregate query and no entry: when
+    it is unchanged the feed's entries are too, so a cached build (or a 304) can answer.
+
+    ``count``/``oldest``/``newest`` catch entries that arrive or leave the window; ``updated``
+    (the newest paper update, when the query reads it) catches a paper merged richer later.
+    """
+
+    count: int
+    oldest: datetime | None
+    newest: datetime | None
+    updated: datetime | None = None
+
+    @property
+    def last_modified(self) -> datetime | None:
+        """The latest change among the entries, or None for an empty window."""
+        moments = [m for m in (self.newest, self.updated) if m is not None]
+        return max(moments) if moments else None
 
 
 # --------------------------------------------------------------------------- records (store)

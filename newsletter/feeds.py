@@ -9,11 +9,14 @@ keeps its modification time and HTTP caches stay valid.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,11 +34,25 @@ from newsletter.render_html import make_environment, sanitize_abstract
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EMPTY_FEED_DATE", "build_feeds", "write_feeds"]
+__all__ = [
+    "EMPTY_FEED_DATE",
+    "GLOBAL_STEM",
+    "KINDS",
+    "FeedState",
+    "build_feeds",
+    "feed_file_stems",
+    "feed_stem",
+    "version_digest",
+    "write_feeds",
+]
 
 #: ``updated`` of a feed without entries: fixed, so an empty feed is byte-stable too.
 EMPTY_FEED_DATE = datetime(1970, 1, 1, tzinfo=UTC)
 GENERATOR = "newsletter"
+#: The two formats of every feed, which are also the files' extensions.
+KINDS = ("atom", "rss")
+#: The global feed's file stem (``all.atom``); a feed token is never "all".
+GLOBAL_STEM = "all"
 
 #: Characters XML 1.0 forbids (lxml refuses them): C0 controls but tab/LF/CR, lone surrogates,
 #: U+FFFE/U+FFFF. C1 controls are legal but never meant; drop them too.
@@ -172,28 +189,96 @@ def write_feeds(
     Each file is written to a temporary file in the same directory and moved into place with
     ``os.replace``, so a reader never sees half a feed; identical bytes are not rewritten.
     """
-    if subscriber is None:
-        stem = "all"
-    else:
-        if not _TOKEN_RE.match(subscriber.feed_token) or subscriber.feed_token == "all":
-            raise NewsletterError(
-                f"subscriber {subscriber.id}: feed token {subscriber.feed_token!r} cannot name a "
-                "feed file "
-                "(expected URL-safe characters only); regenerate the subscriber's token"
-            )
-        stem = subscriber.feed_token
+    stem = feed_stem(subscriber)
     documents = build_feeds(items, site=site, subscriber=subscriber, templates_dir=templates_dir)
     directory.mkdir(parents=True, exist_ok=True)
     changed: list[Path] = []
-    for kind in ("atom", "rss"):
+    for kind in KINDS:
         path = directory / f"{stem}.{kind}"
-        if _write_if_changed(path, documents[kind]):
+        if write_if_changed(path, documents[kind]):
             changed.append(path)
     log.debug("feed %s: %d item(s), %d file(s) changed", stem, len(items), len(changed))
     return changed
 
 
-def _write_if_changed(path: Path, data: bytes) -> bool:
+def feed_stem(subscriber: Subscriber | None) -> str:
+    """The file name of a feed without its extension: ``all`` or the subscriber's feed token."""
+    if subscriber is None:
+        return GLOBAL_STEM
+    if not _TOKEN_RE.match(subscriber.feed_token) or subscriber.feed_token == GLOBAL_STEM:
+        raise NewsletterError(
+            f"subscriber {subscriber.id}: feed token {subscriber.feed_token!r} cannot name a "
+            "feed file "
+            "(expected URL-safe characters only); regenerate the subscriber's token"
+        )
+    return subscriber.feed_token
+
+
+def feed_file_stems(directory: Path) -> dict[str, set[str]]:
+    """The feeds present in the folder, stem → kinds, from one listing (no stat per file)."""
+    found: dict[str, set[str]] = {}
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return found
+    for name in names:
+        stem, _, kind = name.rpartition(".")
+        if kind in KINDS and _TOKEN_RE.match(stem):
+            found.setdefault(stem, set()).add(kind)
+    return found
+
+
+def version_digest(*parts: object) -> str:
+    """A short digest of what a feed's bytes depend on, for the state file."""
+    return hashlib.sha256(repr(parts).encode("utf-8")).hexdigest()[:24]
+
+
+@dataclass(frozen=True)
+class FeedState:
+    """What the last feed run wrote, kept next to the feeds folder (``var/.feeds.state.json``
+    for ``var/feeds``: the folder itself holds feeds only, and may be served as it is).
+
+    A feed's bytes are a function of its entries, the site settings and the templates; a run
+    rebuilds a feed only when the digest of its :class:`~newsletter.domain.FeedVersion` (and
+    the subscriber's name) differs from the one recorded here, or its files are missing. So
+    a run does not rebuild two files per subscriber when nothing changed for them. Only
+    digests and subscriber ids are stored, never a token or a name. ``fingerprint`` covers
+    the settings; when it changes, everything is rebuilt.
+    """
+
+    fingerprint: str = ""
+    digests: Mapping[str, str] = field(default_factory=dict)  # "all" or subscriber id → digest
+
+    @classmethod
+    def load(cls, directory: Path) -> FeedState:
+        """The recorded state, or an empty one (missing or unreadable: rebuild everything)."""
+        path = state_path(directory)
+        try:
+            data = json.loads(path.read_bytes())
+            fingerprint, digests = data["fingerprint"], data["digests"]
+            if isinstance(fingerprint, str) and isinstance(digests, dict):
+                return cls(fingerprint, {str(k): str(v) for k, v in digests.items()})
+        except (FileNotFoundError, NotADirectoryError):
+            pass  # first run, or no usable folder (writing the feeds then reports that)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("%s unreadable (%s): rebuilding every feed", path, exc)
+        return cls()
+
+    def save(self, directory: Path) -> None:
+        data = {"fingerprint": self.fingerprint, "digests": dict(sorted(self.digests.items()))}
+        path = state_path(directory)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_if_changed(path, json.dumps(data, indent=0).encode("utf-8"))
+
+
+def state_path(directory: Path) -> Path:
+    """Where :class:`FeedState` of a feeds folder is kept: beside it, a dot file."""
+    absolute = directory.absolute()
+    return absolute.parent / f".{absolute.name or 'feeds'}.state.json"
+
+
+def write_if_changed(path: Path, data: bytes) -> bool:
+    """Replace the file atomically with these bytes unless it holds them already."""
     try:
         if path.read_bytes() == data:
             return False

@@ -6,7 +6,7 @@ nothing: the next run picks up every issue that is planned, rendered or sending 
 it. An issue's Message-ID is derived from (subscriber, slot), so the one message that may have
 been in flight at a crash is re-sent with the same id.
 
-Planning is one function for one subscriber (a daemon send job) or all of them (``run
+Planning is one function for the subscribers due at one daemon tick or all of them (``run
 --once``, catch-up): its number of SQL statements does not grow with the number of
 subscribers beyond the insert batches (``tests/test_planning.py`` counts them).
 """
@@ -14,7 +14,10 @@ subscribers beyond the insert batches (``tests/test_planning.py`` counts them).
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -22,17 +25,19 @@ from typing import TYPE_CHECKING
 
 from newsletter.deliver import Envelope, Mailer, MailerUnavailable, OutcomeUnknown
 from newsletter.domain import (
+    FeedWindow,
     IssueContent,
     IssueRecord,
     IssueState,
     Profile,
+    RenderedIssue,
     ScoredPaper,
     SiteInfo,
     Subscriber,
     SubscriberStatus,
 )
 from newsletter.errors import DeliveryError, NewsletterError, ProfileError
-from newsletter.store import PENDING_STATES, IssuePlan, Store
+from newsletter.store import PENDING_STATES, IssueOutcome, IssuePlan, Store
 
 if TYPE_CHECKING:  # rendering pulls in premailer and lxml, ranking scipy: imported where used
     from newsletter.rank import RankSettings
@@ -121,8 +126,9 @@ def plan_issues(
     """Create the issue of each (subscriber, slot) in ``due`` that has none yet.
 
     The one planning function: ``run --once`` passes every active subscriber's current slot,
-    a daemon send job one subscriber's, catch-up the missed ones. A subscriber with nothing
-    at or above their min score gets no issue (unless they asked for empty issues).
+    a daemon tick those of everyone due that minute, catch-up the missed ones. A subscriber
+    with nothing at or above their min score gets no issue (unless they asked for empty
+    issues).
     """
     taken = store.slots_with_issues((sub.id, slot) for sub, slot in due)
     todo = [(sub, slot) for sub, slot in due if (sub.id, slot) not in taken]
@@ -164,15 +170,65 @@ class Delivery:
 
 def issue_content(store: Store, issue: IssueRecord, sub: Subscriber) -> IssueContent:
     """What the renderer needs for a planned issue: its papers in order and the profile."""
+    return _content(issue, sub, store.issue_papers(issue.id))
+
+
+def _content(issue: IssueRecord, sub: Subscriber, papers: Sequence[ScoredPaper]) -> IssueContent:
     from newsletter.profile import parse_profile
 
     return IssueContent(
         subscriber=sub,
         slot_date=issue.slot_date,
-        papers=tuple(store.issue_papers(issue.id)),
+        papers=tuple(papers),
         profile=parse_profile(sub.profile, who=f"subscriber {sub.email}", strict=False),
         created_at=issue.created_at,
     )
+
+
+#: Issues rendered, claimed and committed together (setting ``delivery_batch_size``).
+DEFAULT_BATCH_SIZE = 100
+#: Sent messages are committed at least this often, whatever the batch size: what a crash
+#: can make arrive twice is what went out since the last commit (docs/ARCHITECTURE.md).
+COMMIT_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class _Rendered:
+    """One due issue as the render-ahead worker hands it over: its message, or the error
+    that kept it from having one."""
+
+    issue: IssueRecord
+    sub: Subscriber
+    rendered: RenderedIssue | None
+    error: Exception | None = None
+
+
+def _render_batch(
+    store: Store,
+    renderer: EmailRenderer,
+    due: Sequence[tuple[IssueRecord, Subscriber]],
+    stop: threading.Event,
+) -> list[_Rendered]:
+    """Render one batch: its papers in one query, then each message in memory.
+
+    Runs in the render-ahead thread while the previous batch is being sent: rendering is
+    CPU work and SMTP mostly waiting for replies, so the two overlap. Nothing is stored: a
+    retry renders again, with the same Message-ID and Date (both derived from the issue).
+    Stops early once ``stop`` is set (the pass ended), so shutting down waits for one
+    message at most.
+    """
+    papers = store.issues_papers([issue.id for issue, _ in due])
+    out: list[_Rendered] = []
+    for issue, sub in due:
+        if stop.is_set():
+            break
+        try:
+            rendered = renderer.render(_content(issue, sub, papers[issue.id]))
+        except Exception as exc:  # noqa: BLE001 - a rendering failure counts for its issue only
+            out.append(_Rendered(issue, sub, None, exc))
+        else:
+            out.append(_Rendered(issue, sub, rendered))
+    return out
 
 
 def deliver_pending(
@@ -184,135 +240,225 @@ def deliver_pending(
     now: datetime,
     progress: Callable[[str], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> Delivery:
     """Render and send every issue that is planned, rendered or was in flight at a crash.
+
+    In batches of ``batch_size``: a worker thread renders the next batch while this one is
+    sent; each batch is claimed in one transaction (``sending``, attempt counted), its
+    messages are sent from memory, and their outcomes (sent with the sent log, failed,
+    unknown) are committed in one transaction at the end of the batch, or earlier once
+    :data:`COMMIT_SECONDS` have passed. A crash re-sends only what went out since the last
+    commit, with the same Message-IDs.
 
     An issue of someone who is no longer active is marked failed with that reason (their
     papers stay assigned to it, so a later re-subscription never receives them twice).
     When the mailer reports that nothing can go out (:class:`MailerUnavailable`: the SMTP
     server is down or refuses our session), delivery stops for this run with one log line and
-    every remaining issue stays pending, its attempts untouched, for the next run.
+    every remaining issue stays pending, its attempts untouched, for the next run. A stop
+    request (SIGTERM) is honoured between two messages, the same way.
     """
-    result = Delivery()
     pending = store.issues(states=PENDING_STATES)
     subscribers = store.subscribers_by_id({issue.subscriber_id for issue in pending})
-    for position, issue in enumerate(pending):
-        if should_stop():  # SIGTERM: the message in flight is done; the rest stay pending
-            log.info("stopping: %d issue(s) left pending", len(pending) - position)
-            break
+    gone: list[IssueOutcome] = []
+    due: list[tuple[IssueRecord, Subscriber]] = []
+    for issue in pending:
         sub = subscribers[issue.subscriber_id]
         if sub.status is not SubscriberStatus.ACTIVE:
-            store.mark_failed(issue.id, reply=f"not sent: {sub.email} is {sub.status.value}")
+            reply = f"not sent: {sub.email} is {sub.status.value}"
+            gone.append(IssueOutcome(issue, IssueState.FAILED, issue.attempts, reply))
             log.info("issue %d not sent: %s is %s", issue.id, sub.email, sub.status.value)
-            continue
-        if issue.next_retry_at and issue.next_retry_at > now:
-            continue
+        elif issue.next_retry_at is None or issue.next_retry_at <= now:
+            due.append((issue, sub))
+    store.record_outcomes(gone, sent_at=now)
+    sender = _Sender(store, mailer, site, now, len(due), progress, should_stop)
+    batches = [due[start : start + batch_size] for start in range(0, len(due), batch_size)]
+    stop = threading.Event()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="render-ahead") as pool:
         try:
-            outcome = _deliver_one(store, renderer, mailer, site, issue, sub, now)
-        except MailerUnavailable as exc:
-            left = len(pending) - position
-            log.error("%s; delivery stopped, %d issue(s) left pending for the next run", exc, left)
-            result.stopped = str(exc)
-            break
-        if isinstance(outcome, _NotSent):
-            if outcome.state in (IssueState.FAILED, IssueState.UNKNOWN):
-                result.failed.append(
-                    {
-                        "email": sub.email,
-                        "slot": issue.slot_date.isoformat(),
-                        "state": outcome.state.value,
-                        "reason": outcome.reason,
-                    }
-                )
-            continue
-        where = outcome
-        n = len(issue.paper_ids)
-        log.info("sent issue %d to %s (%d papers): %s", issue.id, sub.email, n, where)
-        result.delivered.append(
-            {"email": sub.email, "slot": issue.slot_date.isoformat(), "papers": n, "where": where}
-        )
-        if progress:
-            progress(f"sent {sub.email}: {n} papers -> {where}")
-    return result
+            ahead = [pool.submit(_render_batch, store, renderer, b, stop) for b in batches[:1]]
+            for number in range(len(batches)):
+                rendered = ahead.pop().result()
+                if number + 1 < len(batches):
+                    ahead.append(
+                        pool.submit(_render_batch, store, renderer, batches[number + 1], stop)
+                    )
+                if not sender.send_batch(rendered):
+                    break
+        finally:
+            stop.set()
+    return sender.result
 
 
-@dataclass(frozen=True)
-class _NotSent:
-    """Why an issue did not go out now: ``state`` is where it was left (None: another run
-    had it), ``reason`` the error."""
+class _Sender:
+    """Claims, sends and commits the batches of one delivery pass, and keeps what it did.
 
-    state: IssueState | None
-    reason: str = ""
-
-
-def _deliver_one(
-    store: Store,
-    renderer: EmailRenderer,
-    mailer: Mailer,
-    site: SiteInfo,
-    issue: IssueRecord,
-    sub: Subscriber,
-    now: datetime,
-) -> str | _NotSent:
-    """Render (if needed), claim and send one issue; where it went, or why it did not.
-
-    Raises :class:`MailerUnavailable` after handing the claimed issue back (``rendered``, its
-    attempt not counted): an outage says nothing about this issue, and counting it would fail
-    whichever issues happened to be first in line after a few outages. A rendering failure
-    counts an attempt like a failed send, so an issue that cannot be rendered ends failed.
-    A send whose final reply never came (:class:`OutcomeUnknown`) is not retried.
+    Outcomes wait in memory until :meth:`_save` writes them in one transaction: at the end
+    of each batch, every :data:`COMMIT_SECONDS`, and before the pass stops early. Until then
+    a sent issue is still ``sending`` in the database, which is what makes a crash re-send
+    it (same Message-ID) rather than lose it.
     """
-    claimed = False
-    try:
-        if issue.state is IssueState.PLANNED:
-            rendered = renderer.render(issue_content(store, issue, sub))
-            if not store.mark_rendered(
-                issue.id,
-                subject=rendered.subject,
-                html=rendered.html,
-                message=rendered.message,
-                message_id=rendered.message_id,
-            ):
-                return _NotSent(None)  # another run got there first
-        if not store.claim_for_sending(issue):
-            return _NotSent(None)
-        claimed = True
-        message = store.rendered_message(issue.id)
-        assert message is not None
+
+    def __init__(
+        self,
+        store: Store,
+        mailer: Mailer,
+        site: SiteInfo,
+        now: datetime,
+        due: int,
+        progress: Callable[[str], None] | None,
+        should_stop: Callable[[], bool],
+    ) -> None:
+        self.store, self.mailer, self.site, self.now = store, mailer, site, now
+        self.left = due  # due issues not handled yet, for the log line when stopping early
+        self.progress, self.should_stop = progress, should_stop
+        self.result = Delivery()
+        self._unsaved: list[IssueOutcome] = []
+        self._saved_at = time.monotonic()
+
+    def send_batch(self, batch: Sequence[_Rendered]) -> bool:
+        """Claim the rendered issues of one batch, send them, save the outcomes; False when
+        delivery stops for this pass (stop request, or nothing can be sent now).
+
+        A rendering failure counts an attempt like a failed send (so an issue that cannot be
+        rendered ends failed). Issues another run claimed first are skipped. Issues claimed
+        but never tried before a stop go back exactly as they were read, attempt uncounted.
+        """
+        if self.should_stop():  # SIGTERM: the message in flight is done; the rest stay pending
+            log.info("stopping: %d issue(s) left pending", self.left)
+            return False
+        ready = []
+        for item in batch:
+            if item.rendered is None:
+                assert item.error is not None
+                self._failed(item, item.error)
+                self.left -= 1
+            else:
+                ready.append(item)
+        claimed = self.store.claim_issues([item.issue for item in ready])
+        mine = [item for item in ready if item.issue.id in claimed]
+        self.left -= len(ready) - len(mine)
+        for position, item in enumerate(mine):
+            if position and self.should_stop():
+                log.info("stopping: %d issue(s) left pending", self.left)
+                self._unsaved.extend(IssueOutcome.unchanged(i.issue) for i in mine[position:])
+                self._save()
+                return False
+            if not self._send(item):
+                self._unsaved.extend(IssueOutcome.unchanged(i.issue) for i in mine[position + 1 :])
+                self._save()
+                return False
+            self.left -= 1
+            if time.monotonic() - self._saved_at >= COMMIT_SECONDS:
+                self._save()
+        self._save()
+        return True
+
+    def _send(self, item: _Rendered) -> bool:
+        """Send one claimed issue and note its outcome; False if nothing can be sent now.
+
+        :class:`MailerUnavailable` hands the issue back (``rendered``, attempt not counted):
+        an outage says nothing about this issue, and counting it would fail whichever issues
+        happened to be first in line after a few outages. A send whose final reply never came
+        (:class:`OutcomeUnknown`) is ``unknown`` and not retried.
+        """
+        issue, sub, rendered = item.issue, item.sub, item.rendered
+        assert rendered is not None
         envelope = Envelope(
-            sender=site.from_address,
+            sender=self.site.from_address,
             recipient=sub.email,
-            message_id=site.message_id(sub, issue.slot_date),
+            message_id=rendered.message_id,
             name_hint=_file_label(issue, sub),
         )
-        where = mailer.send(envelope, message)
-    except MailerUnavailable as exc:
-        if claimed:
-            store.release_claim(issue.id, reply=f"not sent yet: {exc}")
-        raise
-    except OutcomeUnknown as exc:
-        store.mark_unknown(issue.id, reply=str(exc))
-        log.error(
-            "issue %d for %s: %s; not re-sent unless retried (`newsletter retry`)",
-            issue.id,
-            sub.email,
-            exc,
-        )
-        return _NotSent(IssueState.UNKNOWN, str(exc))
-    except Exception as exc:  # noqa: BLE001 - one bad issue must never stop the others
-        attempts = issue.attempts + 1
+        try:
+            where = self.mailer.send(envelope, rendered.message)
+        except MailerUnavailable as exc:
+            reply = f"not sent yet: {exc}"
+            self._unsaved.append(_outcome(item, IssueState.RENDERED, issue.attempts, reply))
+            log.error(
+                "%s; delivery stopped, %d issue(s) left pending for the next run", exc, self.left
+            )
+            self.result.stopped = str(exc)
+            return False
+        except OutcomeUnknown as exc:
+            outcome = _outcome(item, IssueState.UNKNOWN, issue.attempts + 1, str(exc))
+            self._unsaved.append(outcome)
+            log.error(
+                "issue %d for %s: %s; not re-sent unless retried (`newsletter retry`)",
+                issue.id,
+                sub.email,
+                exc,
+            )
+            self._report_failed(item, outcome)
+        except Exception as exc:  # noqa: BLE001 - one bad issue must never stop the others
+            self._failed(item, exc)
+        else:
+            self._unsaved.append(_outcome(item, IssueState.SENT, issue.attempts + 1, where))
+            n = len(issue.paper_ids)
+            log.info("sent issue %d to %s (%d papers): %s", issue.id, sub.email, n, where)
+            slot = issue.slot_date.isoformat()
+            self.result.delivered.append(
+                {"email": sub.email, "slot": slot, "papers": n, "where": where}
+            )
+            if self.progress:
+                self.progress(f"sent {sub.email}: {n} papers -> {where}")
+        return True
+
+    def _failed(self, item: _Rendered, exc: Exception) -> None:
+        """Note a failed rendering or send: retried after a doubling backoff, at most
+        :data:`MAX_ATTEMPTS` attempts, unless the error is permanent for this message."""
+        issue, sub, rendered = item.issue, item.sub, item.rendered
+        attempts = issue.attempts + 1  # the claim's, or (rendering) the one the claim never made
         permanent = isinstance(exc, DeliveryError) and exc.permanent
         retry = not permanent and attempts < MAX_ATTEMPTS
-        retry_at = now + RETRY_BASE * 2 ** (attempts - 1) if retry else None
+        retry_at = self.now + RETRY_BASE * 2 ** (attempts - 1) if retry else None
         reason = str(exc) if isinstance(exc, NewsletterError) else f"{type(exc).__name__}: {exc}"
-        store.mark_failed(issue.id, reply=reason, next_retry_at=retry_at, count_attempt=not claimed)
+        # Due again: "rendered" once it was tried (it has its Message-ID), else "planned".
+        tried = rendered is not None or issue.message_id is not None
+        state = IssueState.RENDERED if tried else IssueState.PLANNED
+        outcome = _outcome(item, state if retry else IssueState.FAILED, attempts, reason, retry_at)
+        self._unsaved.append(outcome)
         if retry_at:
             log.warning("issue %d for %s: %s; retry at %s", issue.id, sub.email, reason, retry_at)
-            return _NotSent(IssueState.PLANNED, reason)
+            return
         log.error("issue %d for %s failed: %s", issue.id, sub.email, reason)
-        return _NotSent(IssueState.FAILED, reason)
-    store.mark_sent(issue.id, sent_at=now, reply=where)
-    return where
+        self._report_failed(item, outcome)
+
+    def _report_failed(self, item: _Rendered, outcome: IssueOutcome) -> None:
+        self.result.failed.append(
+            {
+                "email": item.sub.email,
+                "slot": item.issue.slot_date.isoformat(),
+                "state": outcome.state.value,
+                "reason": outcome.reply or "",
+            }
+        )
+
+    def _save(self) -> None:
+        """Commit the outcomes noted so far (one transaction) and restart the commit clock."""
+        self.store.record_outcomes(self._unsaved, sent_at=self.now)
+        self._unsaved = []
+        self._saved_at = time.monotonic()
+
+
+def _outcome(
+    item: _Rendered,
+    state: IssueState,
+    attempts: int,
+    reply: str,
+    next_retry_at: datetime | None = None,
+) -> IssueOutcome:
+    """An issue's outcome, with the Message-ID and subject of the message it was sent as
+    (kept from the issue when rendering failed)."""
+    return IssueOutcome(
+        item.issue,
+        state,
+        attempts,
+        reply,
+        next_retry_at,
+        message_id=item.rendered.message_id if item.rendered else None,
+        subject=item.rendered.subject if item.rendered else None,
+    )
 
 
 def _file_label(issue: IssueRecord, sub: Subscriber) -> str:
@@ -325,41 +471,92 @@ def _file_label(issue: IssueRecord, sub: Subscriber) -> str:
 
 # ---------------------------------------------------------------------- feeds
 
+#: Private feeds rebuilt per query of their entries: bounds the entries held in memory.
+FEED_BATCH = 500
+
 
 def write_all_feeds(
-    store: Store, *, site: SiteInfo, directory: Path, templates_dir: Path | None
+    store: Store,
+    *,
+    site: SiteInfo,
+    directory: Path,
+    templates_dir: Path | None,
+    window: FeedWindow,
+    force: bool = False,
 ) -> int:
     """The global feed and one private pair per active subscriber; returns files changed.
 
-    The private feeds of people who are no longer active are removed: an unsubscribe also
-    ends their feed.
+    Each feed holds ``window``. A feed is rebuilt only when its version (entries counted and
+    dated, read for all subscribers in one grouped query) or the subscriber's name changed
+    since the last run wrote it, or its files are missing (see
+    :class:`newsletter.feeds.FeedState`); ``force`` rebuilds all (``newsletter feeds``, e.g.
+    after editing the templates). So a run after one delivery rebuilds the feeds of the
+    subscribers who got an issue, not two files per subscriber. Feed files of anyone who is
+    no longer active (unsubscribed, deleted, a replaced feed token) are removed: an
+    unsubscribe also ends their feed.
     """
-    from newsletter.feeds import write_feeds
-
-    count = len(
-        write_feeds(
-            store.global_feed_items(),
-            site=site,
-            subscriber=None,
-            directory=directory,
-            templates_dir=templates_dir,
-        )
+    from newsletter import __version__
+    from newsletter.feeds import (
+        GLOBAL_STEM,
+        KINDS,
+        FeedState,
+        feed_file_stems,
+        version_digest,
+        write_feeds,
     )
-    for sub in store.subscribers_by_id().values():
-        if sub.status is SubscriberStatus.ACTIVE:
+
+    fingerprint = version_digest(__version__, site, str(templates_dir), window.limit)
+    state = FeedState.load(directory)
+    known = {} if force or state.fingerprint != fingerprint else dict(state.digests)
+    present = feed_file_stems(directory)
+    digests: dict[str, str] = {}
+
+    def stale(key: str, stem: str, digest: str) -> bool:
+        digests[key] = digest
+        return known.get(key) != digest or present.get(stem, set()) != set(KINDS)
+
+    count = 0
+    if stale(GLOBAL_STEM, GLOBAL_STEM, version_digest(store.global_feed_version(window))):
+        count += len(
+            write_feeds(
+                store.global_feed_items(window),
+                site=site,
+                subscriber=None,
+                directory=directory,
+                templates_dir=templates_dir,
+            )
+        )
+    versions = store.subscriber_feed_versions(window)
+    active = store.subscribers_by_id(status=SubscriberStatus.ACTIVE)
+    rebuild = [
+        sub
+        for sub in active.values()
+        if stale(str(sub.id), sub.feed_token, version_digest(versions.get(sub.id), sub.name))
+    ]
+    for batch in range(0, len(rebuild), FEED_BATCH):
+        subs = rebuild[batch : batch + FEED_BATCH]
+        items = store.subscribers_feed_items([sub.id for sub in subs], window)
+        for sub in subs:
             count += len(
                 write_feeds(
-                    store.subscriber_feed_items(sub.id),
+                    items.get(sub.id, []),
                     site=site,
                     subscriber=sub,
                     directory=directory,
                     templates_dir=templates_dir,
                 )
             )
-            continue
-        for kind in ("atom", "rss"):
-            stale = directory / f"{sub.feed_token}.{kind}"
-            if stale.exists():
-                stale.unlink()
+    keep = {GLOBAL_STEM} | {sub.feed_token for sub in active.values()}
+    for stem, kinds in present.items():
+        if stem not in keep:
+            for kind in kinds:
+                (directory / f"{stem}.{kind}").unlink(missing_ok=True)
                 count += 1
+    FeedState(fingerprint, digests).save(directory)
+    log.info(
+        "feeds: %d of %d private feed(s) rebuilt, %d file(s) changed",
+        len(rebuild),
+        len(active),
+        count,
+    )
     return count

@@ -142,6 +142,21 @@ def run_once(settings: Settings, *, now: datetime, mailer: Mailer | None = None)
         return app.run_once(now)
 
 
+def head_revision() -> str:
+    """The newest migration (what ``Store.migrate()`` reaches): tests that check the revision
+    need no edit when a revision is added; more than one head is an error here too."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    import newsletter.migrations as migrations
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(migrations.__file__).parent))
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    assert head is not None
+    return head
+
+
 def open_store(settings: Settings) -> Store:
     """The run's database, migrated; the caller closes it."""
     store = Store(settings.database_url)

@@ -2,7 +2,7 @@
 
 ``with Daemon(settings, mailer=..., clock=...)`` opens the application only; each test drives
 the jobs (:meth:`Daemon.refresh_subscribers`, :meth:`Daemon.scan_inbox`,
-:meth:`Daemon.catch_up`, :meth:`Daemon.send`) by hand at exact moments. tests/test_daemon.py
+:meth:`Daemon.catch_up`, :meth:`Daemon.tick`) by hand at exact moments. tests/test_daemon.py
 runs the real daemon as a subprocess.
 
 The workspace (the ``settings`` fixture) has the seeds in its inbox and the three example
@@ -18,7 +18,6 @@ import logging
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -26,6 +25,7 @@ from newsletter.config import Settings, load_settings
 from newsletter.daemon import Daemon
 from newsletter.deliver import MemoryMailer
 from newsletter.domain import IssueState
+from newsletter.schedule import SendCalendar
 from tests.conftest import NOW
 from tests.factories import CONFIG, workspace_env
 
@@ -81,16 +81,14 @@ def issues(d: Daemon) -> list[tuple[int, date, IssueState]]:
     return [(i.subscriber_id, i.slot_date, i.state) for i in d.app.store.issues()]
 
 
-def send_jobs(d: Daemon) -> dict[str, Any]:
-    """The send jobs by id. The scheduler is not started, so these are its pending jobs: a job
-    added again (``replace_existing``) is listed again, and the later one is what start() keeps:
-    a dict by id keeps the later one too."""
-    return {job.id: job for job in d.scheduler.get_jobs() if job.id.startswith("send-")}
-
-
-def next_fire(job: Any, now: datetime) -> datetime:
-    fire: datetime = job.trigger.get_next_fire_time(None, now)
-    return fire.astimezone(UTC)
+def next_sends(d: Daemon) -> dict[int, datetime]:
+    """Each subscriber's next send instant in the daemon's calendar, in UTC."""
+    found = {}
+    for sid in ids(d).values():
+        moment = d.calendar.next_send(sid)
+        if moment is not None:
+            found[sid] = moment.astimezone(UTC)
+    return found
 
 
 def messages(caplog: pytest.LogCaptureFixture, level: int = logging.DEBUG) -> list[str]:
@@ -128,9 +126,14 @@ def test_catch_up_sends_each_missed_slot_within_the_grace_once(
     daemon.catch_up()
     assert len(mailer.sent) == 2
     assert len(issues(daemon)) == 2
-    # A send job firing for a slot that was caught up sends nothing either.
-    daemon.send(sub[ADA])
+    # A tick serving those send times (a calendar built before them) sends nothing either.
+    daemon.calendar = SendCalendar()
+    clock.now = datetime(2026, 11, 23, 7, 0, tzinfo=UTC)
+    daemon.refresh_subscribers()
+    clock.now = NOW + timedelta(minutes=10)
+    daemon.tick()
     assert len(mailer.sent) == 2
+    assert len(issues(daemon)) == 2
 
 
 def test_slot_older_than_the_grace_is_skipped_and_logged(
@@ -156,13 +159,13 @@ def test_slot_older_than_the_grace_is_skipped_and_logged(
     ]
     # Her next send time sends her next slot, once.
     clock.now = datetime(2026, 11, 23, 11, 45, tzinfo=UTC)  # 06:45 in New York
-    daemon.send(grace_id)
-    daemon.send(grace_id)
+    daemon.tick()
+    daemon.tick()
     assert recipients(mailer).count(GRACE) == 1
     assert [i for i in issues(daemon) if i[0] == grace_id] == [(grace_id, MONDAY, IssueState.SENT)]
 
 
-def test_zero_grace_sends_only_a_slot_due_this_very_moment(
+def test_zero_grace_catches_up_nothing_but_the_ticks_send_on_time(
     workdir: Path, database_url: str, mailer: MemoryMailer, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = load_settings(
@@ -174,94 +177,99 @@ def test_zero_grace_sends_only_a_slot_due_this_very_moment(
         start_up(d)
         caplog.set_level(logging.INFO, logger="newsletter.daemon")
         d.catch_up()
-        assert recipients(mailer) == [ADA]
+        assert recipients(mailer) == []
+        # Ada's send time is now: not missed, the calendar has it for the tick.
         assert messages(caplog, logging.WARNING) == [
             "skipped grace@example.org's missed slot 2026-11-22: due 2026-11-22 06:45 EST, "
             "older than the 0 h grace",
             "skipped karen@example.org's missed slot 2026-11-23: due 2026-11-23 08:00 CET, "
             "older than the 0 h grace",
         ]
-        # A minute later nothing is within a zero grace any more.
+        # The tick of this minute sends it, even a few seconds late: the grace is about
+        # slots missed while no daemon ran, not about the daemon's own ticks.
+        clock.now += timedelta(seconds=3)
+        d.tick()
+        assert recipients(mailer) == [ADA]
         clock.now += timedelta(minutes=1)
         d.catch_up()
+        d.tick()
         assert recipients(mailer) == [ADA]
 
 
-# ------------------------------------------------------------------ send jobs
+# ------------------------------------------------------------------ the send calendar
 
 
-def test_refresh_adds_one_send_job_per_active_subscriber(
+def test_refresh_puts_every_active_subscriber_in_the_calendar(
     daemon: Daemon, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="newsletter.daemon")
     daemon.refresh_subscribers()
     sub = ids(daemon)
-    jobs = send_jobs(daemon)
-    assert sorted(jobs) == sorted(f"send-{i}" for i in sub.values())
-    assert len(daemon.scheduler.get_jobs()) == 3  # nothing else before run() adds its jobs
-    assert {job.id: next_fire(job, NOW) for job in jobs.values()} == {
-        f"send-{sub[ADA]}": datetime(2026, 11, 24, 7, 30, tzinfo=UTC),
-        f"send-{sub[GRACE]}": datetime(2026, 11, 23, 11, 45, tzinfo=UTC),
-        f"send-{sub[KAREN]}": datetime(2026, 11, 24, 7, 0, tzinfo=UTC),
-    }
-    assert {job.id: tuple(job.args) for job in jobs.values()} == {
-        f"send-{i}": (i,) for i in sub.values()
+    assert len(daemon.calendar) == 3
+    assert daemon.scheduler.get_jobs() == []  # no job per subscriber: run() adds the tick
+    assert next_sends(daemon) == {
+        sub[ADA]: datetime(2026, 11, 24, 7, 30, tzinfo=UTC),
+        sub[GRACE]: datetime(2026, 11, 23, 11, 45, tzinfo=UTC),
+        sub[KAREN]: datetime(2026, 11, 24, 7, 0, tzinfo=UTC),
     }
     assert messages(caplog) == [
         "next send to ada@example.org at 2026-11-24 07:30 GMT",
         "next send to grace@example.org at 2026-11-23 06:45 EST",
         "next send to karen@example.org at 2026-11-24 08:00 CET",
-        "subscriber refresh done: 3 send job(s)",
+        "send calendar: 3 subscriber(s) added or moved, 0 removed (was 0, now 3)",
+        "subscriber refresh done: 3 send time(s)",
     ]
-    # A refresh with nothing changed touches no job.
+    # A refresh with nothing changed changes nothing.
     caplog.clear()
     daemon.refresh_subscribers()
-    assert messages(caplog) == ["subscriber refresh done: 3 send job(s)"]
-    assert len(daemon.scheduler.get_jobs()) == 3
+    assert messages(caplog) == ["subscriber refresh done: 3 send time(s)"]
+    assert len(daemon.calendar) == 3
 
 
-def test_removed_subscriber_loses_its_job_at_the_next_refresh(
-    daemon: Daemon, mailer: MemoryMailer, caplog: pytest.LogCaptureFixture
+def test_removed_subscriber_leaves_the_calendar_at_the_next_refresh(
+    daemon: Daemon, mailer: MemoryMailer, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    daemon.refresh_subscribers()
+    start_up(daemon)
     karen = ids(daemon)[KAREN]
     assert daemon.app.remove_subscriber(KAREN) == KAREN
-    assert f"send-{karen}" in send_jobs(daemon)  # until the next refresh
+    assert karen in daemon.calendar  # until the next refresh
     caplog.set_level(logging.DEBUG, logger="newsletter.daemon")
     daemon.refresh_subscribers()  # the subscribers file lists her, but does not resubscribe
-    assert sorted(send_jobs(daemon)) == sorted(f"send-{i}" for i in ids(daemon).values())
-    assert f"send-{karen}" not in send_jobs(daemon)
-    assert len(send_jobs(daemon)) == 2
+    assert karen not in daemon.calendar
+    assert len(daemon.calendar) == 2
     assert messages(caplog) == [
-        f"removed send job of subscriber {karen} (no longer active)",
-        "subscriber refresh done: 2 send job(s)",
+        f"removed send time of subscriber {karen} (no longer active)",
+        "send calendar: 0 subscriber(s) added or moved, 1 removed (was 3, now 2)",
+        "subscriber refresh done: 2 send time(s)",
     ]
-    # A send job of hers already queued finds nothing to do.
-    daemon.send(karen)
-    assert mailer.sent == []
+    # Her send time comes: she is not due (grace's, passed meanwhile, goes out alone).
+    clock.now = datetime(2026, 11, 24, 7, 0, tzinfo=UTC)
+    daemon.tick()
+    assert recipients(mailer) == [GRACE]
+    assert [i for i in issues(daemon) if i[0] == karen] == []
 
 
-def test_changed_send_time_moves_the_job(daemon: Daemon, caplog: pytest.LogCaptureFixture) -> None:
+def test_changed_send_time_moves_the_subscriber(
+    daemon: Daemon, caplog: pytest.LogCaptureFixture
+) -> None:
     zoe = "zoe@example.org"  # not in the subscribers file, which a refresh re-applies
     daemon.app.add_subscriber(zoe, {"profile": "diffusion", "send_at": "07:00"})
     daemon.refresh_subscribers()
     zoe_id = ids(daemon)[zoe]
-    assert next_fire(send_jobs(daemon)[f"send-{zoe_id}"], NOW) == datetime(
-        2026, 11, 24, 7, 0, tzinfo=UTC
-    )
+    assert next_sends(daemon)[zoe_id] == datetime(2026, 11, 24, 7, 0, tzinfo=UTC)
     daemon.app.add_subscriber(zoe, {"send_at": "09:15"})
     caplog.set_level(logging.DEBUG, logger="newsletter.daemon")
     daemon.refresh_subscribers()
-    job = send_jobs(daemon)[f"send-{zoe_id}"]
-    assert next_fire(job, NOW) == datetime(2026, 11, 23, 9, 15, tzinfo=UTC)
-    assert len(send_jobs(daemon)) == 4
+    assert next_sends(daemon)[zoe_id] == datetime(2026, 11, 23, 9, 15, tzinfo=UTC)
+    assert len(daemon.calendar) == 4
     assert messages(caplog) == [
         "next send to zoe@example.org at 2026-11-23 09:15 UTC",
-        "subscriber refresh done: 4 send job(s)",
+        "send calendar: 1 subscriber(s) added or moved, 0 removed (was 4, now 4)",
+        "subscriber refresh done: 4 send time(s)",
     ]
 
 
-def test_a_send_job_firing_after_midnight_serves_the_day_it_was_scheduled_for(
+def test_a_tick_running_after_midnight_serves_the_day_of_the_send_time(
     daemon: Daemon, mailer: MemoryMailer, clock: FakeClock
 ) -> None:
     start_up(daemon)
@@ -269,13 +277,13 @@ def test_a_send_job_firing_after_midnight_serves_the_day_it_was_scheduled_for(
     daemon.app.add_subscriber(owl, {"profile": "diffusion", "send_at": "23:30", "timezone": "UTC"})
     daemon.refresh_subscribers()
     owl_id = ids(daemon)[owl]
-    clock.now = datetime(2026, 11, 24, 0, 20, tzinfo=UTC)  # the 23:30 job, 50 minutes late
-    daemon.send(owl_id)
+    clock.now = datetime(2026, 11, 24, 0, 20, tzinfo=UTC)  # the 23:30 tick, 50 minutes late
+    daemon.tick()
     assert [i for i in issues(daemon) if i[0] == owl_id] == [(owl_id, MONDAY, IssueState.SENT)]
     assert recipients(mailer).count(owl) == 1
-    # Tuesday's own job, on time, still has Tuesday's slot to serve.
+    # Tuesday's own tick, on time, still has Tuesday's slot to serve.
     clock.now = datetime(2026, 11, 24, 23, 30, tzinfo=UTC)
-    daemon.send(owl_id)
+    daemon.tick()
     assert [(i[1], i[2]) for i in issues(daemon) if i[0] == owl_id] == [
         (MONDAY, IssueState.SENT),
         (date(2026, 11, 24), IssueState.SENT),

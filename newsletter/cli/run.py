@@ -205,12 +205,15 @@ def upgrade(ctx: Context) -> None:
 def feeds(ctx: Context) -> None:
     """Rebuild the RSS and Atom feeds from the database.
 
+    Every feed is rebuilt, also those whose entries did not change (a run rebuilds only
+    those): what to run after editing the feed templates.
+
     \b
     Example:
       newsletter feeds
     """
     with ctx.app() as app:
-        count = app.write_feeds()
+        count = app.write_feeds(force=True)
     click.echo(f"{ctx.settings.feeds_dir.resolve()}: {count} file(s) changed")
 
 

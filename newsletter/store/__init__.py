@@ -16,7 +16,14 @@ many issues in one transaction. The methods are grouped by subject in mixins:
 from __future__ import annotations
 
 from newsletter.store.engine import new_token, normalize_url
-from newsletter.store.issues import PENDING_STATES, IssuePlan, IssueQueries
+from newsletter.store.issues import (
+    PENDING_STATES,
+    IssueOutcome,
+    IssuePlan,
+    IssueQueries,
+    PruneResult,
+    SentIssue,
+)
 from newsletter.store.papers import DigestKnown, KeyedPaper, MergeCounts, PaperQueries
 from newsletter.store.subscribers import ConfirmationRequest, SubscriberQueries
 
@@ -24,9 +31,12 @@ __all__ = [
     "PENDING_STATES",
     "ConfirmationRequest",
     "DigestKnown",
+    "IssueOutcome",
     "IssuePlan",
     "KeyedPaper",
     "MergeCounts",
+    "PruneResult",
+    "SentIssue",
     "Store",
     "new_token",
     "normalize_url",

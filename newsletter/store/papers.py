@@ -7,11 +7,19 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
 
-from newsletter.domain import DigestRecord, DigestState, FeedItem, Paper, ParsedPaper
+from newsletter.domain import (
+    DigestRecord,
+    DigestState,
+    FeedItem,
+    FeedVersion,
+    FeedWindow,
+    Paper,
+    ParsedPaper,
+)
 from newsletter.errors import DataRejected, StorageError
 from newsletter.store import rows
 from newsletter.store.engine import BATCH, StoreBase, chunks
@@ -241,25 +249,55 @@ class PaperQueries(StoreBase):
 
     # ------------------------------------------------------------------ feeds
 
-    def global_feed_items(self) -> list[FeedItem]:
-        """Every paper, dated the moment it was first seen."""
-        return [FeedItem(paper=p, when=p.first_seen_at) for p in self.papers()]
+    def global_feed_items(self, window: FeedWindow | None = None) -> list[FeedItem]:
+        """The papers first seen in the window (None: every paper), newest first, each dated
+        the moment it was first seen. One query with a LIMIT on the ``first_seen_at`` index:
+        the cost follows the window, not the number of stored papers."""
+        query = select(PaperRow).order_by(PaperRow.first_seen_at.desc(), PaperRow.id)
+        if window is not None:
+            query = query.where(PaperRow.first_seen_at >= window.since).limit(window.limit)
+        with self._read() as s:
+            return [
+                FeedItem(paper=p, when=p.first_seen_at)
+                for p in (rows.paper(r) for r in s.scalars(query))
+            ]
+
+    def global_feed_version(self, window: FeedWindow) -> FeedVersion:
+        """The global feed's validator: one aggregate over the window's index range."""
+        with self._read() as s:
+            count, oldest, newest, updated = s.execute(
+                select(
+                    func.count(),
+                    func.min(PaperRow.first_seen_at),
+                    func.max(PaperRow.first_seen_at),
+                    func.max(PaperRow.updated_at),
+                ).where(PaperRow.first_seen_at >= window.since)
+            ).one()
+        return FeedVersion(int(count or 0), oldest, newest, updated)
 
     # ------------------------------------------------------------------ day pages
 
-    def papers_first_seen_on(self, day: date) -> list[Paper]:
-        """Papers whose first sighting falls on this UTC date, most upvoted first."""
-        start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    def papers_first_seen_on(
+        self, day: date, *, offset: int = 0, limit: int | None = None
+    ) -> list[Paper]:
+        """Papers whose first sighting falls on this UTC date, most upvoted first (then by
+        id): one page of them (``offset``/``limit``) sorted and cut in SQL, so a day page
+        never loads the whole day."""
         with self._read() as s:
-            found = s.scalars(
+            query = (
                 select(PaperRow)
-                .where(
-                    PaperRow.first_seen_at >= start, PaperRow.first_seen_at < start + timedelta(1)
-                )
-                .order_by(PaperRow.id)
-            ).all()
-            papers = [rows.paper(r) for r in found]
-        return sorted(papers, key=lambda p: -(p.upvotes or 0))
+                .where(*_first_seen_on(day))
+                .order_by(func.coalesce(PaperRow.upvotes, 0).desc(), PaperRow.id)
+                .offset(offset)
+            )
+            if limit is not None:
+                query = query.limit(limit)
+            return [rows.paper(r) for r in s.scalars(query)]
+
+    def count_papers_first_seen_on(self, day: date) -> int:
+        with self._read() as s:
+            found = s.scalar(select(func.count()).select_from(PaperRow).where(*_first_seen_on(day)))
+            return int(found or 0)
 
     def recent_days(self, limit: int = 14) -> list[tuple[date, int]]:
         """The latest ``limit`` UTC dates on which new papers were first seen, with their counts.
@@ -281,3 +319,9 @@ class PaperQueries(StoreBase):
                 break
             days[day] = days.get(day, 0) + int(count)
         return list(days.items())
+
+
+def _first_seen_on(day: date) -> tuple[ColumnElement[bool], ...]:
+    """Papers first seen on this UTC date: [day, next day) on the ``first_seen_at`` index."""
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    return (PaperRow.first_seen_at >= start, PaperRow.first_seen_at < start + timedelta(1))

@@ -124,15 +124,25 @@ def apply_spec(row: SubscriberRow, spec: SubscriberSpec) -> bool:
     return changed
 
 
+def send_at(text: str) -> time:
+    """A stored ``HH:MM`` send time."""
+    hour, minute = (int(x) for x in text.split(":"))
+    return time(hour, minute)
+
+
+def weekdays(text: str) -> tuple[int, ...]:
+    """Stored weekdays (``"0,3"``; empty: every day)."""
+    return tuple(int(d) for d in text.split(",") if d)
+
+
 def subscriber(r: SubscriberRow) -> Subscriber:
-    hour, minute = (int(x) for x in r.send_at.split(":"))
     return Subscriber(
         id=r.id,
         email=r.email,
         name=r.name,
         timezone=r.timezone,
-        send_at=time(hour, minute),
-        weekdays=tuple(int(d) for d in r.weekdays.split(",") if d),
+        send_at=send_at(r.send_at),
+        weekdays=weekdays(r.weekdays),
         profile=r.profile,
         max_papers=r.max_papers,
         min_score=r.min_score,

@@ -141,7 +141,8 @@ class IssueRow(Base):
     __table_args__ = (UniqueConstraint("subscriber_id", "slot_date"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id"), index=True)
-    slot_date: Mapped[date] = mapped_column(Date)
+    # Indexed for retention (newsletter/store/issues.py prune_issues) and slot lookups.
+    slot_date: Mapped[date] = mapped_column(Date, index=True)
     state: Mapped[str] = mapped_column(String(16), index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_reply: Mapped[str | None] = mapped_column(Text)
@@ -151,7 +152,7 @@ class IssueRow(Base):
     html: Mapped[str | None] = mapped_column(Text)
     message: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)  # feeds
 
 
 class IssuePaperRow(Base):

@@ -1,9 +1,10 @@
 """Public and archive pages: the index, one page per day of new papers, archived issues.
 
-An archived issue is served as the HTML that was emailed (stored on the issue when it was
-rendered), so the web view is exactly what the reader got; paper text in it was escaped or
-sanitized by the renderer, and its page gets a CSP that allows inline styles and nothing
-executable. Day pages are rendered here, with autoescaped templates.
+An archived issue is the email's HTML rendered again by the email renderer from the issue's
+stored papers, scores and reasons (a sent issue keeps no HTML: see
+``Newsletter.archived_issue_html``), so the web view is what the reader got; paper text in it
+is escaped or sanitized by the renderer, and its page gets a CSP that allows inline styles and
+nothing executable. Day pages are rendered here, with autoescaped templates.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ from newsletter.web.security import ARCHIVE_CSP
 RECENT_DAYS = 14
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 DAY_CACHE_CONTROL = "public, max-age=300"
+#: Papers per day page.
+DAY_PAGE_SIZE = 100
+#: A page number: 1 to 999999 (no sign, no leading zero).
+_PAGE = re.compile(r"^[1-9][0-9]{0,5}$")
 #: The days a page can be about. Nothing is first seen or sent before 1970, and a day is
 #: looked up as [day, next day): the last date Python has, 9999-12-31, has no next day
 #: (``/days/9999-12-31`` was a 500).
@@ -72,16 +77,39 @@ def index(ctx: WebContext, request: Request) -> Response:
 
 
 def day_page(ctx: WebContext, request: Request) -> Response:
+    """One page of a day's papers (``?page=N``, :data:`DAY_PAGE_SIZE` each): a count and
+    one LIMIT/OFFSET query, so a day with thousands of papers never loads them all. Past the
+    last page, or a day without papers, is a 404."""
     day = parse_day(str(request.path_params["day"]))
-    papers = ctx.app.papers_first_seen_on(day)
-    if not papers:
+    page = parse_page(request.query_params.get("page"))
+    total = ctx.app.count_papers_first_seen_on(day)
+    pages = -(-total // DAY_PAGE_SIZE)
+    if page > pages:
         return ctx.page("day.html.j2", status=404, day=day, papers=[])
+    papers = ctx.app.papers_first_seen_on(
+        day, offset=(page - 1) * DAY_PAGE_SIZE, limit=DAY_PAGE_SIZE
+    )
     return ctx.page(
         "day.html.j2",
         day=day,
         papers=[paper_view(ctx, p) for p in papers],
+        total=total,
+        page=page,
+        pages=pages,
+        first=(page - 1) * DAY_PAGE_SIZE + 1,
+        day_url=f"/days/{day.isoformat()}",
         headers={"cache-control": DAY_CACHE_CONTROL},
     )
+
+
+def parse_page(text: str | None) -> int:
+    """``?page=N``: absent is 1; anything but a plain positive number is a 404 (so no huge
+    number reaches the OFFSET)."""
+    if text is None:
+        return 1
+    if not _PAGE.match(text):
+        raise HTTPException(404)
+    return int(text)
 
 
 def archived_issue(ctx: WebContext, request: Request) -> Response:
