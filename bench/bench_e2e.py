@@ -596,8 +596,12 @@ def report(r: dict[str, Any]) -> str:
         + ", ".join(f"{k} {v:.1f} s" for k, v in r["setup_seconds"].items()),
         f"run --once: exit status {r['exit_status']}; {r['issues_delivered']:,} issues "
         f"delivered, {r['issues_empty']:,} empty; {r['papers_per_issue']:.1f} papers per issue; "
-        f"messages {r['message_bytes'] / kib:.1f} KiB (floor sample "
-        f"{r['floor_message_bytes'] / kib:.1f} KiB)",
+        + (
+            f"messages {r['message_bytes'] / kib:.1f} KiB stored"
+            if r["message_bytes"]
+            else "messages not stored once sent"
+        )
+        + f" (floor sample {r['floor_message_bytes'] / kib:.1f} KiB)",
         "",
         f"{'':24} {'msg/s':>9} {'seconds':>9} {'messages':>9}",
         f"{'floor before':24} {r['floor_before_rate']:9.1f} {r['floor_before_seconds']:9.2f} "
