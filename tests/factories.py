@@ -16,10 +16,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime, time
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy import event
 
 from newsletter.app import Newsletter
 from newsletter.config import Settings
@@ -168,3 +171,24 @@ def with_web(settings: Settings, **web: Any) -> Settings:
     """``settings`` with these ``web.*`` values (``subscribe_limit_per_client=""`` lifts that
     limit, for a test that posts a burst from one client on purpose)."""
     return settings.model_copy(update={"web": settings.web.model_copy(update=web)})
+
+
+@contextmanager
+def sql_statements(store: Store, *, with_transactions: bool = True) -> Iterator[list[str]]:
+    """Every SQL statement ``store`` sends while the block runs (a ``before_cursor_execute``
+    hook: once per statement, a multi-row insert counting once); without BEGIN, COMMIT and
+    ROLLBACK when ``with_transactions`` is false."""
+    statements: list[str] = []
+
+    def hook(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if with_transactions or statement.split()[0].upper() not in _TRANSACTION_CONTROL:
+            statements.append(statement)
+
+    event.listen(store.engine, "before_cursor_execute", hook)
+    try:
+        yield statements
+    finally:
+        event.remove(store.engine, "before_cursor_execute", hook)
+
+
+_TRANSACTION_CONTROL = frozenset({"BEGIN", "COMMIT", "ROLLBACK"})

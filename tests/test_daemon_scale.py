@@ -12,15 +12,12 @@ import re
 import shutil
 import signal
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as clock_time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event
 
 from newsletter import app as app_module
 from newsletter.app import Newsletter
@@ -29,7 +26,7 @@ from newsletter.daemon import CATCH_UP_LINES, READY, Daemon
 from newsletter.deliver import MemoryMailer
 from newsletter.domain import IssueState, SubscriberSource, SubscriberSpec
 from tests.conftest import SEEDS
-from tests.factories import workspace_env
+from tests.factories import sql_statements, workspace_env
 
 MONDAY = date(2026, 11, 23)
 
@@ -40,21 +37,6 @@ class FakeClock:
 
     def __call__(self) -> datetime:
         return self.now
-
-
-@contextmanager
-def counted(app: Newsletter) -> Iterator[list[str]]:
-    """Every SQL statement the app sends while the block runs."""
-    statements: list[str] = []
-
-    def hook(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        statements.append(statement)
-
-    event.listen(app.store.engine, "before_cursor_execute", hook)
-    try:
-        yield statements
-    finally:
-        event.remove(app.store.engine, "before_cursor_execute", hook)
 
 
 class Calls:
@@ -128,11 +110,11 @@ def test_refresh_statements_do_not_grow_with_the_audience(settings: Settings) ->
     with Daemon(settings, mailer=MemoryMailer(), clock=clock) as d:
         add_readers(d.app, 10, clock_time(7, 0))
         d.refresh_subscribers()
-        with counted(d.app) as small:
+        with sql_statements(d.app.store) as small:
             d.refresh_subscribers()
         add_readers(d.app, 290, clock_time(7, 15), first=10)
         d.refresh_subscribers()
-        with counted(d.app) as large:
+        with sql_statements(d.app.store) as large:
             d.refresh_subscribers()
         assert len(d.calendar) == 303
     assert len(large) == len(small)
@@ -211,11 +193,11 @@ def test_status_reads_counts_and_columns_never_the_stored_messages(settings: Set
         app.ingest([SEEDS], now=datetime(2026, 11, 23, 7, 0, tzinfo=UTC))
         add_readers(app, 10, clock_time(7, 0))
         app.run_once(datetime(2026, 11, 23, 7, 0, tzinfo=UTC))
-        with counted(app) as small:
+        with sql_statements(app.store) as small:
             first = app.status(datetime(2026, 11, 23, 8, 0, tzinfo=UTC))
         add_readers(app, 90, clock_time(7, 0), first=10)
         app.run_once(datetime(2026, 11, 24, 7, 0, tzinfo=UTC))
-        with counted(app) as large:
+        with sql_statements(app.store) as large:
             second = app.status(datetime(2026, 11, 24, 8, 0, tzinfo=UTC))
     assert len(mailer.sent) == 13 + 103
     assert (len(first.subscribers), len(second.subscribers)) == (13, 103)

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import gzip
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
 import feedparser
 import pytest
-from sqlalchemy import event
 from starlette.testclient import TestClient
 
 from newsletter.app import Newsletter
@@ -26,25 +24,10 @@ from newsletter.feeds import state_path
 from newsletter.store import KeyedPaper, Store
 from newsletter.web import create_app
 from tests.conftest import NOW
-from tests.factories import run_once
+from tests.factories import run_once, sql_statements
 
 SECRET = b"test-secret-test-secret-0123456789"
 DAY = "2026-11-23"
-
-
-@contextmanager
-def counted(app: Newsletter) -> Iterator[list[str]]:
-    statements: list[str] = []
-
-    def hook(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        if statement.split()[0].upper() not in ("BEGIN", "COMMIT", "ROLLBACK"):
-            statements.append(statement)
-
-    event.listen(app.store.engine, "before_cursor_execute", hook)
-    try:
-        yield statements
-    finally:
-        event.remove(app.store.engine, "before_cursor_execute", hook)
 
 
 def add_papers(store: Store, days_ago: int, titles: list[str], upvotes: int = 0) -> None:
@@ -188,12 +171,12 @@ def test_304_loads_no_entry_and_gzip(web: tuple[TestClient, Newsletter]) -> None
     raw = gzip.compress(plain.content, compresslevel=6, mtime=0)
     assert int(zipped.headers["content-length"]) == len(raw) < len(plain.content) // 3
 
-    with counted(app) as statements:
+    with sql_statements(app.store, with_transactions=False) as statements:
         again = client.get("/feeds/all.atom", headers={"if-none-match": plain.headers["etag"]})
     assert again.status_code == 304 and again.content == b""
     assert len(statements) == 1 and "count" in statements[0].lower()  # the validator only
     assert "LIMIT" not in statements[0].upper()
-    with counted(app) as statements:
+    with sql_statements(app.store, with_transactions=False) as statements:
         cached = client.get("/feeds/all.atom", headers={"accept-encoding": "identity"})
     assert cached.content == plain.content and len(statements) == 1  # built once
 
@@ -202,7 +185,7 @@ def test_304_loads_no_entry_and_gzip(web: tuple[TestClient, Newsletter]) -> None
     with TestClient(fresh, base_url="http://testserver") as other:
         other_app = fresh.state.web.app
         since = {"if-modified-since": plain.headers["last-modified"]}
-        with counted(other_app) as statements:
+        with sql_statements(other_app.store, with_transactions=False) as statements:
             assert other.get("/feeds/all.atom", headers=since).status_code == 304
         assert len(statements) == 1
 
@@ -213,7 +196,7 @@ def test_private_feed_304_and_window(web: tuple[TestClient, Newsletter]) -> None
     assert ada is not None
     first = client.get(f"/feeds/{ada.feed_token}.rss")
     assert len(feedparser.parse(first.content).entries) == 8
-    with counted(app) as statements:
+    with sql_statements(app.store, with_transactions=False) as statements:
         again = client.get(
             f"/feeds/{ada.feed_token}.rss", headers={"if-none-match": first.headers["etag"]}
         )
@@ -223,7 +206,7 @@ def test_private_feed_304_and_window(web: tuple[TestClient, Newsletter]) -> None
 
 def test_day_pages_paginate(web: tuple[TestClient, Newsletter]) -> None:
     client, app = web
-    with counted(app) as statements:
+    with sql_statements(app.store, with_transactions=False) as statements:
         last = client.get(f"/days/{DAY}?page=4")
     assert last.status_code == 200
     assert last.text.count('<li class="paper card">') == 80

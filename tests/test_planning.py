@@ -8,12 +8,9 @@ and PostgreSQL, for 10 and for 1,000 subscribers with the same profile.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any
 
-from sqlalchemy import event, func, select
+from sqlalchemy import func, select
 
 from newsletter.app import Newsletter
 from newsletter.config import Settings
@@ -22,20 +19,7 @@ from newsletter.store.engine import BATCH
 from newsletter.store.schema import IssuePaperRow
 
 from .conftest import NOW, SEEDS
-
-
-@contextmanager
-def counted(app: Newsletter) -> Iterator[list[str]]:
-    statements: list[str] = []
-
-    def hook(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        statements.append(statement)
-
-    event.listen(app.store.engine, "before_cursor_execute", hook)
-    try:
-        yield statements
-    finally:
-        event.remove(app.store.engine, "before_cursor_execute", hook)
+from .factories import sql_statements
 
 
 def _add_readers(app: Newsletter, first: int, last: int) -> None:
@@ -62,11 +46,11 @@ def test_planning_statements_do_not_grow_with_subscribers(settings: Settings) ->
     with Newsletter(settings) as app:
         app.ingest([SEEDS], now=NOW)
         _add_readers(app, 0, 10)
-        with counted(app) as small:
+        with sql_statements(app.store) as small:
             first = app.plan_current_slots(NOW)
         rows_small = _paper_rows(app)
         _add_readers(app, 10, 1000)
-        with counted(app) as large:
+        with sql_statements(app.store) as large:
             second = app.plan_current_slots(NOW + timedelta(days=1))
         rows_large = _paper_rows(app) - rows_small
     assert (first.planned, second.planned) == (10, 1000)
@@ -93,7 +77,7 @@ def test_planning_twice_plans_nothing_more_in_a_constant_number_of_statements(
                 now=NOW,
             )
         first = app.plan_current_slots(NOW)
-        with counted(app) as statements:
+        with sql_statements(app.store) as statements:
             second = app.plan_current_slots(NOW)
     assert (first.planned, first.already) == (50, 0)
     assert (second.planned, second.already) == (0, 50)

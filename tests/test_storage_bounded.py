@@ -7,14 +7,12 @@ from __future__ import annotations
 import email
 import email.policy
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import date, timedelta
 from email.message import EmailMessage
 from html import unescape
 from typing import Any
 
-from sqlalchemy import event, text
+from sqlalchemy import text
 from starlette.testclient import TestClient
 
 from newsletter.app import Newsletter
@@ -31,7 +29,7 @@ from newsletter.render import EmailRenderer
 from newsletter.store import KeyedPaper, PruneResult, Store
 from newsletter.web import create_app
 from tests.conftest import NOW
-from tests.factories import make_paper, open_store, run_once
+from tests.factories import make_paper, open_store, run_once, sql_statements
 
 SECRET = b"test-secret-test-secret-0123456789"
 DAY = NOW.date()
@@ -58,20 +56,6 @@ def titles(html: str) -> list[str]:
 def stored(store: Store, sql: str, **params: Any) -> list[tuple[Any, ...]]:
     with store.engine.connect() as conn:
         return [tuple(r) for r in conn.execute(text(sql), params)]
-
-
-@contextmanager
-def counted(store: Store) -> Iterator[list[str]]:
-    statements: list[str] = []
-
-    def hook(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        statements.append(statement)
-
-    event.listen(store.engine, "before_cursor_execute", hook)
-    try:
-        yield statements
-    finally:
-        event.remove(store.engine, "before_cursor_execute", hook)
 
 
 def archive_client(settings: Settings) -> TestClient:
@@ -236,7 +220,7 @@ def test_prune_issues_keeps_the_sent_log_and_pending_issues(store: Store) -> Non
                 {"state": state, "msg": b"bytes", "id": issue_id},
             )
     log_before = store.sent_log()
-    with counted(store) as statements:
+    with sql_statements(store) as statements:
         result = store.prune_issues(DAY - timedelta(days=10))
     assert result == PruneResult(issue_papers=4, issues=2)
     writes = [s for s in statements if s.lstrip().upper().startswith("DELETE")]
