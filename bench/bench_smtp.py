@@ -1,6 +1,6 @@
 """How fast our SMTP delivery is, next to the floor smtplib itself sets.
 
-Usage: ``.venv/bin/python bench/bench_smtp.py --issues 500``
+Usage: ``.venv/bin/python bench/bench_smtp.py --issues 500 [--connections 1 3] [--latency-ms 20]``
 
 Both sides send to the same local sink (aiosmtpd's ``Sink`` handler in its own process, so it
 does not compete with us for the GIL):
@@ -13,6 +13,11 @@ does not compete with us for the GIL):
   database);
 * **floor**: the same messages, pre-built in memory, over one ``smtplib`` connection with
   ``sendmail`` and no database at all.
+
+``--connections 1 3`` measures "ours" once per value in the same run, against the same sink
+(each on a fresh database): ``1`` is :class:`SmtpMailer`, more is :class:`SmtpPool` with that
+many parallel sessions (``smtp.connections``). ``--latency-ms`` makes the sink answer the end
+of each message that late (a relay a round trip away); the floor pays it too.
 
 Planning happens before the clock starts. Since issue 13 rendering is part of delivery (no
 message bytes are stored: a retry renders again), so "ours" includes it while the floor does
@@ -35,7 +40,7 @@ from newsletter.app import Newsletter
 from newsletter.config import Settings, load_settings
 from newsletter.domain import IssueState, SubscriberSource, SubscriberSpec
 from newsletter.pipeline import issue_content
-from newsletter.smtp import SmtpMailer
+from newsletter.smtp import SmtpMailer, SmtpPool
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
@@ -120,30 +125,58 @@ def _floor(messages: list[tuple[str, bytes]], sender: str, port: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--issues", type=int, default=500, help="issues to send (default 500)")
+    parser.add_argument(
+        "--connections",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="SMTP sessions of ours (smtp.connections); several values: one measure each",
+    )
+    parser.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        help="the sink answers the end of each message this late (default 0)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     port = free_port()
-    sink = start_sink(port)
+    sink = start_sink(port, data_delay=args.latency_ms / 1000)
+    runs: list[tuple[int, int, float, int]] = []  # (connections, sent, seconds, opened)
     try:
-        with tempfile.TemporaryDirectory(prefix="bench_smtp_") as tmp:
-            settings = _settings(Path(tmp))
-            mailer = SmtpMailer(HOST, port, security="none")
-            try:
-                with Newsletter(settings, mailer=mailer) as app:  # one app for the whole run
-                    _prepare(app, args.issues)
-                    sent, ours, messages = _ours(app)
-            finally:
-                mailer.close()  # a given mailer is the caller's to close
-            assert mailer.connections == 1, "one connection for the whole run"
-            floor = _floor(messages, settings.mail.from_address, port)
+        for connections in args.connections:
+            with tempfile.TemporaryDirectory(prefix="bench_smtp_") as tmp:
+                settings = _settings(Path(tmp))
+                mailer: SmtpMailer | SmtpPool = (
+                    SmtpMailer(HOST, port, security="none")
+                    if connections == 1
+                    else SmtpPool(HOST, port, size=connections, security="none")
+                )
+                try:
+                    with Newsletter(settings, mailer=mailer) as app:  # one app per measure
+                        _prepare(app, args.issues)
+                        sent, ours, messages = _ours(app)
+                finally:
+                    mailer.close()  # a given mailer is the caller's to close
+                assert mailer.connections <= connections, "no more sessions than allowed"
+                runs.append((connections, sent, ours, mailer.connections))
+        floor = _floor(messages, settings.mail.from_address, port)
     finally:
         sink.terminate()
         sink.wait()
     size = sum(len(raw) for _, raw in messages) / max(len(messages), 1)
-    print(f"issues: {sent} sent, {size / 1024:.1f} KiB per message, one connection each side")
-    print(f"ours  (render + claim + SMTP + mark sent): {sent / ours:8.1f} msg/s ({ours:.2f} s)")
-    print(f"floor (smtplib sendmail, no database):     {sent / floor:8.1f} msg/s ({floor:.2f} s)")
-    print(f"ours / floor: {floor / ours:.2f}")
+    latency = f", sink answers DATA {args.latency_ms:g} ms late" if args.latency_ms else ""
+    print(f"issues: {sent} sent per measure, {size / 1024:.1f} KiB per message{latency}")
+    for connections, sent, ours, opened in runs:
+        print(
+            f"ours, {connections} connection(s) ({opened} opened) "
+            f"(render + claim + SMTP + mark sent): {sent / ours:8.1f} msg/s ({ours:.2f} s), "
+            f"ours / floor {floor / ours:.2f}"
+        )
+    print(
+        f"floor (smtplib sendmail, one connection, no database): {sent / floor:8.1f} msg/s "
+        f"({floor:.2f} s)"
+    )
 
 
 if __name__ == "__main__":

@@ -185,8 +185,11 @@ def _query_parts(text: str) -> tuple[list[str], list[tuple[int, int]]]:
     return [t[0] for t in toks], _chains(gaps, len(toks))
 
 
+@lru_cache(maxsize=1 << 16)
 def analyze_query_term(text: str) -> tuple[str, ...]:
     """The stems of a profile term: one per word, a hyphenated word joined into one.
+
+    Cached: planning parses every subscriber's profile, and their terms repeat.
 
     ``pre-training`` -> ``("pretrain",)``; ``"Gaussian Splatting"`` -> ``("gaussian", "splat")``.
     An empty tuple means the term has no words (the profile parser rejects it).
@@ -268,6 +271,45 @@ def prefixes(keys: Iterable[tuple[str, ...]]) -> set[tuple[str, ...]]:
     return {k[:i] for k in keys for i in range(1, len(k))}
 
 
+_IndexedArc = tuple[int, int, int]  # (position after the arc, char start, char end)
+
+
+@lru_cache(maxsize=8192)
+def _arcs_by_stem(text: str) -> tuple[dict[str, tuple[_IndexedArc, ...]], _Lattice]:
+    """The text's lattice arcs grouped by stem (cached: papers repeat across subscribers).
+
+    Highlighting looks up where each key's first stem occurs instead of walking every
+    position of the text, so its cost follows the matches, not the text's length.
+    """
+    arcs, n = lattice(text)
+    grouped: dict[str, list[_IndexedArc]] = {}
+    for pos in range(n):
+        for stem, after, s, e in arcs[pos]:
+            grouped.setdefault(stem, []).append((after, s, e))
+    return {stem: tuple(found) for stem, found in grouped.items()}, (arcs, n)
+
+
+def _key_spans(text: str, keys: Iterable[tuple[str, ...]]) -> Iterator[tuple[int, int]]:
+    """(char start, char end) of every path of the text's lattice that spells one of ``keys``;
+    the same matches as :func:`find` yields for them."""
+    by_stem, (arcs, n) = _arcs_by_stem(text)
+    for key in keys:
+        for after, first, end in by_stem.get(key[0], ()):
+            ends = [(after, end)]
+            for stem in key[1:]:
+                ends = [
+                    (nxt, e)
+                    for pos, _ in ends
+                    if pos < n
+                    for arc_stem, nxt, _, e in arcs[pos]
+                    if arc_stem == stem
+                ]
+                if not ends:
+                    break
+            for _, e in ends:
+                yield first, e
+
+
 def highlight_spans(text: str, terms: Sequence[ProfileTerm]) -> list[tuple[int, int]]:
     """Character spans of ``text`` (as given) covering every match of every positive term.
 
@@ -281,8 +323,7 @@ def highlight_spans(text: str, terms: Sequence[ProfileTerm]) -> list[tuple[int, 
                 keys[key] = True
     if not keys or not text:
         return []
-    arcs, n = lattice(text)
-    spans = sorted((s, e) for _, _, s, e in find(arcs, n, keys, prefixes(keys)))
+    spans = sorted(_key_spans(text, keys))
     merged: list[tuple[int, int]] = []
     for s, e in spans:
         if merged and s <= merged[-1][1]:

@@ -35,6 +35,7 @@ from newsletter.domain import (
     SubscriberStatus,
 )
 from newsletter.errors import DataRejected, SubscriberError
+from newsletter.feed_files import write_all_feeds
 from newsletter.ingest import FileReport, InboxScanner, inbox_problem, ingest_paths
 from newsletter.pipeline import (
     Delivery,
@@ -42,7 +43,6 @@ from newsletter.pipeline import (
     deliver_pending,
     plan_issues,
     select_papers,
-    write_all_feeds,
 )
 from newsletter.reports import RunSummary, StatusReport, build_status
 from newsletter.schedule import SendSchedule, due_slot, last_send_time, slot_of
@@ -172,6 +172,14 @@ class Newsletter(AccountUseCases):
         from newsletter.render import EmailRenderer
 
         return EmailRenderer(self.settings.templates_dir, self.site)
+
+    @property
+    def render_processes(self) -> int:
+        """Render worker processes for a large delivery pass (setting ``render_processes``)."""
+        from newsletter.render_pool import default_render_processes
+
+        configured = self.settings.render_processes
+        return default_render_processes() if configured is None else configured
 
     @cached_property
     def rank_settings(self) -> RankSettings:
@@ -336,6 +344,7 @@ class Newsletter(AccountUseCases):
                 progress=progress,
                 should_stop=should_stop,
                 batch_size=self.settings.delivery_batch_size,
+                render_processes=self.render_processes,
             )
         finally:
             lock.release()
@@ -489,11 +498,12 @@ class Newsletter(AccountUseCases):
 
 
 def make_mailer(settings: Settings) -> Mailer:
-    """The configured mailer: the outbox folder (default) or an SMTP server."""
+    """The configured mailer: the outbox folder (default) or an SMTP server (one session, or
+    a pool of ``smtp.connections`` sessions that the pipeline sends through in parallel)."""
     if settings.mailer == "smtp":
-        from newsletter.smtp import SmtpMailer
+        from newsletter.smtp import mailer_from_settings
 
-        return SmtpMailer.from_settings(settings)
+        return mailer_from_settings(settings)
     return OutboxMailer(settings.outbox_dir)
 
 

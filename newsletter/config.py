@@ -114,6 +114,9 @@ class SmtpSettings(_Section):
     # §4.5.3.2.6: 10 minutes); when it expires the outcome is unknown, not retried.
     data_timeout_seconds: float = Field(600.0, gt=0, le=3600)
     rate_per_second: float = Field(0.0, ge=0)
+    # Parallel SMTP sessions (newsletter/smtp.py SmtpPool), all under the one rate limit
+    # above; opened only as needed. 1: one session, messages strictly one after another.
+    connections: int = Field(1, ge=1, le=32)
     ca_file: Path | None = None
 
     @field_validator("host")
@@ -230,6 +233,10 @@ class Settings(_Section):
     # Issues rendered, claimed and committed per transaction (newsletter/pipeline.py): a
     # crash re-sends at most the messages sent since the last commit (and at most 2 s' worth).
     delivery_batch_size: int = Field(100, ge=1, le=10_000)
+    # Worker processes that render a large delivery pass (1,000 due issues or more) while
+    # this process sends; unset: one per core beyond the first, at most 4; 0: render in a
+    # thread of this process (newsletter/render_pool.py).
+    render_processes: int | None = Field(None, ge=0, le=32)
     mail: MailSettings = MailSettings()
     smtp: SmtpSettings = SmtpSettings()
     ranking: RankingSettings = RankingSettings()

@@ -51,6 +51,12 @@ class Envelope:
 
 
 class Mailer(Protocol):
+    """What the pipeline sends through. A mailer that can have several messages in flight
+    (:class:`newsletter.smtp.SmtpPool`) says how many in an int attribute
+    ``parallel_sessions`` and makes :meth:`send` thread-safe; the pipeline then sends a batch
+    from that many threads. Without the attribute a mailer is sent one message at a time
+    (the outbox: its writes go to one disk; the memory mailer and the tests' own)."""
+
     def send(self, envelope: Envelope, message: bytes) -> str:
         """Deliver one message; return where it went (a path, a server reply)."""
 

@@ -1,4 +1,4 @@
-"""The stages after ingest: plan (rank) → render → deliver, and feeds.
+"""The stages after ingest: plan (rank) → render → deliver (feeds: :mod:`newsletter.feed_files`).
 
 Each stage reads and writes storage only and takes the few values it uses, not the whole
 settings: :class:`newsletter.app.Newsletter` wires them. A crash between two stages loses
@@ -13,19 +13,18 @@ subscribers beyond the insert batches (``tests/test_planning.py`` counts them).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from newsletter.deliver import Envelope, Mailer, MailerUnavailable, OutcomeUnknown
 from newsletter.domain import (
-    FeedWindow,
     IssueContent,
     IssueRecord,
     IssueState,
@@ -42,6 +41,7 @@ from newsletter.store import PENDING_STATES, IssueOutcome, IssuePlan, Store
 if TYPE_CHECKING:  # rendering pulls in premailer and lxml, ranking scipy: imported where used
     from newsletter.rank import RankSettings
     from newsletter.render import EmailRenderer
+    from newsletter.render_pool import RenderWorkers
 
 log = logging.getLogger(__name__)
 
@@ -208,16 +208,37 @@ def _render_batch(
     renderer: EmailRenderer,
     due: Sequence[tuple[IssueRecord, Subscriber]],
     stop: threading.Event,
+    workers: _Workers | None = None,
 ) -> list[_Rendered]:
     """Render one batch: its papers in one query, then each message in memory.
 
     Runs in the render-ahead thread while the previous batch is being sent: rendering is
-    CPU work and SMTP mostly waiting for replies, so the two overlap. Nothing is stored: a
-    retry renders again, with the same Message-ID and Date (both derived from the issue).
-    Stops early once ``stop`` is set (the pass ended), so shutting down waits for one
-    message at most.
+    CPU work and SMTP mostly waiting for replies, so the two overlap; with ``workers`` (once
+    they have started) the rendering itself runs in worker processes, on other cores.
+    Nothing is stored: a retry renders again, with the same Message-ID and Date (both
+    derived from the issue). Stops
+    early once ``stop`` is set (the pass ended), so shutting down waits for one message
+    (in-process) or one batch (workers) at most.
     """
     papers = store.issues_papers([issue.id for issue, _ in due])
+    pool = workers.pool if workers is not None else None
+    if pool is not None and pool.ready and not stop.is_set():
+        from newsletter.render_pool import RenderPoolBroken
+
+        contents = [_content(issue, sub, papers[issue.id]) for issue, sub in due]
+        try:
+            results = pool.render(contents)
+        except RenderPoolBroken as exc:
+            log.error("%s; rendering the rest in this process", exc)
+            pool.close()
+            workers.pool = None  # type: ignore[union-attr]
+        else:
+            return [
+                _Rendered(issue, sub, None, result)
+                if isinstance(result, Exception)
+                else _Rendered(issue, sub, result)
+                for (issue, sub), result in zip(due, results, strict=True)
+            ]
     out: list[_Rendered] = []
     for issue, sub in due:
         if stop.is_set():
@@ -231,6 +252,13 @@ def _render_batch(
     return out
 
 
+@dataclass
+class _Workers:
+    """The render processes of one delivery pass; ``pool`` is dropped if a worker dies."""
+
+    pool: RenderWorkers | None
+
+
 def deliver_pending(
     store: Store,
     renderer: EmailRenderer,
@@ -241,11 +269,14 @@ def deliver_pending(
     progress: Callable[[str], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    render_processes: int = 0,
 ) -> Delivery:
     """Render and send every issue that is planned, rendered or was in flight at a crash.
 
     In batches of ``batch_size``: a worker thread renders the next batch while this one is
-    sent; each batch is claimed in one transaction (``sending``, attempt counted), its
+    sent (in ``render_processes`` worker processes when the pass has at least
+    :data:`~newsletter.render_pool.MIN_ISSUES_FOR_PROCESSES` due issues); each batch is
+    claimed in one transaction (``sending``, attempt counted), its
     messages are sent from memory, and their outcomes (sent with the sent log, failed,
     unknown) are committed in one transaction at the end of the batch, or earlier once
     :data:`COMMIT_SECONDS` have passed. A crash re-sends only what went out since the last
@@ -274,20 +305,40 @@ def deliver_pending(
     sender = _Sender(store, mailer, site, now, len(due), progress, should_stop)
     batches = [due[start : start + batch_size] for start in range(0, len(due), batch_size)]
     stop = threading.Event()
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="render-ahead") as pool:
+    workers = _Workers(None)
+    if render_processes > 0:
+        from newsletter.render_pool import MIN_ISSUES_FOR_PROCESSES, RenderWorkers
+
+        if len(due) >= MIN_ISSUES_FOR_PROCESSES:
+            workers.pool = RenderWorkers(renderer, render_processes)
+    with _closing(workers), ThreadPoolExecutor(1, thread_name_prefix="render-ahead") as pool:
         try:
-            ahead = [pool.submit(_render_batch, store, renderer, b, stop) for b in batches[:1]]
+            ahead = [
+                pool.submit(_render_batch, store, renderer, b, stop, workers) for b in batches[:1]
+            ]
             for number in range(len(batches)):
                 rendered = ahead.pop().result()
                 if number + 1 < len(batches):
                     ahead.append(
-                        pool.submit(_render_batch, store, renderer, batches[number + 1], stop)
+                        pool.submit(
+                            _render_batch, store, renderer, batches[number + 1], stop, workers
+                        )
                     )
                 if not sender.send_batch(rendered):
                     break
         finally:
             stop.set()
     return sender.result
+
+
+@contextlib.contextmanager
+def _closing(workers: _Workers) -> Iterator[None]:
+    """Stop the render processes after the render-ahead thread is done with them."""
+    try:
+        yield
+    finally:
+        if workers.pool is not None:
+            workers.pool.close()
 
 
 class _Sender:
@@ -297,6 +348,11 @@ class _Sender:
     of each batch, every :data:`COMMIT_SECONDS`, and before the pass stops early. Until then
     a sent issue is still ``sending`` in the database, which is what makes a crash re-send
     it (same Message-ID) rather than lose it.
+
+    With a mailer of ``parallel_sessions`` > 1 (``smtp.connections``) a batch is sent from
+    that many threads (:meth:`_send_parallel`); the threads only call the mailer, and every
+    outcome is noted, committed and logged by this object in the pass's own thread, so the
+    bookkeeping is the same as for one message at a time.
     """
 
     def __init__(
@@ -338,6 +394,9 @@ class _Sender:
         claimed = self.store.claim_issues([item.issue for item in ready])
         mine = [item for item in ready if item.issue.id in claimed]
         self.left -= len(ready) - len(mine)
+        sessions = _parallel_sessions(self.mailer)
+        if sessions > 1 and len(mine) > 1:
+            return self._send_parallel(mine, sessions)
         for position, item in enumerate(mine):
             if position and self.should_stop():
                 log.info("stopping: %d issue(s) left pending", self.left)
@@ -362,37 +421,53 @@ class _Sender:
         happened to be first in line after a few outages. A send whose final reply never came
         (:class:`OutcomeUnknown`) is ``unknown`` and not retried.
         """
-        issue, sub, rendered = item.issue, item.sub, item.rendered
-        assert rendered is not None
-        envelope = Envelope(
-            sender=self.site.from_address,
-            recipient=sub.email,
-            message_id=rendered.message_id,
-            name_hint=_file_label(issue, sub),
-        )
+        assert item.rendered is not None
         try:
-            where = self.mailer.send(envelope, rendered.message)
-        except MailerUnavailable as exc:
-            reply = f"not sent yet: {exc}"
+            where = self.mailer.send(self._envelope(item), item.rendered.message)
+        except Exception as exc:  # noqa: BLE001 - sorted by _note; one bad issue never stops all
+            return self._note(item, exc)
+        return self._note(item, where)
+
+    def _envelope(self, item: _Rendered) -> Envelope:
+        assert item.rendered is not None
+        return Envelope(
+            sender=self.site.from_address,
+            recipient=item.sub.email,
+            message_id=item.rendered.message_id,
+            name_hint=_file_label(item.issue, item.sub),
+        )
+
+    def _note(self, item: _Rendered, result: str | Exception) -> bool:
+        """Note what one send gave (the server's reply, or the error it raised); False if it
+        says nothing can be sent now (see :meth:`_send`)."""
+        issue, sub = item.issue, item.sub
+        if isinstance(result, MailerUnavailable):
+            reply = f"not sent yet: {result}"
             self._unsaved.append(_outcome(item, IssueState.RENDERED, issue.attempts, reply))
+            if self.result.stopped:  # another session of this pass already said so
+                log.info("issue %d for %s handed back: %s", issue.id, sub.email, result)
+                return False
             log.error(
-                "%s; delivery stopped, %d issue(s) left pending for the next run", exc, self.left
+                "%s; delivery stopped, %d issue(s) left pending for the next run",
+                result,
+                self.left,
             )
-            self.result.stopped = str(exc)
+            self.result.stopped = str(result)
             return False
-        except OutcomeUnknown as exc:
-            outcome = _outcome(item, IssueState.UNKNOWN, issue.attempts + 1, str(exc))
+        if isinstance(result, OutcomeUnknown):
+            outcome = _outcome(item, IssueState.UNKNOWN, issue.attempts + 1, str(result))
             self._unsaved.append(outcome)
             log.error(
                 "issue %d for %s: %s; not re-sent unless retried (`newsletter retry`)",
                 issue.id,
                 sub.email,
-                exc,
+                result,
             )
             self._report_failed(item, outcome)
-        except Exception as exc:  # noqa: BLE001 - one bad issue must never stop the others
-            self._failed(item, exc)
+        elif isinstance(result, Exception):
+            self._failed(item, result)
         else:
+            where = result
             self._unsaved.append(_outcome(item, IssueState.SENT, issue.attempts + 1, where))
             n = len(issue.paper_ids)
             log.info("sent issue %d to %s (%d papers): %s", issue.id, sub.email, n, where)
@@ -403,6 +478,57 @@ class _Sender:
             if self.progress:
                 self.progress(f"sent {sub.email}: {n} papers -> {where}")
         return True
+
+    def _send_parallel(self, mine: Sequence[_Rendered], sessions: int) -> bool:
+        """Send the claimed issues of a batch from ``sessions`` threads, as :meth:`send_batch`
+        sends them one by one: False when delivery stops for this pass.
+
+        Worker threads only call the mailer; this thread hands out the messages, notes each
+        outcome as its send finishes, and commits every :data:`COMMIT_SECONDS` and at the
+        end, so what a crash can re-send is still what went out since the last commit (at
+        most ``sessions`` messages more than sequentially: those in flight). A stop request
+        is asked before each message after the first; once it is set, or once any session
+        reports :class:`MailerUnavailable`, no new message is handed out, the ones in flight
+        are finished and noted, and the issues never tried go back exactly as they were read.
+        An exception that is not an ``Exception`` (a crash) is raised here after the sends in
+        flight end, leaving their issues ``sending`` like any crash.
+        """
+        from concurrent.futures import FIRST_COMPLETED, Future, wait
+
+        queue = list(reversed(mine))  # popped from the end: batch order
+        flying: dict[Future[str], tuple[int, _Rendered]] = {}
+        stop_request = unavailable = False
+        with ThreadPoolExecutor(min(sessions, len(mine)), thread_name_prefix="smtp-send") as pool:
+            while queue or flying:
+                while queue and not (stop_request or unavailable) and len(flying) < sessions:
+                    if len(queue) < len(mine) and self.should_stop():
+                        stop_request = True
+                        break
+                    item = queue.pop()
+                    assert item.rendered is not None
+                    future = pool.submit(
+                        self.mailer.send, self._envelope(item), item.rendered.message
+                    )
+                    flying[future] = (len(mine) - len(queue), item)
+                if not flying:
+                    break
+                done, _ = wait(flying, return_when=FIRST_COMPLETED)
+                for future in sorted(done, key=lambda f: flying[f][0]):
+                    _, item = flying.pop(future)
+                    error = future.exception()
+                    if error is not None and not isinstance(error, Exception):
+                        raise error  # a crash: nothing more is noted (see above)
+                    if self._note(item, future.result() if error is None else error):
+                        self.left -= 1
+                    else:
+                        unavailable = True
+                if time.monotonic() - self._saved_at >= COMMIT_SECONDS:
+                    self._save()
+        if stop_request and not unavailable:
+            log.info("stopping: %d issue(s) left pending", self.left)
+        self._unsaved.extend(IssueOutcome.unchanged(item.issue) for item in reversed(queue))
+        self._save()
+        return not (stop_request or unavailable)
 
     def _failed(self, item: _Rendered, exc: Exception) -> None:
         """Note a failed rendering or send: retried after a doubling backoff, at most
@@ -441,6 +567,13 @@ class _Sender:
         self._saved_at = time.monotonic()
 
 
+def _parallel_sessions(mailer: Mailer) -> int:
+    """How many messages ``mailer`` may have in flight: its ``parallel_sessions`` (an SMTP
+    pool), else 1 (any mailer that does not declare it is one channel)."""
+    sessions = getattr(mailer, "parallel_sessions", 1)
+    return sessions if isinstance(sessions, int) and sessions > 1 else 1
+
+
 def _outcome(
     item: _Rendered,
     state: IssueState,
@@ -467,96 +600,3 @@ def _file_label(issue: IssueRecord, sub: Subscriber) -> str:
     Only a short prefix of the address: a valid address can be longer than a file name may be.
     """
     return f"{issue.slot_date.isoformat()}_{sub.id:05d}_{sub.email.split('@')[0][:32]}"
-
-
-# ---------------------------------------------------------------------- feeds
-
-#: Private feeds rebuilt per query of their entries: bounds the entries held in memory.
-FEED_BATCH = 500
-
-
-def write_all_feeds(
-    store: Store,
-    *,
-    site: SiteInfo,
-    directory: Path,
-    templates_dir: Path | None,
-    window: FeedWindow,
-    force: bool = False,
-) -> int:
-    """The global feed and one private pair per active subscriber; returns files changed.
-
-    Each feed holds ``window``. A feed is rebuilt only when its version (entries counted and
-    dated, read for all subscribers in one grouped query) or the subscriber's name changed
-    since the last run wrote it, or its files are missing (see
-    :class:`newsletter.feeds.FeedState`); ``force`` rebuilds all (``newsletter feeds``, e.g.
-    after editing the templates). So a run after one delivery rebuilds the feeds of the
-    subscribers who got an issue, not two files per subscriber. Feed files of anyone who is
-    no longer active (unsubscribed, deleted, a replaced feed token) are removed: an
-    unsubscribe also ends their feed.
-    """
-    from newsletter import __version__
-    from newsletter.feeds import (
-        GLOBAL_STEM,
-        KINDS,
-        FeedState,
-        feed_file_stems,
-        version_digest,
-        write_feeds,
-    )
-
-    fingerprint = version_digest(__version__, site, str(templates_dir), window.limit)
-    state = FeedState.load(directory)
-    known = {} if force or state.fingerprint != fingerprint else dict(state.digests)
-    present = feed_file_stems(directory)
-    digests: dict[str, str] = {}
-
-    def stale(key: str, stem: str, digest: str) -> bool:
-        digests[key] = digest
-        return known.get(key) != digest or present.get(stem, set()) != set(KINDS)
-
-    count = 0
-    if stale(GLOBAL_STEM, GLOBAL_STEM, version_digest(store.global_feed_version(window))):
-        count += len(
-            write_feeds(
-                store.global_feed_items(window),
-                site=site,
-                subscriber=None,
-                directory=directory,
-                templates_dir=templates_dir,
-            )
-        )
-    versions = store.subscriber_feed_versions(window)
-    active = store.subscribers_by_id(status=SubscriberStatus.ACTIVE)
-    rebuild = [
-        sub
-        for sub in active.values()
-        if stale(str(sub.id), sub.feed_token, version_digest(versions.get(sub.id), sub.name))
-    ]
-    for batch in range(0, len(rebuild), FEED_BATCH):
-        subs = rebuild[batch : batch + FEED_BATCH]
-        items = store.subscribers_feed_items([sub.id for sub in subs], window)
-        for sub in subs:
-            count += len(
-                write_feeds(
-                    items.get(sub.id, []),
-                    site=site,
-                    subscriber=sub,
-                    directory=directory,
-                    templates_dir=templates_dir,
-                )
-            )
-    keep = {GLOBAL_STEM} | {sub.feed_token for sub in active.values()}
-    for stem, kinds in present.items():
-        if stem not in keep:
-            for kind in kinds:
-                (directory / f"{stem}.{kind}").unlink(missing_ok=True)
-                count += 1
-    FeedState(fingerprint, digests).save(directory)
-    log.info(
-        "feeds: %d of %d private feed(s) rebuilt, %d file(s) changed",
-        len(rebuild),
-        len(active),
-        count,
-    )
-    return count

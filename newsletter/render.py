@@ -3,7 +3,7 @@
 The expensive step, CSS inlining, runs once per template, on the template rendered with slot
 tokens only (see :mod:`newsletter.render_html`); each paper's card is that compiled card with
 the paper's link and byline bound once, and per subscriber the renderer only highlights, escapes
-and joins, then lets the ``email`` package build the MIME message. No value is ever rendered
+and joins, and :mod:`newsletter.mime` assembles the MIME message. No value is ever rendered
 into a template before it is cut at its slots, so no value can create or move a slot. Headers
 are built from the site settings and the subscriber only, never from paper text, so a title with
 CR/LF cannot inject a header.
@@ -21,8 +21,6 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import UTC, datetime, tzinfo
 from email.headerregistry import Address
-from email.message import EmailMessage
-from email.policy import SMTP
 from email.utils import format_datetime, formataddr
 from pathlib import Path
 from typing import Any
@@ -40,6 +38,7 @@ from newsletter.domain import (
     Subscriber,
 )
 from newsletter.errors import SubscriberError
+from newsletter.mime import fold_header, multipart_alternative
 from newsletter.render_html import (
     CompiledFragment,
     CssInliner,
@@ -147,6 +146,7 @@ class EmailRenderer:
         card_cache_size: int = 4096,
     ) -> None:
         self.site = site
+        self.templates_dir = templates_dir
         self.max_html_bytes = max_html_bytes
         self._env = make_environment(templates_dir)
         self._text_template = self._env.get_template("email.txt.j2")
@@ -155,6 +155,7 @@ class EmailRenderer:
         self._fragments: dict[str, CompiledFragment] = {}
         self._cards: OrderedDict[Paper, CompiledFragment] = OrderedDict()
         self._card_cache_size = card_cache_size
+        self._site_header_lines: tuple[bytes, bytes] | None = None
 
     # ------------------------------------------------------------------ cached fragments
 
@@ -309,7 +310,7 @@ class EmailRenderer:
             subject=subject,
             html=html_part,
             text=text_part,
-            message=message.as_bytes(policy=SMTP),
+            message=message,
             message_id=message_id,
         )
 
@@ -392,6 +393,24 @@ class EmailRenderer:
             unsubscribe_url=site.unsubscribe_url(sub),
         )
 
+    def _site_headers(self) -> tuple[bytes, bytes]:
+        """``From`` and the list headers, the same for every issue: folded once."""
+        if self._site_header_lines is None:
+            site = self.site
+            try:
+                from_ = Address(strip_controls(site.from_name), addr_spec=site.from_address)
+                from_line = fold_header("From", str(from_))
+            except (ValueError, IndexError, email.errors.HeaderParseError) as exc:
+                raise SubscriberError(
+                    f"sender address {site.from_address!r} is not a valid email address "
+                    f"({exc}); fix mail.from_address in the configuration"
+                ) from exc
+            list_lines = fold_header(
+                "List-Id", formataddr((strip_controls(site.name), site.list_id))
+            )
+            self._site_header_lines = (from_line, list_lines)
+        return self._site_header_lines
+
     def _message(
         self,
         issue: IssueContent,
@@ -400,39 +419,40 @@ class EmailRenderer:
         html_part: str,
         message_id: str,
         name: str,
-    ) -> EmailMessage:
+    ) -> bytes:
         """The MIME message; every header value comes from settings or the subscriber record."""
         site, sub = self.site, issue.subscriber
-        msg = EmailMessage(policy=SMTP)
+        from_line, list_id_line = self._site_headers()
         try:
-            msg["From"] = Address(strip_controls(site.from_name), addr_spec=site.from_address)
-        except (ValueError, IndexError, email.errors.HeaderParseError) as exc:
-            raise SubscriberError(
-                f"sender address {site.from_address!r} is not a valid email address ({exc}); "
-                "fix mail.from_address in the configuration"
-            ) from exc
-        try:
-            msg["To"] = Address(header_display_name(name), addr_spec=sub.email)
+            to_line = fold_header(
+                "To", str(Address(header_display_name(name), addr_spec=sub.email))
+            )
         except (ValueError, IndexError, email.errors.HeaderParseError) as exc:
             raise SubscriberError(
                 f"subscriber {sub.id}: email {sub.email!r} is not a valid address ({exc}); "
                 "correct or remove this subscriber",
                 field="email",
             ) from exc
-        msg["Subject"] = subject
-        msg["Date"] = format_datetime(_aware(issue.created_at))
-        msg["Message-ID"] = message_id
-        msg["List-Id"] = formataddr((strip_controls(site.name), site.list_id))
-        msg["List-Unsubscribe"] = f"<{site.unsubscribe_url(sub)}>"
-        msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-        # Quoted-printable keeps every line under 78 octets and the message 7-bit clean.
-        msg.set_content(text_part, subtype="plain", charset="utf-8", cte="quoted-printable")
-        msg.add_alternative(html_part, subtype="html", charset="utf-8", cte="quoted-printable")
+        headers = [
+            from_line,
+            to_line,
+            _subject_line(subject),
+            fold_header("Date", format_datetime(_aware(issue.created_at))),
+            fold_header("Message-ID", message_id),
+            list_id_line,
+            fold_header("List-Unsubscribe", f"<{site.unsubscribe_url(sub)}>"),
+            b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n",
+        ]
         # A boundary derived from the Message-ID makes a re-render byte-identical; "==" cannot
         # occur in quoted-printable bodies, so it cannot collide with the content.
         digest = hashlib.sha256(message_id.encode("utf-8")).hexdigest()[:24]
-        msg.set_boundary(f"==nl-{digest}==")
-        return msg
+        return multipart_alternative(headers, f"==nl-{digest}==", text_part, html_part)
+
+
+@functools.lru_cache(maxsize=256)
+def _subject_line(subject: str) -> bytes:
+    """Subjects repeat (one per site and date): fold each once."""
+    return fold_header("Subject", subject)
 
 
 #: RFC 5322 specials: a display name holding one must be quoted, and Python's email package

@@ -36,6 +36,11 @@ A connection found closed when a message starts (the server dropped an idle sess
 pipe) is reopened once and the message sent again within the same :meth:`SmtpMailer.send`.
 If the drop came after the server had accepted the message but before its reply reached us,
 that re-send is a duplicate; it carries the same Message-ID, like the re-send after a crash.
+
+With ``smtp.connections`` > 1, :class:`SmtpPool` holds that many such sessions (opened only as
+they are needed) and sends from several threads at once, every session paced by one shared
+:class:`RateLimiter`; the pipeline reads ``parallel_sessions`` to know how many messages it
+may have in flight.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ import logging
 import re
 import smtplib
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -59,14 +65,17 @@ log = logging.getLogger(__name__)
 
 Security = Literal["none", "starttls", "ssl"]
 
-__all__ = ["RateLimiter", "SmtpMailer"]
+__all__ = ["RateLimiter", "SmtpMailer", "SmtpPool", "mailer_from_settings"]
 
 
 class RateLimiter:
     """Starts at most ``rate`` sends per second, evenly spaced (``0``: no limit).
 
     Spacing rather than bursts of ``rate`` per second: providers meter short windows, and an
-    even pace never trips a limit that a burst would.
+    even pace never trips a limit that a burst would. One limiter is shared by every session
+    of an :class:`SmtpPool` (the provider meters our sender, not each connection), so it is
+    thread-safe: each caller reserves the next free start under a lock and sleeps until it
+    outside the lock, so N threads get N distinct starts ``interval`` apart.
     """
 
     def __init__(
@@ -80,15 +89,18 @@ class RateLimiter:
         self._clock = clock
         self._sleep = sleep
         self._next: float | None = None
+        self._lock = threading.Lock()
 
     def wait(self) -> None:
+        """Return at this caller's start: at least ``interval`` after the previous one."""
         if not self.interval:
             return
-        now = self._clock()
-        if self._next is not None and now < self._next:
-            self._sleep(self._next - now)
-            now = self._next
-        self._next = now + self.interval
+        with self._lock:
+            now = self._clock()
+            start = now if self._next is None else max(now, self._next)
+            self._next = start + self.interval
+        if start > now:
+            self._sleep(start - now)
 
 
 def _reply(code: int, text: bytes | str) -> str:
@@ -140,8 +152,13 @@ class SmtpMailer:
 
     ``password`` is given by the caller (from ``NEWSLETTER_SMTP_PASSWORD`` via the settings)
     and is never logged or shown in a repr. ``connections`` counts the sessions opened, for
-    the operator's log and the tests.
+    the operator's log and the tests. ``limiter`` replaces the mailer's own rate limiter
+    (``rate_per_second`` is then ignored): :class:`SmtpPool` gives all its sessions one.
+    One session sends one message at a time: not thread-safe (see :class:`SmtpPool`).
     """
+
+    #: Messages this mailer can have in flight at once (the pipeline reads it).
+    parallel_sessions = 1
 
     def __init__(
         self,
@@ -155,6 +172,7 @@ class SmtpMailer:
         data_timeout: float = 600.0,
         rate_per_second: float = 0.0,
         ca_file: Path | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         if not host:
             raise ConfigError("the SMTP mailer needs a host: set smtp.host or NEWSLETTER_SMTP_HOST")
@@ -168,7 +186,7 @@ class SmtpMailer:
         self.timeout = timeout
         self.data_timeout = data_timeout  # only for the reply to the end of DATA
         self.ca_file = ca_file
-        self._limiter = RateLimiter(rate_per_second)
+        self._limiter = limiter if limiter is not None else RateLimiter(rate_per_second)
         self._conn: smtplib.SMTP | None = None
         self.connections = 0
 
@@ -198,10 +216,15 @@ class SmtpMailer:
     # ------------------------------------------------------------------ Mailer protocol
 
     def send(self, envelope: Envelope, message: bytes) -> str:
-        """Send one message; return the server's final reply (e.g. ``250 2.0.0 Ok: queued``)."""
-        self._limiter.wait()
+        """Send one message; return the server's final reply (e.g. ``250 2.0.0 Ok: queued``).
+
+        The rate limit paces each MAIL FROM (a re-send after a reconnect too), once the session
+        is open: what a provider meters is transactions, and pacing after the connect keeps
+        the starts even when one session of a pool is still doing its TLS handshake.
+        """
         for attempt in (1, 2):
             conn = self._session()
+            self._limiter.wait()
             try:
                 self._mail_from(conn, envelope)
             except smtplib.SMTPServerDisconnected as exc:
@@ -430,3 +453,128 @@ class SmtpMailer:
                 f"SMTP server {self.address} is not taking mail now: {reply} (reply to MAIL FROM)"
             )
         raise DeliveryError(f"{reply} (reply to {stage})", permanent=500 <= code < 600)
+
+
+class SmtpPool:
+    """Up to ``size`` SMTP sessions to one server, sending in parallel under one rate limit.
+
+    Why: one session waits for the server's reply to every command, so against a relay a
+    round trip away it sends one message per few round trips whatever the machine can do;
+    providers and relays accept several sessions from one client (``smtp.connections``).
+    Each session is an :class:`SmtpMailer` with every error classification of its own (a
+    drop reconnects that session once; ``MailerUnavailable``, ``DeliveryError`` and
+    ``OutcomeUnknown`` come out of :meth:`send` exactly as from one mailer). All of them
+    share one :class:`RateLimiter`, so the pace is the configured one across the pool.
+
+    :meth:`send` is thread-safe: it borrows an idle session (the one used last, so sessions
+    are opened lazily, only as many as there are concurrent senders), sends, and gives it
+    back; with every session busy it waits for one. :meth:`close` ends them all and must not
+    run while a send is in progress.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int = 587,
+        *,
+        size: int,
+        security: Security = "starttls",
+        username: str = "",
+        password: str | None = None,
+        timeout: float = 30.0,
+        data_timeout: float = 600.0,
+        rate_per_second: float = 0.0,
+        ca_file: Path | None = None,
+    ) -> None:
+        if size < 1:
+            raise ConfigError(f"smtp.connections must be at least 1, not {size}")
+        self.parallel_sessions = size
+        self._limiter = RateLimiter(rate_per_second)
+
+        def session() -> SmtpMailer:
+            return SmtpMailer(
+                host,
+                port,
+                security=security,
+                username=username,
+                password=password,
+                timeout=timeout,
+                data_timeout=data_timeout,
+                ca_file=ca_file,
+                limiter=self._limiter,
+            )
+
+        self._new_session = session
+        first = session()  # checks host and credentials now, like a single mailer (no connect)
+        self.host, self.port, self.security, self.username = host, port, security, username
+        self._sessions: list[SmtpMailer] = [first]
+        self._idle: list[SmtpMailer] = [first]
+        self._free = threading.Condition()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SmtpPool:
+        s = settings.smtp
+        return cls(
+            s.host,
+            s.port,
+            size=s.connections,
+            security=s.security,
+            username=s.username,
+            password=settings.smtp_password,
+            timeout=s.timeout_seconds,
+            data_timeout=s.data_timeout_seconds,
+            rate_per_second=s.rate_per_second,
+            ca_file=s.ca_file,
+        )
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def connections(self) -> int:
+        """Sessions opened so far by all members (reconnects included), as for one mailer."""
+        with self._free:
+            return sum(session.connections for session in self._sessions)
+
+    def __repr__(self) -> str:
+        user = f", username={self.username!r}" if self.username else ""
+        return (
+            f"SmtpPool({self.address}, size={self.parallel_sessions}, "
+            f"security={self.security!r}{user})"
+        )
+
+    def send(self, envelope: Envelope, message: bytes) -> str:
+        """Send one message over an idle session; return the server's final reply."""
+        session = self._borrow()
+        try:
+            return session.send(envelope, message)
+        finally:
+            with self._free:
+                self._idle.append(session)
+                self._free.notify()
+
+    def close(self) -> None:
+        """End every session (QUIT); a pool closed this way opens sessions again if used."""
+        with self._free:
+            sessions = list(self._sessions)
+        for session in sessions:
+            session.close()
+
+    def _borrow(self) -> SmtpMailer:
+        with self._free:
+            while True:
+                if self._idle:
+                    return self._idle.pop()  # the most recently used: keeps the others unopened
+                if len(self._sessions) < self.parallel_sessions:
+                    session = self._new_session()
+                    self._sessions.append(session)
+                    return session
+                self._free.wait()
+
+
+def mailer_from_settings(settings: Settings) -> SmtpMailer | SmtpPool:
+    """The SMTP mailer the settings ask for: one session, or a pool of ``smtp.connections``."""
+    if settings.smtp.connections > 1:
+        return SmtpPool.from_settings(settings)
+    return SmtpMailer.from_settings(settings)

@@ -208,6 +208,18 @@ class SubscriberQueries(StoreBase):
                 for sid, email, zone, at, days in s.execute(query)
             }
 
+    def active_feed_names(self) -> dict[int, tuple[str, str]]:
+        """Every active subscriber's feed token and name, by id: what a feed run needs to
+        decide which private feeds to rebuild or remove (one query on three short columns;
+        loading 100,000 whole subscribers took 5 s). The few rebuilt are then loaded whole."""
+        query = (
+            select(SubscriberRow.id, SubscriberRow.feed_token, SubscriberRow.name)
+            .where(SubscriberRow.status == SubscriberStatus.ACTIVE.value)
+            .order_by(SubscriberRow.id)
+        )
+        with self._read() as s:
+            return {sid: (token, name) for sid, token, name in s.execute(query)}
+
     def set_subscriber_status(self, email: str, status: SubscriberStatus, now: datetime) -> bool:
         with self._session() as s:
             result = s.execute(
