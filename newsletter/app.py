@@ -363,6 +363,7 @@ class Newsletter(AccountUseCases):
             templates_dir=self.settings.templates_dir,
             window=self.feed_window(now),
             force=force,
+            private_files=self.settings.feeds.private_files,
         )
 
     def run_once(

@@ -202,6 +202,10 @@ class FeedsSettings(_Section):
 
     global_days: int = Field(7, ge=1, le=3650)
     max_entries: int = Field(500, ge=1, le=100_000)
+    # Also write each subscriber's private feed pair into feeds_dir (for serving that folder
+    # as static files). Off: `newsletter web` serves every private feed from the database
+    # (cached, 304, gzip), and a run writes the global feed only.
+    private_files: bool = False
 
 
 class Settings(_Section):

@@ -46,8 +46,13 @@ def write_all_feeds(
     templates_dir: Path | None,
     window: FeedWindow,
     force: bool = False,
+    private_files: bool = True,
 ) -> int:
     """The global feed and the private pairs of active subscribers; returns files changed.
+
+    Without ``private_files`` (setting ``feeds.private_files``, off by default) only the
+    global feed is written, and private feed files left from earlier runs are removed (they
+    would go stale): the web serves private feeds from the database.
 
     Each feed holds ``window``. A feed is rebuilt only when its version (entries counted and
     dated, read for all subscribers in one grouped query) or the subscriber's name changed
@@ -84,8 +89,8 @@ def write_all_feeds(
                 durable=False,
             )
         )
-    versions = store.subscriber_feed_versions(window)
-    active = store.active_feed_names()
+    versions = store.subscriber_feed_versions(window) if private_files else {}
+    active = store.active_feed_names() if private_files else {}
     rebuild = [
         sub_id
         for sub_id, (token, name) in active.items()

@@ -46,6 +46,14 @@ WINDOW = FeedWindow.ending(NOW, days=7, limit=500)
 SENT = NOW - timedelta(hours=1)
 
 
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """These tests are about the private feed files: written (``feeds.private_files``)."""
+    return settings.model_copy(
+        update={"feeds": settings.feeds.model_copy(update={"private_files": True})}
+    )
+
+
 def names(folder: Path) -> set[str]:
     return {p.name for p in folder.iterdir()}
 
@@ -234,3 +242,28 @@ def test_feed_run_without_syncfs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 def test_sync_folder_on_this_machine(tmp_path: Path) -> None:
     (tmp_path / "a.atom").write_bytes(b"<feed/>")
     newsletter.feeds.sync_folder(tmp_path)  # syncfs on Linux, os.sync elsewhere: no error
+
+
+def test_without_private_files_a_run_writes_the_global_feed_only(settings: Settings) -> None:
+    """``feeds.private_files`` off (the default): the private pairs written while it was on
+    are removed (they would go stale), and later runs write the global feed only."""
+    feeds = settings.feeds_dir
+    with Newsletter(settings, mailer=MemoryMailer()) as app:
+        app.ingest(now=NOW, two_scans=False)
+        app.sync_subscribers(NOW)
+        app.plan_current_slots(NOW)
+        assert len(app.deliver(NOW).delivered) == 3
+        subs = app.store.subscribers_by_id(status=SubscriberStatus.ACTIVE)
+        assert app.write_feeds(NOW) == 2 + 3 * 2
+    # No feed file carries an unsubscribe token: a shared feed URL cannot unsubscribe anyone.
+    for path in feeds.iterdir():
+        text = path.read_text(encoding="utf-8")
+        assert not any(sub.token in text for sub in subs.values()), path.name
+    off = settings.model_copy(
+        update={"feeds": settings.feeds.model_copy(update={"private_files": False})}
+    )
+    with Newsletter(off, mailer=MemoryMailer()) as app:
+        assert app.write_feeds(NOW) == 3 * 2  # the private files removed, the global kept
+        assert names(feeds) == {"all.atom", "all.rss"}
+        assert app.write_feeds(NOW) == 0
+        assert names(feeds) == {"all.atom", "all.rss"}

@@ -30,6 +30,14 @@ SECRET = b"test-secret-test-secret-0123456789"
 DAY = "2026-11-23"
 
 
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """These tests are about the private feed files: written (``feeds.private_files``)."""
+    return settings.model_copy(
+        update={"feeds": settings.feeds.model_copy(update={"private_files": True})}
+    )
+
+
 def add_papers(store: Store, days_ago: int, titles: list[str], upvotes: int = 0) -> None:
     """Papers first seen ``days_ago`` days before NOW, in one digest."""
     seen = NOW - timedelta(days=days_ago)
