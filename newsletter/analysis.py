@@ -274,8 +274,8 @@ def prefixes(keys: Iterable[tuple[str, ...]]) -> set[tuple[str, ...]]:
 _IndexedArc = tuple[int, int, int]  # (position after the arc, char start, char end)
 
 
-@lru_cache(maxsize=8192)
-def _arcs_by_stem(text: str) -> tuple[dict[str, tuple[_IndexedArc, ...]], _Lattice]:
+@lru_cache(maxsize=1024)  # an issue run highlights a few hundred papers
+def _arcs_by_stem(text: str) -> dict[str, tuple[_IndexedArc, ...]]:
     """The text's lattice arcs grouped by stem (cached: papers repeat across subscribers).
 
     Highlighting looks up where each key's first stem occurs instead of walking every
@@ -286,13 +286,14 @@ def _arcs_by_stem(text: str) -> tuple[dict[str, tuple[_IndexedArc, ...]], _Latti
     for pos in range(n):
         for stem, after, s, e in arcs[pos]:
             grouped.setdefault(stem, []).append((after, s, e))
-    return {stem: tuple(found) for stem, found in grouped.items()}, (arcs, n)
+    return {stem: tuple(found) for stem, found in grouped.items()}
 
 
 def _key_spans(text: str, keys: Iterable[tuple[str, ...]]) -> Iterator[tuple[int, int]]:
     """(char start, char end) of every path of the text's lattice that spells one of ``keys``;
     the same matches as :func:`find` yields for them."""
-    by_stem, (arcs, n) = _arcs_by_stem(text)
+    by_stem = _arcs_by_stem(text)
+    arcs, n = lattice(text)
     for key in keys:
         for after, first, end in by_stem.get(key[0], ()):
             ends = [(after, end)]

@@ -29,7 +29,13 @@ _MAX_LINE = 78
 
 
 def fold_header(name: str, value: str) -> bytes:
-    """One header field, folded and encoded (RFC 2047) as :data:`email.policy.SMTP` does."""
+    """One header field, folded and encoded (RFC 2047) as :data:`email.policy.SMTP` does.
+
+    A value holding CR or LF is refused (``ValueError``), as ``EmailMessage`` refuses it: it
+    could start a header of its own.
+    """
+    if "\r" in value or "\n" in value:
+        raise ValueError(f"header {name} holds a line break: {value!r:.80}")
     if (
         value.isascii()
         and value.isprintable()

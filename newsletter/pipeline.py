@@ -310,7 +310,10 @@ def deliver_pending(
         from newsletter.render_pool import MIN_ISSUES_FOR_PROCESSES, RenderWorkers
 
         if len(due) >= MIN_ISSUES_FOR_PROCESSES:
-            workers.pool = RenderWorkers(renderer, render_processes)
+            try:
+                workers.pool = RenderWorkers(renderer, render_processes)
+            except Exception as exc:  # noqa: BLE001 - rendering in-process still works
+                log.error("cannot start the rendering workers (%s); rendering in-process", exc)
     with _closing(workers), ThreadPoolExecutor(1, thread_name_prefix="render-ahead") as pool:
         try:
             ahead = [

@@ -12,8 +12,8 @@ The workers touch no database and send nothing, so a worker that dies loses noth
 pool reports :class:`RenderPoolBroken` and the caller renders the rest in-process.
 
 Workers are started with ``spawn`` (a fork of a process holding threads and database
-connections is unsafe) and ignore SIGINT/SIGTERM: the delivering process decides when to
-stop, finishes the message in flight, and shuts the pool down.
+connections is unsafe) and ignore SIGINT: the delivering process decides when to stop,
+finishes the message in flight, and shuts the pool down. They end with their parent.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import logging
 import multiprocessing
 import os
 import signal
+import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -71,16 +73,29 @@ _renderer: EmailRenderer | None = None
 
 
 def _start_worker(job: _Job) -> None:
-    """Worker initializer: one renderer for the worker's life; signals left to the parent."""
+    """Worker initializer: one renderer for the worker's life.
+
+    Ctrl-C is the parent's to handle (it finishes the message in flight). SIGTERM keeps its
+    default: a worker ended with its service dies, and the parent renders the rest
+    in-process or stops. A worker also ends when its parent is gone (SIGKILL, out of
+    memory): a spawned worker would otherwise wait on its job queue forever.
+    """
     global _renderer
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    parent = os.getppid()
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     logging.basicConfig(
         level=job.log_level, format="%(levelname)s %(name)s[render %(process)d]: %(message)s"
     )
     from newsletter.render import EmailRenderer
 
     _renderer = EmailRenderer(job.templates_dir, job.site, max_html_bytes=job.max_html_bytes)
+
+
+def _exit_with_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
 
 
 def _render_chunk(contents: Sequence[IssueContent]) -> list[RenderedIssue | RenderFailed]:
@@ -155,6 +170,10 @@ class RenderWorkers:
             return [result for future in futures for result in future.result()]
         except BrokenProcessPool as exc:
             raise RenderPoolBroken(f"a rendering worker process died ({exc})") from None
+        except Exception as exc:  # noqa: BLE001 - e.g. a value that cannot be pickled
+            raise RenderPoolBroken(
+                f"the rendering workers failed ({type(exc).__name__}: {exc})"
+            ) from None
 
     def close(self) -> None:
         """Stop the workers; queued work is dropped (its issues stay pending)."""

@@ -109,3 +109,9 @@ def test_any_body_round_trips(text: str, html: str) -> None:
     assert parts == reference
     normalized = text.replace("\r\n", "\n").replace("\r", "\n")
     assert parts[0][1].rstrip("\n") == normalized.rstrip("\n")
+
+
+@pytest.mark.parametrize("value", ["a\r\nBcc: evil@example.net", "a\nX: y", "a\rb"])
+def test_a_header_value_with_a_line_break_is_refused(value: str) -> None:
+    with pytest.raises(ValueError, match="line break"):
+        fold_header("Subject", value)

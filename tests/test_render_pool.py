@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
@@ -178,3 +182,61 @@ def _content_for(app: Newsletter) -> IssueContent:
         profile=parse_profile("speech"),
         created_at=NOW,
     )
+
+
+def test_workers_that_cannot_start_leave_rendering_in_process(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(render_pool, "MIN_ISSUES_FOR_PROCESSES", 1)
+
+    def cannot_start(self: RenderWorkers, renderer: EmailRenderer, processes: int) -> None:
+        raise OSError("no more processes")
+
+    monkeypatch.setattr(RenderWorkers, "__init__", cannot_start)
+    mailer, states, in_process = _deliver(_settings(settings, 2))
+    assert "cannot start the rendering workers (no more processes)" in caplog.text
+    assert states == [IssueState.SENT] * READERS
+    assert {e.recipient: m for e, m in mailer.sent} == in_process
+
+
+_ORPHAN = """
+import os, sys
+from newsletter.config import Settings
+from newsletter.app import Newsletter
+from newsletter.render_pool import RenderWorkers
+
+if __name__ == "__main__":
+    with Newsletter(Settings(database_url=sys.argv[1])) as app:
+        workers = RenderWorkers(app.renderer, 1)
+        for future in workers._started:
+            print(future.result(), flush=True)
+        os.kill(os.getpid(), 9)  # the parent dies without shutting the pool down
+"""
+
+
+def test_a_worker_ends_when_its_parent_is_killed(tmp_path: Path) -> None:
+    """A spawned worker ignores Ctrl-C and waits on its job queue: without a watch on its
+    parent it would outlive a SIGKILLed run forever (seen: parent PID 1, still running)."""
+    script = tmp_path / "orphan.py"
+    script.write_text(_ORPHAN, encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, str(script), f"sqlite:///{tmp_path / 'db.sqlite'}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    worker = int(done.stdout.split()[0])
+    deadline = time.monotonic() + 30  # the watch looks once a second
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(worker), f"render worker {worker} outlived its parent"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
