@@ -7,8 +7,8 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 
-from sqlalchemy import delete, func, select, text, update
-from sqlalchemy.orm import Session, defer
+from sqlalchemy import ColumnElement, delete, func, select, text, update
+from sqlalchemy.orm import InstrumentedAttribute, Session, defer
 
 from newsletter.domain import (
     FeedItem,
@@ -129,8 +129,9 @@ class IssueQueries(StoreBase):
         out yet (a crash, a retry pending) still owns its papers, so the next slot cannot plan
         them a second time. ``seen_since`` limits the answer to papers first seen since then
         (the candidate window: older papers are no candidates anyway). One query whatever the
-        number of subscribers: beyond one ``IN`` list it reads every assignment in the window
-        and keeps the subscribers asked for.
+        number of subscribers: beyond one ``IN`` list it reads the assignments in the window
+        of the range of ids asked for (planning asks by chunks of consecutive ids) and keeps
+        the subscribers asked for.
         """
         wanted = set(subscriber_ids)
         found: dict[int, set[int]] = {sid: set() for sid in wanted}
@@ -143,8 +144,7 @@ class IssueQueries(StoreBase):
             query = query.join(PaperRow, PaperRow.id == IssuePaperRow.paper_id).where(
                 PaperRow.first_seen_at >= seen_since
             )
-        if len(wanted) <= BATCH:
-            query = query.where(IssueRow.subscriber_id.in_(sorted(wanted)))
+        query = query.where(_subscribers_among(IssueRow.subscriber_id, wanted))
         with self._read() as s:
             for subscriber_id, paper_id in s.execute(query):
                 if subscriber_id in found:
@@ -165,8 +165,7 @@ class IssueQueries(StoreBase):
                 query = select(IssueRow.subscriber_id, IssueRow.slot_date).where(
                     IssueRow.slot_date.in_(dates)
                 )
-                if len(ids) <= BATCH:
-                    query = query.where(IssueRow.subscriber_id.in_(sorted(ids)))
+                query = query.where(_subscribers_among(IssueRow.subscriber_id, ids))
                 found.update((sid, slot) for sid, slot in s.execute(query) if (sid, slot) in wanted)
         return found
 
@@ -722,3 +721,15 @@ def _records(
         if issue_id in paper_ids:
             paper_ids[issue_id].append(paper_id)
     return [rows.issue(r, tuple(paper_ids[r.id])) for r in found]
+
+
+def _subscribers_among(
+    column: InstrumentedAttribute[int], ids: Collection[int]
+) -> ColumnElement[bool]:
+    """A condition that holds for every id in ``ids``: an ``IN`` list up to :data:`BATCH`
+    ids, else their range (``BETWEEN``; the caller drops the others). Reading every row
+    instead made planning 100,000 subscribers in chunks quadratic: each chunk read the
+    issues of all the chunks before it (82 s of database time against 4 s at 10,000)."""
+    if len(ids) <= BATCH:
+        return column.in_(sorted(ids))
+    return column.between(min(ids), max(ids))
