@@ -53,7 +53,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, NoReturn
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from newsletter.deliver import Envelope, MailerUnavailable, OutcomeUnknown
 from newsletter.errors import ConfigError, DeliveryError
@@ -192,18 +192,7 @@ class SmtpMailer:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SmtpMailer:
-        s = settings.smtp
-        return cls(
-            s.host,
-            s.port,
-            security=s.security,
-            username=s.username,
-            password=settings.smtp_password,
-            timeout=s.timeout_seconds,
-            data_timeout=s.data_timeout_seconds,
-            rate_per_second=s.rate_per_second,
-            ca_file=s.ca_file,
-        )
+        return cls(settings.smtp.host, settings.smtp.port, **_session_options(settings))
 
     @property
     def address(self) -> str:
@@ -514,18 +503,7 @@ class SmtpPool:
     @classmethod
     def from_settings(cls, settings: Settings) -> SmtpPool:
         s = settings.smtp
-        return cls(
-            s.host,
-            s.port,
-            size=s.connections,
-            security=s.security,
-            username=s.username,
-            password=settings.smtp_password,
-            timeout=s.timeout_seconds,
-            data_timeout=s.data_timeout_seconds,
-            rate_per_second=s.rate_per_second,
-            ca_file=s.ca_file,
-        )
+        return cls(s.host, s.port, size=s.connections, **_session_options(settings))
 
     @property
     def address(self) -> str:
@@ -578,3 +556,17 @@ def mailer_from_settings(settings: Settings) -> SmtpMailer | SmtpPool:
     if settings.smtp.connections > 1:
         return SmtpPool.from_settings(settings)
     return SmtpMailer.from_settings(settings)
+
+
+def _session_options(settings: Settings) -> dict[str, Any]:
+    """The settings of one SMTP session, as :class:`SmtpMailer` and :class:`SmtpPool` take them."""
+    s = settings.smtp
+    return {
+        "security": s.security,
+        "username": s.username,
+        "password": settings.smtp_password,
+        "timeout": s.timeout_seconds,
+        "data_timeout": s.data_timeout_seconds,
+        "rate_per_second": s.rate_per_second,
+        "ca_file": s.ca_file,
+    }
