@@ -53,6 +53,7 @@ from newsletter.subscribers import Defaults, load_config_file, lookup_email
 if TYPE_CHECKING:
     from newsletter.rank import RankSettings
     from newsletter.render import EmailRenderer
+    from newsletter.workers.broker import Broker
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,7 @@ class Newsletter(AccountUseCases):
         self._mailer = mailer
         self._owns_mailer = mailer is None
         self._mailer_lock = threading.Lock()
+        self._broker: Broker | None = None  # queue mode: created on first use, like the mailer
         self._pruned_before: date | None = None  # apply_retention's last cutoff
         self.defaults = Defaults(
             timezone=settings.timezone,
@@ -142,6 +144,9 @@ class Newsletter(AccountUseCases):
             if self._mailer is not None and self._owns_mailer:
                 self._mailer.close()
                 self._mailer = None
+            if self._broker is not None:
+                self._broker.close()
+                self._broker = None
         self.store.close()
 
     def schema_revision(self) -> str:
@@ -330,7 +335,12 @@ class Newsletter(AccountUseCases):
     ) -> Delivery:
         """Render and send every pending issue whose time has come, holding the database's
         send lock: a second sender (an overlapping cron run, a manual run beside the daemon)
-        delivers nothing and says so, and the issues it planned go out with the next pass."""
+        delivers nothing and says so, and the issues it planned go out with the next pass.
+
+        With ``queue.broker_url`` set, hand them to the workers instead
+        (:meth:`enqueue_due`)."""
+        if self.settings.queue.broker_url is not None:
+            return self.enqueue_due(now, should_stop=should_stop)
         lock = SendLock(self.store.engine)
         try:
             lock.acquire()
@@ -352,6 +362,23 @@ class Newsletter(AccountUseCases):
             )
         finally:
             lock.release()
+
+    def enqueue_due(
+        self, now: datetime | None = None, *, should_stop: Callable[[], bool] = lambda: False
+    ) -> Delivery:
+        """Queue mode: publish the delivery settings and hand every due issue to the workers
+        once, re-enqueueing those whose task was lost (:mod:`newsletter.workers.enqueue`)."""
+        from newsletter.workers.enqueue import enqueue_due
+
+        with self._mailer_lock:
+            if self._broker is None:
+                from newsletter.workers.broker import Broker
+
+                self._broker = Broker(self.settings.queue)
+            broker = self._broker
+        return enqueue_due(
+            self.store, self.settings, broker, self._now(now), should_stop=should_stop
+        )
 
     def write_feeds(self, now: datetime | None = None, *, force: bool = False) -> int:
         """Rebuild the feeds whose entries changed (``force``: all of them) for the window
@@ -393,6 +420,10 @@ class Newsletter(AccountUseCases):
         summary.delivered, summary.delivery_stopped = delivery.delivered, delivery.stopped
         summary.failed_now = delivery.failed
         summary.issues_delivered = len(summary.delivered)
+        summary.issues_queued = delivery.queued
+        if self.settings.queue.broker_url is not None:
+            with_workers = self.store.queue_counts()
+            summary.issues_with_workers = with_workers.queued + with_workers.sending
         counts = self.store.issue_state_counts()
         summary.issues_failed = counts.failed
         summary.issues_pending = counts.pending

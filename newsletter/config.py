@@ -33,6 +33,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from newsletter.domain import SiteInfo
@@ -208,6 +209,64 @@ class FeedsSettings(_Section):
     private_files: bool = False
 
 
+class QueueSettings(_Section):
+    """Delivery by Celery workers (README "Workers"). Without ``broker_url`` the daemon and
+    ``run --once`` deliver in-process; with it they enqueue one task per due issue."""
+
+    # redis://host:6379/0 or amqp://user:password@host:5672//; may hold a password, so it is
+    # shown and logged only with the password masked. Needs a PostgreSQL database_url.
+    broker_url: str | None = None
+    # The Celery queue the tasks go to and `newsletter worker` consumes by default.
+    name: str = Field("newsletter", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+    # Hard limit on one task (render and send one issue): the worker process is killed past
+    # it and the issue, left `sending`, is re-sent later (at most 5 attempts). Longer than
+    # the SMTP timeouts, shorter than RabbitMQ's consumer timeout (30 min by default).
+    task_time_limit_seconds: int = Field(900, ge=10, le=86_400)
+    # Redis only: how long a delivered task may stay unacknowledged before Redis hands it to
+    # another worker. At least twice the time limit (a prefetched task waits for one to end).
+    visibility_timeout_seconds: int = Field(7200, ge=20, le=7 * 86_400)
+    # A task handed to the broker this long ago whose issue is still not done, while the
+    # broker's queue is empty, was lost (a Redis restart keeps nothing): it is enqueued again.
+    requeue_after_minutes: float = Field(30.0, gt=0, le=10_080)
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        header_safe(value, ascii_only=True)
+        if not value.startswith(("redis://", "rediss://", "amqp://", "amqps://")):
+            raise ValueError(
+                "must be a Redis or RabbitMQ URL: redis://127.0.0.1:6379/0 or "
+                "amqp://guest:guest@127.0.0.1:5672//"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _timeouts(self) -> QueueSettings:
+        if self.visibility_timeout_seconds < 2 * self.task_time_limit_seconds:
+            raise ValueError(
+                f"visibility_timeout_seconds ({self.visibility_timeout_seconds}) must be at "
+                f"least twice task_time_limit_seconds ({self.task_time_limit_seconds}): "
+                "otherwise Redis hands a task still running, or waiting behind one, to another "
+                "worker"
+            )
+        return self
+
+
+def masked_broker_url(url: str | None) -> str | None:
+    """A broker URL as it may be shown or logged: its password replaced by ``***``."""
+    if url is None:
+        return None
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{parts.username or ''}:***@{host}").geturl()
+
+
 class Settings(_Section):
     """The whole configuration. See README "Configuration reference" for each key."""
 
@@ -247,6 +306,7 @@ class Settings(_Section):
     web: WebSettings = WebSettings()
     retention: RetentionSettings = RetentionSettings()
     feeds: FeedsSettings = FeedsSettings()
+    queue: QueueSettings = QueueSettings()
     # From NEWSLETTER_SMTP_PASSWORD only (see load_settings); SecretStr keeps it out of reprs.
     _smtp_password: SecretStr | None = PrivateAttr(default=None)
     # From NEWSLETTER_SECRET_KEY only: signs the web's forms, shared by every web worker.
@@ -334,7 +394,16 @@ def check_timezone(value: str) -> ZoneInfo:
 
 
 # NEWSLETTER_* variables that are not settings keys, read where they are used.
-OTHER_ENV = frozenset({"CONFIG", "TEST_POSTGRES_URL", "SECRET_KEY", "SMTP_PASSWORD"})
+OTHER_ENV = frozenset(
+    {
+        "CONFIG",
+        "TEST_POSTGRES_URL",
+        "TEST_REDIS_URL",
+        "TEST_RABBITMQ_URL",
+        "SECRET_KEY",
+        "SMTP_PASSWORD",
+    }
+)
 PASSWORD_ENV = ENV_PREFIX + "SMTP_PASSWORD"
 SECRET_KEY_ENV = ENV_PREFIX + "SECRET_KEY"
 #: The shortest NEWSLETTER_SECRET_KEY (in UTF-8 bytes): a shorter key could be guessed, and
@@ -356,6 +425,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         "web": WebSettings,
         "retention": RetentionSettings,
         "feeds": FeedsSettings,
+        "queue": QueueSettings,
     }
     for var, value in environ.items():
         if not var.startswith(ENV_PREFIX) or var[len(ENV_PREFIX) :] in OTHER_ENV:
@@ -428,7 +498,40 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
         raise ConfigError("; ".join(problems)) from None
     if config_path.exists():
         settings._config_file = config_path.resolve()
+    _check_queue(settings, config_path, env)
     return _with_smtp_secret(settings, environ, config_path, env)
+
+
+def slowest_smtp_send(smtp: SmtpSettings) -> float:
+    """How long one SMTP send may take before its own timeouts end it (connect, the replies
+    before DATA, the reply to the end of DATA): a worker's time limit must be longer."""
+    return smtp.data_timeout_seconds + 3 * smtp.timeout_seconds
+
+
+def _check_queue(settings: Settings, config_path: Path, env: Mapping[str, Any]) -> None:
+    """What delivery by workers needs of the other settings."""
+    queue = settings.queue
+    if queue.broker_url is None:
+        return
+    source = (
+        "environment NEWSLETTER_QUEUE_BROKER_URL"
+        if _in_env(("queue", "broker_url"), env)
+        else str(config_path)
+    )
+    if not settings.database_url.startswith("postgresql"):
+        raise ConfigError(
+            f"queue.broker_url is set (from {source}) but database_url is not PostgreSQL: "
+            "workers share the database, possibly from other machines; set database_url to "
+            "postgresql://… or unset queue.broker_url to deliver in-process"
+        )
+    needed = slowest_smtp_send(settings.smtp)
+    if settings.mailer == "smtp" and queue.task_time_limit_seconds < needed:
+        raise ConfigError(
+            f"queue.task_time_limit_seconds ({queue.task_time_limit_seconds}) is shorter than "
+            f"one slow SMTP send may take (smtp.data_timeout_seconds + 3 x "
+            f"smtp.timeout_seconds = {needed:g}): a worker would be killed mid-send; raise it "
+            "or lower the SMTP timeouts"
+        )
 
 
 def _with_smtp_secret(

@@ -161,11 +161,15 @@ def plan_issues(
 @dataclass
 class Delivery:
     """What :func:`deliver_pending` did: the issues sent, those that failed for good or whose
-    outcome is unknown in this pass, and why it stopped early, if it did."""
+    outcome is unknown in this pass, and why it stopped early, if it did. In queue mode
+    (:func:`newsletter.workers.enqueue.enqueue_due`) the issues handed to the workers instead,
+    and how many of them were handed over again because their task was lost."""
 
     delivered: list[dict[str, object]] = field(default_factory=list)
     failed: list[dict[str, object]] = field(default_factory=list)
     stopped: str = ""
+    queued: int = 0
+    requeued: int = 0
 
 
 def issue_content(store: Store, issue: IssueRecord, sub: Subscriber) -> IssueContent:
@@ -193,7 +197,7 @@ COMMIT_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
-class _Rendered:
+class Rendered:
     """One due issue as the render-ahead worker hands it over: its message, or the error
     that kept it from having one."""
 
@@ -209,7 +213,7 @@ def _render_batch(
     due: Sequence[tuple[IssueRecord, Subscriber]],
     stop: threading.Event,
     workers: _Workers | None = None,
-) -> list[_Rendered]:
+) -> list[Rendered]:
     """Render one batch: its papers in one query, then each message in memory.
 
     Runs in the render-ahead thread while the previous batch is being sent: rendering is
@@ -234,21 +238,21 @@ def _render_batch(
             workers.pool = None  # type: ignore[union-attr]
         else:
             return [
-                _Rendered(issue, sub, None, result)
+                Rendered(issue, sub, None, result)
                 if isinstance(result, Exception)
-                else _Rendered(issue, sub, result)
+                else Rendered(issue, sub, result)
                 for (issue, sub), result in zip(due, results, strict=True)
             ]
-    out: list[_Rendered] = []
+    out: list[Rendered] = []
     for issue, sub in due:
         if stop.is_set():
             break
         try:
             rendered = renderer.render(_content(issue, sub, papers[issue.id]))
         except Exception as exc:  # noqa: BLE001 - a rendering failure counts for its issue only
-            out.append(_Rendered(issue, sub, None, exc))
+            out.append(Rendered(issue, sub, None, exc))
         else:
-            out.append(_Rendered(issue, sub, rendered))
+            out.append(Rendered(issue, sub, rendered))
     return out
 
 
@@ -296,13 +300,11 @@ def deliver_pending(
     for issue in pending:
         sub = subscribers[issue.subscriber_id]
         if sub.status is not SubscriberStatus.ACTIVE:
-            reply = f"not sent: {sub.email} is {sub.status.value}"
-            gone.append(IssueOutcome(issue, IssueState.FAILED, issue.attempts, reply))
-            log.info("issue %d not sent: %s is %s", issue.id, sub.email, sub.status.value)
+            gone.append(not_active_outcome(issue, sub))
         elif issue.next_retry_at is None or issue.next_retry_at <= now:
             due.append((issue, sub))
     store.record_outcomes(gone, sent_at=now)
-    sender = _Sender(store, mailer, site, now, len(due), progress, should_stop)
+    sender = BatchSender(store, mailer, site, now, len(due), progress, should_stop)
     batches = [due[start : start + batch_size] for start in range(0, len(due), batch_size)]
     stop = threading.Event()
     workers = _Workers(None)
@@ -334,6 +336,14 @@ def deliver_pending(
     return sender.result
 
 
+def not_active_outcome(issue: IssueRecord, sub: Subscriber) -> IssueOutcome:
+    """The outcome of a pending issue whose subscriber is no longer active: failed, with
+    why (logged)."""
+    reply = f"not sent: {sub.email} is {sub.status.value}"
+    log.info("issue %d not sent: %s is %s", issue.id, sub.email, sub.status.value)
+    return IssueOutcome(issue, IssueState.FAILED, issue.attempts, reply)
+
+
 @contextlib.contextmanager
 def _closing(workers: _Workers) -> Iterator[None]:
     """Stop the render processes after the render-ahead thread is done with them."""
@@ -344,7 +354,7 @@ def _closing(workers: _Workers) -> Iterator[None]:
             workers.pool.close()
 
 
-class _Sender:
+class BatchSender:
     """Claims, sends and commits the batches of one delivery pass, and keeps what it did.
 
     Outcomes wait in memory until :meth:`_save` writes them in one transaction: at the end
@@ -367,15 +377,20 @@ class _Sender:
         due: int,
         progress: Callable[[str], None] | None,
         should_stop: Callable[[], bool],
+        *,
+        hand_back_until: datetime | None = None,
     ) -> None:
         self.store, self.mailer, self.site, self.now = store, mailer, site, now
+        # When an issue handed back for an outage is due again (None: at once, for the next
+        # run; workers wait, so that a queue of tasks does not hammer a server that is down).
+        self.hand_back_until = hand_back_until
         self.left = due  # due issues not handled yet, for the log line when stopping early
         self.progress, self.should_stop = progress, should_stop
         self.result = Delivery()
         self._unsaved: list[IssueOutcome] = []
         self._saved_at = time.monotonic()
 
-    def send_batch(self, batch: Sequence[_Rendered]) -> bool:
+    def send_batch(self, batch: Sequence[Rendered]) -> bool:
         """Claim the rendered issues of one batch, send them, save the outcomes; False when
         delivery stops for this pass (stop request, or nothing can be sent now).
 
@@ -397,6 +412,11 @@ class _Sender:
         claimed = self.store.claim_issues([item.issue for item in ready])
         mine = [item for item in ready if item.issue.id in claimed]
         self.left -= len(ready) - len(mine)
+        return self.send_claimed(mine)
+
+    def send_claimed(self, mine: Sequence[Rendered]) -> bool:
+        """Send issues this pass claimed (their ``issue`` as read before the claim), note and
+        save their outcomes; False when delivery stops for this pass."""
         sessions = _parallel_sessions(self.mailer)
         if sessions > 1 and len(mine) > 1:
             return self._send_parallel(mine, sessions)
@@ -416,7 +436,7 @@ class _Sender:
         self._save()
         return True
 
-    def _send(self, item: _Rendered) -> bool:
+    def _send(self, item: Rendered) -> bool:
         """Send one claimed issue and note its outcome; False if nothing can be sent now.
 
         :class:`MailerUnavailable` hands the issue back (``rendered``, attempt not counted):
@@ -431,7 +451,7 @@ class _Sender:
             return self._note(item, exc)
         return self._note(item, where)
 
-    def _envelope(self, item: _Rendered) -> Envelope:
+    def _envelope(self, item: Rendered) -> Envelope:
         assert item.rendered is not None
         return Envelope(
             sender=self.site.from_address,
@@ -440,13 +460,16 @@ class _Sender:
             name_hint=_file_label(item.issue, item.sub),
         )
 
-    def _note(self, item: _Rendered, result: str | Exception) -> bool:
+    def _note(self, item: Rendered, result: str | Exception) -> bool:
         """Note what one send gave (the server's reply, or the error it raised); False if it
         says nothing can be sent now (see :meth:`_send`)."""
         issue, sub = item.issue, item.sub
         if isinstance(result, MailerUnavailable):
             reply = f"not sent yet: {result}"
-            self._unsaved.append(_outcome(item, IssueState.RENDERED, issue.attempts, reply))
+            handed_back = _outcome(
+                item, IssueState.RENDERED, issue.attempts, reply, self.hand_back_until
+            )
+            self._unsaved.append(handed_back)
             if self.result.stopped:  # another session of this pass already said so
                 log.info("issue %d for %s handed back: %s", issue.id, sub.email, result)
                 return False
@@ -482,7 +505,7 @@ class _Sender:
                 self.progress(f"sent {sub.email}: {n} papers -> {where}")
         return True
 
-    def _send_parallel(self, mine: Sequence[_Rendered], sessions: int) -> bool:
+    def _send_parallel(self, mine: Sequence[Rendered], sessions: int) -> bool:
         """Send the claimed issues of a batch from ``sessions`` threads, as :meth:`send_batch`
         sends them one by one: False when delivery stops for this pass.
 
@@ -499,7 +522,7 @@ class _Sender:
         from concurrent.futures import FIRST_COMPLETED, Future, wait
 
         queue = list(reversed(mine))  # popped from the end: batch order
-        flying: dict[Future[str], tuple[int, _Rendered]] = {}
+        flying: dict[Future[str], tuple[int, Rendered]] = {}
         stop_request = unavailable = False
         with ThreadPoolExecutor(min(sessions, len(mine)), thread_name_prefix="smtp-send") as pool:
             while queue or flying:
@@ -533,7 +556,14 @@ class _Sender:
         self._save()
         return not (stop_request or unavailable)
 
-    def _failed(self, item: _Rendered, exc: Exception) -> None:
+    def note_render_failure(self, item: Rendered) -> None:
+        """Record that a claimed issue could not be rendered (an attempt, as for a failed
+        send)."""
+        assert item.error is not None
+        self._failed(item, item.error)
+        self._save()
+
+    def _failed(self, item: Rendered, exc: Exception) -> None:
         """Note a failed rendering or send: retried after a doubling backoff, at most
         :data:`MAX_ATTEMPTS` attempts, unless the error is permanent for this message."""
         issue, sub, rendered = item.issue, item.sub, item.rendered
@@ -553,7 +583,7 @@ class _Sender:
         log.error("issue %d for %s failed: %s", issue.id, sub.email, reason)
         self._report_failed(item, outcome)
 
-    def _report_failed(self, item: _Rendered, outcome: IssueOutcome) -> None:
+    def _report_failed(self, item: Rendered, outcome: IssueOutcome) -> None:
         self.result.failed.append(
             {
                 "email": item.sub.email,
@@ -578,7 +608,7 @@ def _parallel_sessions(mailer: Mailer) -> int:
 
 
 def _outcome(
-    item: _Rendered,
+    item: Rendered,
     state: IssueState,
     attempts: int,
     reply: str,

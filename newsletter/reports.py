@@ -11,12 +11,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
-from newsletter.config import Settings
+from newsletter.config import Settings, masked_broker_url
 from newsletter.domain import DigestState, IngestStatus, IssueState, Subscriber, SubscriberStatus
 from newsletter.ingest import FileReport, inbox_problem
 from newsletter.schedule import SendSchedule, next_send_time
 from newsletter.store import PENDING_STATES, Store
 from newsletter.store.engine import display_url
+from newsletter.store.lock import issues_being_sent
 
 
 @dataclass
@@ -38,6 +39,10 @@ class RunSummary:
     issues_pending: int = 0
     issues_unknown: int = 0  # sent, but the server's final reply never came: see `status`
     delivery_stopped: str = ""  # why delivery stopped early (mail server unavailable), if it did
+    # Queue mode (queue.broker_url): issues handed to the workers in this run, and issues with
+    # the workers at its end (queued or being sent): pending, but not left waiting.
+    issues_queued: int = 0
+    issues_with_workers: int = 0
     # Issues that failed for good, or whose outcome is unknown, in this run.
     failed_now: list[dict[str, object]] = field(default_factory=list)
     quarantined: list[str] = field(default_factory=list)
@@ -56,11 +61,12 @@ class RunSummary:
     def exit_status(self) -> int:
         """For cron and systemd timers: 0 when everything due went out (or nothing was
         due); 1 when an issue failed for good (or its outcome is unknown) in this run, or the
-        feeds could not be written; 75 (EX_TEMPFAIL) when delivery stopped early or issues
-        wait for a retry."""
+        feeds could not be written; 75 (EX_TEMPFAIL) when delivery stopped early (the mail
+        server or the broker unavailable) or issues wait for a retry. Issues handed to the
+        workers are not waiting: a run that queued everything due exits 0."""
         if self.failed_now or self.feeds_error:
             return 1
-        if self.delivery_stopped or self.issues_pending:
+        if self.delivery_stopped or self.issues_pending > self.issues_with_workers:
             return 75
         return 0
 
@@ -127,6 +133,7 @@ class ConfigInUse:
     outbox_dir: str
     feeds_dir: str
     mailer: str  # "outbox <folder>" or "smtp <host>:<port> (<security>)"
+    broker: str | None = None  # queue.broker_url, password masked; None: delivery in-process
 
     @classmethod
     def of(cls, settings: Settings) -> ConfigInUse:
@@ -142,7 +149,19 @@ class ConfigInUse:
             outbox_dir=str(settings.outbox_dir.resolve()),
             feeds_dir=str(settings.feeds_dir.resolve()),
             mailer=mailer,
+            broker=masked_broker_url(settings.queue.broker_url),
         )
+
+
+@dataclass(frozen=True)
+class WorkQueue:
+    """Issues handed to the workers and not done: ``queued`` (waiting in the broker),
+    ``in_flight`` (a worker holds it and is sending it), ``interrupted`` (left ``sending`` by a
+    sender that is gone: sent again by the next task or pass)."""
+
+    queued: int
+    in_flight: int
+    interrupted: int
 
 
 @dataclass(frozen=True)
@@ -157,6 +176,7 @@ class StatusReport:
     subscribers: tuple[SubscriberLine, ...]
     config: ConfigInUse
     warnings: tuple[str, ...]  # misconfiguration found now (a missing inbox)
+    workers: WorkQueue = WorkQueue(0, 0, 0)
 
 
 def build_status(store: Store, now: datetime, settings: Settings) -> StatusReport:
@@ -165,6 +185,8 @@ def build_status(store: Store, now: datetime, settings: Settings) -> StatusRepor
     quarantined = [d for d in digests if d.state == DigestState.QUARANTINED]
     open_issues = store.issues(states=(*PENDING_STATES, IssueState.FAILED, IssueState.UNKNOWN))
     last_sent = store.last_sent_issues()
+    counts = store.queue_counts()
+    in_flight = len(issues_being_sent(store.engine))
 
     def email(subscriber_id: int) -> str:
         return subscribers[subscriber_id].email
@@ -209,6 +231,7 @@ def build_status(store: Store, now: datetime, settings: Settings) -> StatusRepor
         ),
         config=ConfigInUse.of(settings),
         warnings=tuple(w for w in (inbox_problem(settings.inbox),) if w),
+        workers=WorkQueue(counts.queued, in_flight, max(counts.sending - in_flight, 0)),
     )
 
 

@@ -30,6 +30,10 @@ SEED_COUNTS = {
 }
 NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 PG_ENV = "NEWSLETTER_TEST_POSTGRES_URL"
+#: The brokers of the worker tests (tests/test_workers*.py); .ci/run sets both.
+REDIS_ENV = "NEWSLETTER_TEST_REDIS_URL"
+RABBITMQ_ENV = "NEWSLETTER_TEST_RABBITMQ_URL"
+TEST_SERVICE_ENV = (PG_ENV, REDIS_ENV, RABBITMQ_ENV)
 
 
 def _backends() -> list[object]:
@@ -48,9 +52,10 @@ def _backends() -> list[object]:
 def hermetic_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """No test sees the ``NEWSLETTER_*`` variables of the shell that started pytest (a
     developer's ``NEWSLETTER_MAILER=smtp`` would send real mail), except the PostgreSQL URL
-    that selects the PostgreSQL tests. Subprocesses inherit the cleaned environment."""
+    and broker URLs that select the PostgreSQL and worker tests. Subprocesses inherit the
+    cleaned environment."""
     for name in list(os.environ):
-        if name.startswith(ENV_PREFIX) and name != PG_ENV:
+        if name.startswith(ENV_PREFIX) and name not in TEST_SERVICE_ENV:
             monkeypatch.delenv(name)
 
 

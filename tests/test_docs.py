@@ -274,7 +274,7 @@ def test_derived_environment_variables_are_accepted_by_the_loader() -> None:
 
 def test_every_newsletter_variable_named_in_the_docs_is_accepted() -> None:
     accepted = accepted_env()
-    files = [README, ARCHITECTURE, ROOT / "deploy" / "newsletter.service"]
+    files = [README, ARCHITECTURE, *sorted((ROOT / "deploy").glob("*.service"))]
     files.append(ROOT / "config" / "newsletter.toml")
     unknown = []
     for path in files:
@@ -513,7 +513,7 @@ GENERATED = ("tests/artifacts/",)  # written by the test suite, not in the repos
 
 def test_files_named_in_the_docs_exist() -> None:
     problems = []
-    for doc in (README, ARCHITECTURE, ROOT / "deploy" / "newsletter.service"):
+    for doc in (README, ARCHITECTURE, *sorted((ROOT / "deploy").glob("*.service"))):
         text = doc.read_text(encoding="utf-8")
         for name in sorted(set(_REPO_PATH.findall(text))):
             if name.startswith(GENERATED):

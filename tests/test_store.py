@@ -24,6 +24,7 @@ from tests.factories import head_revision
 def test_migrations_create_exactly_the_models(store: Store) -> None:
     assert store.table_names() == [
         "alembic_version",
+        "delivery_settings",
         "digest_files",
         "issue_papers",
         "issues",

@@ -492,7 +492,7 @@ def test_a_command_without_a_settings_file_says_what_it_uses(tmp_path: Path) -> 
         f"built-in defaults and NEWSLETTER_* variables: database {database}, inbox "
         f"{root / 'seeds'}"
     )
-    assert out.stdout.splitlines()[-8:] == [
+    assert out.stdout.splitlines()[-9:] == [
         "configuration:",
         "  settings file: none: built-in defaults and NEWSLETTER_* variables",
         f"  database: {database}",
@@ -500,6 +500,7 @@ def test_a_command_without_a_settings_file_says_what_it_uses(tmp_path: Path) -> 
         f"  outbox: {root / 'var' / 'outbox'}",
         f"  feeds: {root / 'var' / 'feeds'}",
         f"  mailer: outbox {root / 'var' / 'outbox'}",
+        "  delivery: in-process",
         f"warning: inbox {root / 'seeds'} does not exist: create it, {INBOX_FIX}",
     ]
 
@@ -516,6 +517,7 @@ def test_status_json_shows_the_configuration_in_use(workdir: Path, env: dict[str
             "outbox_dir": str(workdir / "outbox"),
             "feeds_dir": str(workdir / "feeds"),
             "mailer": f"outbox {workdir / 'outbox'}",
+            "broker": None,
         },
         [],
     )

@@ -7,7 +7,14 @@ One module per group of commands; importing them registers them on the group.
 
 from __future__ import annotations
 
-from newsletter.cli import rank, run, status, subscribers, web  # noqa: F401  (registers commands)
+from newsletter.cli import (  # noqa: F401  (registers commands)
+    rank,
+    run,
+    status,
+    subscribers,
+    web,
+    worker,
+)
 from newsletter.cli._base import cli, main
 
 __all__ = ["cli", "main"]

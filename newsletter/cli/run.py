@@ -77,7 +77,12 @@ def run(ctx: Context, once: bool, as_json: bool, now_text: str | None) -> None:
     where = (
         summary.outbox_dir if settings.mailer == "outbox" else f"SMTP server {settings.smtp.host}"
     )
-    if summary.issues_delivered:
+    if settings.queue.broker_url is not None:
+        click.echo(
+            f"issues: {summary.issues_queued} handed to the workers; "
+            f"{summary.issues_with_workers} with them now (see `newsletter status`)"
+        )
+    elif summary.issues_delivered:
         click.echo(f"issues: {summary.issues_delivered} delivered to {where}")
     elif summary.exit_status == 0:
         click.echo("issues: none delivered (nothing new for anyone, or already sent this slot)")

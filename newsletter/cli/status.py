@@ -24,8 +24,9 @@ def status(ctx: Context, as_json: bool) -> None:
     """Papers, quarantined files, pending and failed issues, last issue per subscriber.
 
     Pending issues show their attempts, the last server reply and when they are retried;
-    failed ones why they failed (`newsletter retry` puts them back in line). Last, the
-    configuration in use: settings file, database, inbox, outbox, feeds and mailer.
+    failed ones why they failed (`newsletter retry` puts them back in line). With workers
+    (queue.broker_url), how many issues are queued and being sent. Last, the configuration in
+    use: settings file, database, inbox, outbox, feeds, mailer and delivery.
 
     \b
     Example:
@@ -44,6 +45,12 @@ def status(ctx: Context, as_json: bool) -> None:
     for q in report.quarantined:
         click.echo(f"  {q.reason}")
     click.echo(f"pending issues: {len(report.pending)}; failed issues: {len(report.failed)}")
+    w = report.workers
+    if report.config.broker or w.queued or w.in_flight:
+        click.echo(
+            f"  with the workers: {w.queued} queued, {w.in_flight} being sent"
+            + (f", {w.interrupted} interrupted (sent again next)" if w.interrupted else "")
+        )
     for p in report.pending:
         line = f"  pending: {p.email} {p.slot} ({p.state}, {p.attempts} attempt(s))"
         if p.next_retry_at:
@@ -76,6 +83,8 @@ def status(ctx: Context, as_json: bool) -> None:
     click.echo(f"  outbox: {config.outbox_dir}")
     click.echo(f"  feeds: {config.feeds_dir}")
     click.echo(f"  mailer: {config.mailer}")
+    delivery = f"workers, broker {config.broker}" if config.broker else "in-process"
+    click.echo(f"  delivery: {delivery}")
     for warning in report.warnings:
         click.echo(f"warning: {warning}")
 

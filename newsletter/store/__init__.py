@@ -10,7 +10,8 @@ many issues in one transaction. The methods are grouped by subject in mixins:
 * :mod:`~newsletter.store.engine`: connection, dialects, migrations;
 * :mod:`~newsletter.store.papers`: digest files and papers;
 * :mod:`~newsletter.store.subscribers`: subscribers, tokens and the web's account flows;
-* :mod:`~newsletter.store.issues`: issues, the delivery state machine, the sent log.
+* :mod:`~newsletter.store.issues`: issues, the delivery state machine, the sent log;
+* :mod:`~newsletter.store.queue`: delivery by workers (queued issues, published settings).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from newsletter.store.issues import (
     SentIssue,
 )
 from newsletter.store.papers import DigestKnown, KeyedPaper, MergeCounts, PaperQueries
+from newsletter.store.queue import PublishedSettings, QueueCounts, QueueQueries, ToEnqueue
 from newsletter.store.subscribers import ConfirmationRequest, SubscriberQueries
 
 __all__ = [
@@ -36,12 +38,15 @@ __all__ = [
     "KeyedPaper",
     "MergeCounts",
     "PruneResult",
+    "PublishedSettings",
+    "QueueCounts",
     "SentIssue",
     "Store",
+    "ToEnqueue",
     "new_token",
     "normalize_url",
 ]
 
 
-class Store(PaperQueries, SubscriberQueries, IssueQueries):
+class Store(PaperQueries, SubscriberQueries, IssueQueries, QueueQueries):
     """The database: ``Store(url)``, then :meth:`migrate` (the first run creates the schema)."""

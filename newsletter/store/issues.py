@@ -472,6 +472,7 @@ class IssueQueries(StoreBase):
                         "subject": o.subject or o.issue.subject,
                         "html": None,
                         "message": None,
+                        "queued_at": None,  # no task left for it in the workers' queue
                     }
                     for o in outcomes
                 ],
@@ -597,6 +598,7 @@ class IssueQueries(StoreBase):
                 ).value
                 row.attempts = 0
                 row.next_retry_at = None
+                row.queued_at = None
                 requeued.append((address, row.slot_date))
             return requeued
 

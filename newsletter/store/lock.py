@@ -27,6 +27,7 @@ from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import OperationalError
 
 from newsletter.errors import NewsletterError
 
@@ -116,7 +117,8 @@ class DaemonLock:
                 "SELECT a.pid, a.application_name, a.client_addr, a.backend_start "
                 "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
                 "WHERE l.locktype = 'advisory' AND l.granted "
-                "AND l.classid = :hi AND l.objid = :lo"
+                "AND l.classid = :hi AND l.objid = :lo AND l.objsubid = 1 AND l.database = "
+                "(SELECT oid FROM pg_database WHERE datname = current_database())"
             ),
             {"hi": (self._key >> 32) & 0xFFFFFFFF, "lo": self._key & 0xFFFFFFFF},
         ).first()
@@ -146,3 +148,109 @@ class SendLock(DaemonLock):
 
     ROLE = "sender"
     SUFFIX = ".send.lock"
+
+
+#: The first key of every per-issue advisory lock (the second is the issue id): PostgreSQL's
+#: two-integer lock keys, a key space apart from the one-bigint keys of the locks above.
+ISSUE_LOCK_CLASS = int.from_bytes(hashlib.sha256(b"newsletter issue").digest()[:4], "big") >> 1
+
+
+class WorkerLocks:
+    """A delivery worker's locks on PostgreSQL, on one dedicated connection per process.
+
+    * The send lock, **shared**, for the process's lifetime: workers send side by side, while
+      an in-process sender (``run --once`` or a daemon without ``queue.broker_url``), which
+      takes the send lock exclusively, cannot run beside them, nor they beside it. That
+      sender treats every ``sending`` issue as left by a dead sender, which only holds
+      when no worker is alive.
+    * One lock per issue while a worker sends it (:meth:`try_issue`): the issue's lease.
+      Another worker given the same issue (a task redelivered after Redis's visibility
+      timeout, a task enqueued twice) finds it locked and does nothing. The server drops
+      the locks the moment their holder's connection ends (SIGKILL, a lost machine), so an
+      issue found ``sending`` and unlocked was left by a worker that died, and is re-sent
+      with its Message-ID.
+    """
+
+    def __init__(self, engine: Any) -> None:
+        if engine.dialect.name != "postgresql":
+            raise NewsletterError(
+                "delivery workers need PostgreSQL: database_url is "
+                f"{make_url(engine.url).render_as_string(hide_password=True)}"
+            )
+        self.engine = engine
+        self._send_key = SendLock(engine)._key
+        self._conn: Connection | None = None
+
+    def _connection(self) -> Connection:
+        if self._conn is None or self._conn.closed or self._conn.invalidated:
+            owner = _owner()
+            conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            label = f"newsletter worker pid={owner['pid']} host={owner['host']}"
+            conn.execute(text("SELECT set_config('application_name', :n, false)"), {"n": label})
+            conn.execute(text("SELECT pg_advisory_lock_shared(:k)"), {"k": self._send_key})
+            self._conn = conn
+        return self._conn
+
+    def start(self) -> None:
+        """Take the shared send lock, waiting while an in-process sender holds it."""
+        self._connection()
+
+    def try_issue(self, issue_id: int, *, wait_seconds: float = 0.0) -> bool:
+        """Lock one issue for sending; False if another worker holds it (after waiting up to
+        ``wait_seconds``: a worker that just died may not have been noticed by the server).
+        One round trip when the issue is free, the usual case."""
+        conn = self._connection()
+        got = conn.execute(
+            text("SELECT pg_try_advisory_lock(:c, :i)"), {"c": ISSUE_LOCK_CLASS, "i": issue_id}
+        ).scalar()
+        if got or wait_seconds <= 0:
+            return bool(got)
+        timeout = f"{int(wait_seconds * 1000)}ms"
+        conn.execute(text("SELECT set_config('lock_timeout', :t, false)"), {"t": timeout})
+        try:
+            conn.execute(
+                text("SELECT pg_advisory_lock(:c, :i)"), {"c": ISSUE_LOCK_CLASS, "i": issue_id}
+            )
+        except OperationalError as exc:
+            if getattr(exc.orig, "sqlstate", None) == "55P03":  # lock_not_available
+                return False
+            raise
+        finally:
+            conn.execute(text("SELECT set_config('lock_timeout', '0', false)"))
+        return True
+
+    def release_issue(self, issue_id: int) -> None:
+        if self._conn is not None and not self._conn.closed:
+            self._conn.execute(
+                text("SELECT pg_advisory_unlock(:c, :i)"), {"c": ISSUE_LOCK_CLASS, "i": issue_id}
+            )
+
+    def close(self) -> None:
+        """Drop every lock of this process by ending its database session. Not by handing
+        the connection back to the engine's pool: the session, and its advisory locks, would
+        live on there (the next user of that pooled connection would hold them)."""
+        if self._conn is not None:
+            self._conn.invalidate()  # closes the DBAPI connection: the server drops the locks
+            self._conn.close()
+            self._conn = None
+
+
+def issues_being_sent(engine: Any) -> set[int]:
+    """The ids of the issues a worker holds the lock of right now (PostgreSQL; empty on
+    SQLite, where no worker runs). For ``status`` and for the requeue of lost tasks.
+
+    Advisory locks belong to one database, but ``pg_locks`` lists those of every database of
+    the server: only this database's count (another newsletter database on the same server,
+    with its own issue ids, must not look busy here)."""
+    if engine.dialect.name != "postgresql":
+        return set()
+    with engine.connect() as conn:
+        found = conn.execute(
+            text(
+                "SELECT objid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND objsubid = 2 AND classid = :c AND database = "
+                "(SELECT oid FROM pg_database WHERE datname = current_database())"
+            ),
+            {"c": ISSUE_LOCK_CLASS},
+        ).scalars()
+        return {int(i) for i in found}

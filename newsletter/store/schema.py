@@ -153,6 +153,20 @@ class IssueRow(Base):
     message: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)  # feeds
+    # When a task for this issue was last handed to the workers' broker (queue mode); None
+    # when none is believed to be in the queue. Cleared when an outcome is recorded.
+    queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class DeliverySettingsRow(Base):
+    """The delivery settings the scheduler publishes for the workers (one row, id 1): what a
+    worker renders and sends with (site, mail, SMTP without the password), so a worker needs
+    only the database URL, the broker URL and the package (newsletter/workers/published.py)."""
+
+    __tablename__ = "delivery_settings"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    settings: Mapped[str] = mapped_column(Text)  # JSON
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class IssuePaperRow(Base):
