@@ -105,12 +105,16 @@ class Newsletter(AccountUseCases):
         *,
         mailer: Mailer | None = None,
         clock: Clock = utc_now,
+        migrate: bool = True,
     ) -> None:
         self.settings = settings
         self.clock = clock
         self.store = Store(settings.database_url)
         try:
-            self._revision = self.store.migrate()
+            # migrate=False (delivery workers): the database must already be at this
+            # version's migration; several processes migrating a shared database at once, or
+            # a newer worker migrating it under an older scheduler, would break it.
+            self._revision = self.store.migrate() if migrate else self.store.check_revision()
         except BaseException:
             self.store.close()
             raise

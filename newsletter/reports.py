@@ -231,7 +231,11 @@ def build_status(store: Store, now: datetime, settings: Settings) -> StatusRepor
         ),
         config=ConfigInUse.of(settings),
         warnings=tuple(w for w in (inbox_problem(settings.inbox),) if w),
-        workers=WorkQueue(counts.queued, in_flight, max(counts.sending - in_flight, 0)),
+        workers=(
+            WorkQueue(counts.queued, in_flight, max(counts.sending - in_flight, 0))
+            if settings.queue.broker_url is not None
+            else WorkQueue(0, 0, 0)  # in-process: `sending` issues are the pending ones
+        ),
     )
 
 

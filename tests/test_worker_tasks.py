@@ -32,7 +32,7 @@ from newsletter.app import Newsletter
 from newsletter.config import QueueSettings, Settings, load_settings, masked_broker_url
 from newsletter.deliver import MemoryMailer
 from newsletter.domain import IssueRecord, IssueState, SubscriberStatus
-from newsletter.errors import ConfigError
+from newsletter.errors import ConfigError, StorageError
 from newsletter.pipeline import MAX_ATTEMPTS, RETRY_BASE
 from newsletter.smtp import SmtpMailer
 from newsletter.store import Store
@@ -404,6 +404,81 @@ def test_an_unavailable_mail_server_hands_the_issue_back_for_later(
         TaskResult.SENT
     )
     assert _issue(app.store, issue.id).attempts == 1
+
+
+def test_after_an_outage_a_worker_hands_issues_back_without_connecting(
+    app: Newsletter, locks: WorkerLocks
+) -> None:
+    """The next tasks after one that found the server unavailable do not wait for a connect
+    timeout each: their issues go back at once, as a failed connection would leave them."""
+    first, second = _issues(app.store)[:2]
+    mailer = MemoryMailer()
+    outcome = deliver_issue(
+        app.store,
+        app.renderer,
+        mailer,
+        locks,
+        issue_id=second.id,
+        site=app.site,
+        now=NOW,
+        mailer_unavailable="SMTP server unreachable: refused",
+    )
+    assert (outcome.result, outcome.detail) == (
+        TaskResult.HANDED_BACK,
+        "SMTP server unreachable: refused",
+    )
+    assert mailer.sent == []  # never tried
+    after = _issue(app.store, second.id)
+    assert (after.state, after.attempts) == (IssueState.RENDERED, 0)
+    assert after.last_reply == "not sent yet: SMTP server unreachable: refused"
+    assert after.next_retry_at == NOW + RETRY_BASE
+    assert _issue(app.store, first.id).state is IssueState.PLANNED  # untouched
+
+
+def test_a_worker_process_pauses_connecting_after_an_outage(
+    app: Newsletter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """WorkerContext: one task finds the server down; the tasks of the next 30 s hand their
+    issue back without connecting; after that a task tries again."""
+    context = process.WorkerContext(app.settings)
+    calls: list[str | None] = []
+    clock = [NOW]
+
+    class FakeApp:
+        store, renderer, mailer, site = app.store, app.renderer, MemoryMailer(), app.site
+
+        @staticmethod
+        def clock() -> datetime:
+            return clock[0]
+
+    def fake_deliver(*_: Any, issue_id: int, mailer_unavailable: str | None, **__: Any) -> Any:
+        calls.append(mailer_unavailable)
+        return TaskOutcome(issue_id, TaskResult.HANDED_BACK, "SMTP server unreachable: x")
+
+    monkeypatch.setattr(context, "_current", lambda: (FakeApp, None))
+    monkeypatch.setattr(process, "deliver_issue", fake_deliver)
+    context.deliver(1)
+    clock[0] = NOW + timedelta(seconds=29)
+    context.deliver(2)
+    clock[0] = NOW + timedelta(seconds=30)
+    context.deliver(3)
+    assert calls == [None, "SMTP server unreachable: x", None]
+
+
+def test_a_worker_refuses_a_database_at_another_migration(app: Newsletter) -> None:
+    """Workers never migrate the shared database (several at once, or a newer worker under an
+    older scheduler, would break it): at another revision they say what to do."""
+    assert app.store.check_revision() == app.schema_revision()
+    with app.store.engine.begin() as conn:  # as an older scheduler's database would be
+        conn.execute(text("UPDATE alembic_version SET version_num = '0006'"))
+    with pytest.raises(StorageError, match="at migration 0006, this version of newsletter"):
+        app.store.check_revision()
+    with pytest.raises(StorageError, match="run the scheduler of this version first"):
+        Newsletter(app.settings, migrate=False)
+    context = process.WorkerContext(app.settings)
+    with pytest.raises(StorageError, match="at migration 0006"):
+        context.deliver(1)
+    context.close()
 
 
 # ---------------------------------------------------------------------------- enqueue_due
@@ -793,6 +868,7 @@ def test_a_worker_runs_with_the_schedulers_delivery_settings_and_its_own_connect
         "smtp_port": 2525,
         "smtp_username": "digest",
         "outbox_dir": workdir / "scheduler-outbox",
+        "smtp_ca_file": workdir / "scheduler-ca.pem",
     }
     sched = load_settings(
         CONFIG,
@@ -810,6 +886,7 @@ def test_a_worker_runs_with_the_schedulers_delivery_settings_and_its_own_connect
                 queue_broker_url="amqp://guest:guest@mq.example.org:5672//",
                 queue_name="workers-eu",
                 queue_task_time_limit_seconds=1200,
+                smtp_ca_file=workdir / "worker-ca.pem",
             ),
             "NEWSLETTER_SMTP_PASSWORD": "worker-password",
         },
@@ -817,6 +894,7 @@ def test_a_worker_runs_with_the_schedulers_delivery_settings_and_its_own_connect
     text_ = published_json(sched)
     assert set(json.loads(text_)) == PUBLISHED_KEYS
     assert "scheduler-password" not in text_  # secrets never go into the database
+    assert "scheduler-outbox" not in text_ and "scheduler-ca" not in text_  # nor its paths
     assert published_json(sched) == text_  # the same settings, the same text
     merged = apply_published(own, text_)
     assert merged.name == "Scheduler Digest"
@@ -824,12 +902,15 @@ def test_a_worker_runs_with_the_schedulers_delivery_settings_and_its_own_connect
     assert merged.timezone == "America/New_York"
     assert merged.mail == sched.mail
     assert merged.mailer == "smtp"
-    assert merged.smtp == sched.smtp
-    assert merged.outbox_dir == sched.outbox_dir
+    assert merged.smtp == sched.smtp.model_copy(update={"ca_file": own.smtp.ca_file})
+    assert merged.smtp.ca_file == workdir / "worker-ca.pem"
+    assert merged.outbox_dir == own.outbox_dir  # paths name the worker's own disk
     assert merged.database_url == own.database_url
     assert merged.queue == own.queue
     assert merged.smtp_password == "worker-password"
     assert published_json(merged) == text_
+    legacy = json.loads(text_) | {"outbox_dir": "/scheduler/outbox"}  # the first version's row
+    assert apply_published(own, json.dumps(legacy)).outbox_dir == own.outbox_dir
 
 
 def test_published_smtp_login_needs_the_workers_own_password(workdir: Path) -> None:

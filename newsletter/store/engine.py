@@ -113,6 +113,33 @@ class StoreBase:
             ) from None
         return current or ""
 
+    def check_revision(self) -> str:
+        """The database's migration, if it is the one this version of the code expects;
+        else :class:`StorageError` saying what to do. For processes that must not migrate a
+        shared database themselves (delivery workers: several start at once, possibly newer
+        or older than the scheduler)."""
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+
+        import newsletter.migrations as migrations
+
+        head = ScriptDirectory(str(Path(migrations.__file__).parent)).get_current_head()
+        try:
+            with self.engine.connect() as conn:
+                current = MigrationContext.configure(conn).get_current_revision()
+        except OperationalError as exc:
+            raise StorageError(
+                f"cannot open database {self.engine.url.render_as_string(hide_password=True)}: "
+                f"{' '.join(str(exc.orig).split())}. Check database_url / NEWSLETTER_DATABASE_URL."
+            ) from None
+        if current is None or current != head:
+            raise StorageError(
+                f"the database is at migration {current or 'none'}, this version of newsletter "
+                f"expects {head}: run the scheduler of this version first (it migrates), or "
+                "`newsletter db upgrade`, or run the scheduler's version on this worker"
+            )
+        return current
+
     def table_names(self) -> list[str]:
         return sorted(inspect(self.engine).get_table_names())
 

@@ -76,13 +76,26 @@ def deliver_issue(
     issue_id: int,
     site: SiteInfo,
     now: datetime,
+    mailer_unavailable: str | None = None,
 ) -> TaskOutcome:
     """Render and send issue ``issue_id`` if it is still due and nobody else is sending it
-    (the steps are in the module docstring)."""
+    (the steps are in the module docstring).
+
+    ``mailer_unavailable``: why this process found the mail server unavailable moments ago;
+    the issue is then handed back at once, as a failed connection would, without trying
+    again (a queue of tasks would otherwise each wait for a connect timeout)."""
     if not locks.try_issue(issue_id, wait_seconds=LOCK_WAIT_SECONDS):
         return TaskOutcome(issue_id, TaskResult.BUSY, "another worker is sending it")
     try:
-        return _deliver_locked(store, renderer, mailer, issue_id=issue_id, site=site, now=now)
+        return _deliver_locked(
+            store,
+            renderer,
+            mailer,
+            issue_id=issue_id,
+            site=site,
+            now=now,
+            mailer_unavailable=mailer_unavailable,
+        )
     finally:
         locks.release_issue(issue_id)
 
@@ -95,6 +108,7 @@ def _deliver_locked(
     issue_id: int,
     site: SiteInfo,
     now: datetime,
+    mailer_unavailable: str | None,
 ) -> TaskOutcome:
     issue = store.issue_by_id(issue_id)
     if issue is None:
@@ -116,6 +130,11 @@ def _deliver_locked(
         outcome = IssueOutcome(issue, IssueState.FAILED, issue.attempts, reason)
         store.record_outcomes([outcome], sent_at=now)
         return TaskOutcome(issue_id, TaskResult.FAILED, reason)
+    if mailer_unavailable is not None:  # as BatchSender hands an issue back for an outage
+        reply = f"not sent yet: {mailer_unavailable}"
+        outcome = IssueOutcome(issue, IssueState.RENDERED, issue.attempts, reply, now + RETRY_BASE)
+        store.record_outcomes([outcome], sent_at=now)
+        return TaskOutcome(issue_id, TaskResult.HANDED_BACK, mailer_unavailable)
     if issue.id not in store.claim_issues([issue]):
         return TaskOutcome(issue_id, TaskResult.BUSY, "claimed by another sender")
     if issue.state is IssueState.SENDING:

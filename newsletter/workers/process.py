@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from newsletter.app import Newsletter
@@ -26,6 +26,11 @@ from newsletter.workers.published import apply_published
 
 log = logging.getLogger(__name__)
 
+#: After a task found the mail server unavailable, this process hands the next tasks' issues
+#: back (due again in 5 minutes) without connecting for this long: during an outage a queue
+#: of tasks would otherwise each wait for a connect timeout (30 s by default).
+MAILER_DOWN_PAUSE = timedelta(seconds=30)
+
 
 class WorkerContext:
     """What one worker process keeps between tasks (see the module docstring)."""
@@ -37,12 +42,21 @@ class WorkerContext:
         self._published: str | None = None
         self._store: Store | None = None  # the published settings and the locks
         self._locks: WorkerLocks | None = None
+        # The mail server was found unavailable: until when tasks hand their issue back
+        # without connecting, and why.
+        self._mailer_down = ""
+        self._mailer_down_until = datetime.min.replace(tzinfo=UTC)
 
     def _current(self) -> tuple[Newsletter, WorkerLocks]:
         """The application for the settings published now (rebuilt when they changed)."""
         if self._store is None:
-            self._store = Store(self.own.database_url)
-            self._store.migrate()
+            store = Store(self.own.database_url)
+            try:
+                store.check_revision()  # the scheduler migrates, never a worker
+            except BaseException:
+                store.close()
+                raise
+            self._store = store
         if self._locks is None:
             self._locks = WorkerLocks(self._store.engine)
             self._locks.start()
@@ -64,23 +78,42 @@ class WorkerContext:
                     limit,
                     slowest_smtp_send(settings.smtp),
                 )
+            if settings.mailer == "smtp" and settings.smtp.rate_per_second > 0:
+                log.warning(
+                    "smtp.rate_per_second (%g) applies to each worker process: the deployment "
+                    "sends up to that many times the number of worker processes; set it to the "
+                    "provider's limit divided by the processes of all workers",
+                    settings.smtp.rate_per_second,
+                )
             self._mailer = _mailer(settings)
-            self._app = Newsletter(settings, mailer=self._mailer)
+            self._app = Newsletter(settings, mailer=self._mailer, migrate=False)
             self._published = published.settings
             log.info("delivery settings of %s loaded", published.updated_at.isoformat())
         return self._app, self._locks
 
     def deliver(self, issue_id: int) -> TaskOutcome:
         app, locks = self._current()
-        return deliver_issue(
+        now = app.clock()
+        down = self._mailer_down if now < self._mailer_down_until else None
+        outcome = deliver_issue(
             app.store,
             app.renderer,
             app.mailer,
             locks,
             issue_id=issue_id,
             site=app.site,
-            now=app.clock(),
+            now=now,
+            mailer_unavailable=down,
         )
+        if outcome.result is TaskResult.HANDED_BACK and down is None:
+            self._mailer_down = outcome.detail
+            self._mailer_down_until = now + MAILER_DOWN_PAUSE
+            log.error(
+                "%s; issues handed back without trying for %s, then retried",
+                outcome.detail,
+                MAILER_DOWN_PAUSE,
+            )
+        return outcome
 
     def _close_app(self) -> None:
         if self._app is not None:

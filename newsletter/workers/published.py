@@ -6,7 +6,8 @@ machine to carry a copy of the scheduler's settings file (and drift from it: a w
 old ``base_url`` sends unsubscribe links that point nowhere), each enqueue pass publishes those
 settings in the database, and a worker reads them before each task. What stays the worker's
 own: ``database_url`` and ``queue.*`` (needed before it can read anything), the SMTP password
-(``NEWSLETTER_SMTP_PASSWORD``: secrets never go into the database), ``templates_dir`` and
+(``NEWSLETTER_SMTP_PASSWORD``: secrets never go into the database), and the paths, which name
+files on the worker's own disk: ``outbox_dir``, ``smtp.ca_file`` and ``templates_dir``; and
 ``log_level``.
 """
 
@@ -22,13 +23,17 @@ from newsletter.errors import ConfigError
 
 #: The top-level settings a scheduler publishes for its workers.
 PUBLISHED_KEYS = frozenset(
-    {"name", "base_url", "timezone", "paper_url_template", "mailer", "outbox_dir", "mail", "smtp"}
+    {"name", "base_url", "timezone", "paper_url_template", "mailer", "mail", "smtp"}
 )
+#: Keys inside the published tables that stay each worker's own (paths on its own disk).
+_OWN_SMTP_KEYS = ("ca_file",)
 
 
 def published_json(settings: Settings) -> str:
     """The delivery settings as JSON, keys sorted (the same settings give the same text)."""
-    data = settings.model_dump(mode="json", include=set(PUBLISHED_KEYS))
+    data = settings.model_dump(
+        mode="json", include=set(PUBLISHED_KEYS), exclude={"smtp": set(_OWN_SMTP_KEYS)}
+    )
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
@@ -38,9 +43,13 @@ def apply_published(own: Settings, published: str) -> Settings:
         data: dict[str, Any] = json.loads(published)
         if not isinstance(data, dict):
             raise ValueError(f"a JSON object expected, not {type(data).__name__}")
+        data.pop("outbox_dir", None)  # published by the first version: a path, the worker's own
         if not set(data) <= PUBLISHED_KEYS:
             raise ValueError(f"unexpected keys {sorted(set(data) - PUBLISHED_KEYS)}")
-        merged = Settings.model_validate({**own.model_dump(mode="json"), **data})
+        mine = own.model_dump(mode="json")
+        if isinstance(data.get("smtp"), dict):
+            data["smtp"] = {**data["smtp"], **{k: mine["smtp"][k] for k in _OWN_SMTP_KEYS}}
+        merged = Settings.model_validate({**mine, **data})
     except (ValueError, ValidationError) as exc:
         raise ConfigError(
             f"the delivery settings published in the database are not valid for this "
