@@ -5,12 +5,16 @@ Not a test (shared machines are noisy): run it by hand and read the figures.
     .venv/bin/python bench/bench_plan.py                       # 3,000 subscribers, SQLite
     .venv/bin/python bench/bench_plan.py --subscribers 10000
     .venv/bin/python bench/bench_plan.py --database-url postgresql://postgres@127.0.0.1/postgres
+    .venv/bin/python bench/bench_plan.py --subscribers 1000 --judged 1000   # with feedback
 
 A fresh database (a temporary SQLite file, or the given PostgreSQL database, whose tables are
 dropped first: use a scratch database) gets the seed papers and N subscribers with profiles
 drawn from the seed titles; then ``Newsletter.plan_current_slots`` plans everyone's slot, as
 ``run --once`` does. Printed: statements (a SQLAlchemy hook counts each one sent), the time
 of planning, and within it the time of ranking, so the two are a ratio from one run.
+``--judged N``: the first N subscribers have ``--judgments`` judgments each (10: 6 likes, 4
+dislikes of random papers), and the time of learning from them (:mod:`newsletter.learn`) is
+printed too.
 """
 
 from __future__ import annotations
@@ -29,10 +33,10 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import event  # noqa: E402
 
-from newsletter import rank  # noqa: E402
+from newsletter import learn, rank  # noqa: E402
 from newsletter.app import Newsletter  # noqa: E402
 from newsletter.config import load_settings  # noqa: E402
-from newsletter.domain import SubscriberSource, SubscriberSpec  # noqa: E402
+from newsletter.domain import Judgment, SubscriberSource, SubscriberSpec  # noqa: E402
 
 NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 WORDS = (
@@ -45,6 +49,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--subscribers", type=int, default=3000)
     parser.add_argument("--database-url", default=None)
+    parser.add_argument("--judged", type=int, default=0, help="subscribers with judgments")
+    parser.add_argument("--judgments", type=int, default=10, help="judgments each (60%% likes)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         url = args.database_url or f"sqlite:///{tmp}/bench.db"
@@ -69,6 +75,14 @@ def main() -> None:
                     source=SubscriberSource.CLI,
                     now=NOW,
                 )
+            paper_ids = [p.id for p in app.store.papers()]
+            for n in range(min(args.judged, args.subscribers)):
+                sub = app.store.subscriber(f"r{n:06d}@example.org")
+                assert sub is not None
+                for k, pid in enumerate(rng.sample(paper_ids, args.judgments)):
+                    like = k < round(0.6 * args.judgments)
+                    judgment = Judgment.LIKE if like else Judgment.DISLIKE
+                    app.store.record_judgment(sub.id, pid, judgment, NOW)
             statements = 0
 
             def count(*_: Any) -> None:
@@ -86,15 +100,29 @@ def main() -> None:
                 finally:
                     ranking += time.perf_counter() - t
 
+            learning = 0.0
+            real_learn = learn.feedback_adjustments
+
+            def timed_learn(*a: Any, **k: Any) -> Any:
+                nonlocal learning
+                t = time.perf_counter()
+                try:
+                    return real_learn(*a, **k)
+                finally:
+                    learning += time.perf_counter() - t
+
             rank.rank_papers = timed_rank  # type: ignore[assignment]
+            learn.feedback_adjustments = timed_learn  # type: ignore[assignment]
             event.listen(app.store.engine, "before_cursor_execute", count)
             t0 = time.perf_counter()
             result = app.plan_current_slots()
             elapsed = time.perf_counter() - t0
             rank.rank_papers = real_rank  # type: ignore[assignment]
+            learn.feedback_adjustments = real_learn  # type: ignore[assignment]
     print(
         f"{args.subscribers} subscribers: {result.planned} issues planned, {result.empty} empty; "
         f"{statements} SQL statements; {elapsed:.2f} s planning, of which {ranking:.2f} s ranking"
+        f" and {learning:.2f} s learning ({args.judged} with {args.judgments} judgments each)"
     )
 
 

@@ -7,7 +7,8 @@ expects it to match:
   ``E2GAN``): titles copied from arXiv carry it, and nobody types it in a profile;
 * tokens are runs of letters and digits, so ``rag`` never matches inside ``leverage``;
 * every token is stemmed (Snowball English, PyStemmer), so ``transformers`` matches
-  ``transformer``;
+  ``transformer``, and the plural of an acronym without a vowel is made singular first
+  (``LLMs`` matches ``LLM``, which Snowball alone does not do);
 * hyphen, space and joined forms are equal (``pre-training`` = ``pre training`` =
   ``pretraining``). A document is read as a small lattice: each token, plus each pair of
   adjacent tokens joined (when only a hyphen or white space separates them), plus each whole
@@ -22,7 +23,7 @@ import bisect
 import re
 import threading
 import unicodedata
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import lru_cache
 
 import Stemmer
@@ -51,13 +52,34 @@ def _stemmer() -> Stemmer.Stemmer:
     return stemmer
 
 
+_VOWELS = frozenset("aeiouy")
+
+
+def _singular_acronym(word: str) -> str:
+    """``llms`` → ``llm``: the plural of an acronym without a vowel (LLMs, VLMs, GNNs, LMs).
+
+    Snowball removes a plural ``s`` only after a part with a vowel in it, so ``llms`` stayed
+    ``llms`` and ``LLMs`` matched other papers than ``LLM``. A word of at least three letters
+    or digits with no vowel before a final single ``s`` is read as such a plural (``fps`` becomes
+    ``fp`` too: the same in documents and profiles, so a match is only ever gained)."""
+    if (
+        len(word) >= 3
+        and word[-1] == "s"
+        and word[-2] != "s"
+        and word.isascii()
+        and _VOWELS.isdisjoint(word[:-1])
+    ):
+        return word[:-1]
+    return word
+
+
 def _stem(word: str) -> str:
-    result: str = _stemmer().stemWord(word)
+    result: str = _stemmer().stemWord(_singular_acronym(word))
     return result
 
 
 def _stem_words(words: list[str]) -> list[str]:
-    result: list[str] = _stemmer().stemWords(words)
+    result: list[str] = _stemmer().stemWords([_singular_acronym(w) for w in words])
     return result
 
 
@@ -163,21 +185,81 @@ def lattice(text: str) -> _Lattice:
     Cached because the renderer highlights the same few hundred titles and abstracts for every
     subscriber; the result is immutable.
     """
+    return _build_lattice(text, _stem_words)
+
+
+@lru_cache(maxsize=8192)
+def light_lattice(text: str) -> _Lattice:
+    """:func:`lattice` with :func:`light_stem` instead of Snowball: what exclusions match."""
+    return _build_lattice(text, lambda words: [light_stem(w) for w in words])
+
+
+def _build_lattice(text: str, stem_words: Callable[[list[str]], list[str]]) -> _Lattice:
     toks, gaps = _tokens(text)
     n = len(toks)
     arcs: list[list[_Arc]] = [[] for _ in range(n)]
-    stems = _stem_words([t[0] for t in toks])
+    stems = stem_words([t[0] for t in toks])
     for i, (t, stem) in enumerate(zip(toks, stems, strict=True)):
         arcs[i].append((stem, i + 1, t[1], t[2]))
     pairs = [i for i in range(n - 1) if _JOINABLE_GAP.fullmatch(gaps[i])]
-    pair_stems = _stem_words([toks[i][0] + toks[i + 1][0] for i in pairs])
+    pair_stems = stem_words([toks[i][0] + toks[i + 1][0] for i in pairs])
     for i, stem in zip(pairs, pair_stems, strict=True):
         arcs[i].append((stem, i + 2, toks[i][1], toks[i + 1][2]))
     for a, b in _chains(gaps, n):
         if b - a >= 3:
             joined = "".join(t[0] for t in toks[a:b])
-            arcs[a].append((_stem(joined), b, toks[a][1], toks[b - 1][2]))
+            arcs[a].append((stem_words([joined])[0], b, toks[a][1], toks[b - 1][2]))
     return tuple(tuple(a) for a in arcs), n
+
+
+def light_stem(word: str) -> str:
+    """Exclusions match word forms more strictly than terms do: case, an acronym's plural and
+    the plural endings of the S-stemmer (Harman 1991: ``-ies`` → ``-y``, ``-es`` → ``-e``, ``-s``
+    dropped, except after ``a``/``e``/``o``/``u``/``s`` as the rules say), nothing else. So
+    ``-surveys`` = ``-survey``, but ``-"continued pretraining"`` no longer removes "continual
+    pre-training" (Snowball stems continued, continual and continuing alike)."""
+    word = _singular_acronym(word)
+    if len(word) > 3 and word.endswith("ies") and not word.endswith(("eies", "aies")):
+        return word[:-3] + "y"
+    if len(word) > 3 and word.endswith("es") and not word.endswith(("aes", "ees", "oes")):
+        return word[:-1]
+    if len(word) > 2 and word.endswith("s") and not word.endswith(("us", "ss")):
+        return word[:-1]
+    return word
+
+
+@lru_cache(maxsize=1 << 16)
+def light_variants(text: str) -> frozenset[tuple[str, ...]]:
+    """The keys an exclusion matches in :func:`light_lattice`: the groupings of
+    :func:`variants` (hyphen, space and joined forms alike), with :func:`light_stem`."""
+    words, chains = _query_parts(text)
+    n = len(words)
+    if not n:
+        return frozenset()
+    starts = {a: b for a, b in chains}
+    written: list[str] = []
+    i = 0
+    while i < n:
+        j = starts.get(i, i + 1)
+        written.append(light_stem("".join(words[i:j])))
+        i = j
+    if n > _MAX_QUERY_PARTS:
+        return frozenset({tuple(written)})
+    steps: list[list[int]] = [[i + 1] + ([i + 2] if i + 2 <= n else []) for i in range(n)]
+    for a, b in chains:
+        if b - a >= 3:
+            steps[a].append(b)
+    out: set[tuple[str, ...]] = {tuple(written)}
+
+    def walk(i: int, acc: tuple[str, ...]) -> None:
+        if i == n:
+            out.add(acc)
+            return
+        for j in steps[i]:
+            walk(j, acc + (light_stem("".join(words[i:j])),))
+
+    walk(0, ())
+    return frozenset(out)
 
 
 def _query_parts(text: str) -> tuple[list[str], list[tuple[int, int]]]:
@@ -205,12 +287,21 @@ def analyze_query_term(text: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+#: Stands for any one token (or joined pair) of the text in a key: the gap of a phrase window.
+ANY = "*"
+
+
 @lru_cache(maxsize=1 << 18)
-def variants(text: str, stems: tuple[str, ...]) -> frozenset[tuple[str, ...]]:
+def variants(text: str, stems: tuple[str, ...], exact: bool = False) -> frozenset[tuple[str, ...]]:
     """All groupings of a term's words that the document lattice can produce.
 
     The same groupings as the document side (single words, adjacent pairs, whole hyphen chains),
     so that "pre training", "pre-training" and "pretraining" meet whichever way each side wrote it.
+
+    A term of two words (``"data quality"``, ``vision-language``) also matches them in the
+    other order and with up to two words between them (``high-quality data``, ``vision and
+    language``, ``quality of the data``; not ``data of very high quality``), unless ``exact``
+    (``exact:"…"`` in a profile: the words in this order, next to each other).
     """
     if len(stems) == 1 and text.isascii() and text.isalnum():  # the common case: one word
         if _stem(text.lower()) == stems[0]:
@@ -236,6 +327,10 @@ def variants(text: str, stems: tuple[str, ...]) -> frozenset[tuple[str, ...]]:
 
     walk(0, ())
     out.add(stems)
+    if n == 2 and not exact:
+        one, two = _stem(words[0]), _stem(words[1])
+        for first, last in ((one, two), (two, one)):
+            out.update({(first, last), (first, ANY, last), (first, ANY, ANY, last)})
     return frozenset(out)
 
 
@@ -257,6 +352,8 @@ def find(
             for prefix, pos, cs in frontier:
                 if pos >= n:
                     continue
+                wild = prefix + (ANY,) if prefix else None  # never a key's first stem
+                wild = wild if wild is not None and wild in prefixes else None
                 for stem, after, s, e in arcs[pos]:
                     key = prefix + (stem,)
                     first = s if cs < 0 else cs
@@ -264,6 +361,8 @@ def find(
                         yield key, p, first, e
                     if key in prefixes:
                         nxt.append((key, after, first))
+                    if wild is not None and after == pos + 1:  # one word, not a joined pair
+                        nxt.append((wild, after, first))
             frontier = nxt
 
 
@@ -303,7 +402,7 @@ def _key_spans(text: str, keys: Iterable[tuple[str, ...]]) -> Iterator[tuple[int
                     for pos, _ in ends
                     if pos < n
                     for arc_stem, nxt, _, e in arcs[pos]
-                    if arc_stem == stem
+                    if arc_stem == stem or (stem == ANY and nxt == pos + 1)
                 ]
                 if not ends:
                     break
@@ -320,7 +419,7 @@ def highlight_spans(text: str, terms: Sequence[ProfileTerm]) -> list[tuple[int, 
     keys: dict[tuple[str, ...], bool] = {}
     for term in terms:
         if not term.exclude and term.stems:
-            for key in variants(term.text, term.stems):
+            for key in variants(term.text, term.stems, term.exact):
                 keys[key] = True
     if not keys or not text:
         return []

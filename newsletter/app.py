@@ -36,6 +36,7 @@ from newsletter.domain import (
 )
 from newsletter.errors import DataRejected, SubscriberError
 from newsletter.feed_files import write_all_feeds
+from newsletter.feedback import FeedbackUseCases
 from newsletter.ingest import FileReport, InboxScanner, inbox_problem, ingest_paths
 from newsletter.pipeline import (
     Delivery,
@@ -90,7 +91,7 @@ class MissedSlot:
     within_grace: bool
 
 
-class Newsletter(AccountUseCases):
+class Newsletter(AccountUseCases, FeedbackUseCases):
     """``with Newsletter(settings) as app: app.run_once()``: the use cases over one store.
 
     ``mailer`` replaces the configured one (the caller's to close); ``clock`` the wall clock
@@ -195,7 +196,7 @@ class Newsletter(AccountUseCases):
         from newsletter.rank import RankSettings
 
         r = self.settings.ranking
-        return RankSettings(title_boost=r.title_boost, k1=r.k1, b=r.b)
+        return RankSettings(title_boost=r.title_boost, k1=r.k1, b=r.b, coordination=r.coordination)
 
     # ------------------------------------------------------------------ the main job
 
@@ -528,6 +529,38 @@ class Newsletter(AccountUseCases):
 
         profile = parse_profile(profile_text, who="--profile")
         return rank_one(self.store.papers(), profile, limit=limit, settings=self.rank_settings)
+
+    def rank_for(
+        self, email: str, *, limit: int | None = None, now: datetime | None = None
+    ) -> tuple[ScoredPaper, ...]:
+        """The papers of a subscriber's next issue, ranked as planning ranks them: their
+        candidates (the window, less the papers already in their issues), their profile with
+        its expansions, their min score, their feedback; ``limit`` in place of their max
+        papers. Subscribers are synced first, as for :meth:`preview`; nothing is planned."""
+        from dataclasses import replace
+
+        from newsletter.profile import parse_profile
+
+        moment = self._now(now)
+        self.sync_subscribers(moment)
+        sub = self.store.subscriber(
+            lookup_email(email, allow_local=self.defaults.allow_local_domains)
+        )
+        if sub is None:
+            raise SubscriberError(
+                f"no subscriber {email!r}: see `newsletter subscriber list --all`",
+                field="email",
+            )
+        parse_profile(sub.profile, who=f"subscriber {sub.email}", strict=False)  # or refused
+        if limit is not None:
+            sub = replace(sub, max_papers=limit)
+        return select_papers(
+            self.store,
+            [sub],
+            moment,
+            window_days=self.settings.candidate_window_days,
+            rank_settings=self.rank_settings,
+        )[sub.id].papers
 
     def count_papers(self) -> int:
         return self.store.count_papers()

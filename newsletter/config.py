@@ -132,6 +132,8 @@ class RankingSettings(_Section):
     title_boost: float = Field(2.0, gt=0)
     k1: float = Field(1.2, gt=0)
     b: float = Field(0.75, ge=0, le=1)
+    # Scores times (profile terms matched / profile terms) ** coordination (newsletter/rank.py).
+    coordination: float = Field(1.0, ge=0, le=4)
     default_max_papers: int = Field(10, ge=1, le=500)
     default_min_score: float = Field(1.0, ge=0)
 

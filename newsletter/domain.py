@@ -102,6 +102,14 @@ class SubscriberSource(enum.StrEnum):
     WEB = "web"  # the subscribe form
 
 
+class Judgment(enum.StrEnum):
+    """A reader's judgment of one paper ("more like this" / "less like this"), stored per
+    subscriber and paper (the latest wins) as its value."""
+
+    LIKE = "like"
+    DISLIKE = "dislike"
+
+
 @dataclass(frozen=True)
 class Subscriber:
     id: int
@@ -143,6 +151,20 @@ class ProfileTerm:
     weight: float = 1.0
     title_only: bool = False
     exclude: bool = False
+    # Terms of one group are alternatives: a paper matching any of them matches one term of
+    # the profile (the ranker's coordination). 0: a group of its own; > 0: a synonym group
+    # the subscriber wrote; < 0: typed forms the vocabulary found to be synonyms.
+    group: int = 0
+    # Set on a term the vocabulary added (newsletter/vocabulary.py): the typed term it expands.
+    via: str = ""
+    # exact:"a phrase": the words only in this order and next to each other (no window).
+    exact: bool = False
+
+    @property
+    def shown(self) -> str:
+        """The term as reasons name it: its text, or ``LLM via large language model`` for a
+        form the vocabulary added."""
+        return f"{self.via} via {self.text}" if self.via else self.text
 
 
 @dataclass(frozen=True)
@@ -163,6 +185,8 @@ class MatchField(enum.StrEnum):
 
     TITLE = "title"
     ABSTRACT = "abstract"
+    # Not a field: the reader's own judgments (newsletter/learn.py), added to the score.
+    FEEDBACK = "feedback"
 
 
 @dataclass(frozen=True)
@@ -250,6 +274,22 @@ class SiteInfo:
 
     def issue_url(self, subscriber: Subscriber, slot_date: date) -> str:
         return f"{self.base_url}/issues/{subscriber.token}/{slot_date.isoformat()}"
+
+    def feedback_url(
+        self, subscriber: Subscriber, paper_id: int, judgment: Judgment, *, feed: bool = False
+    ) -> str:
+        """The "more / less like this" link of one paper: a page whose button records the
+        judgment. Emails and archived issues carry the subscriber's token; a private feed
+        (``feed=True``) its feed token, because feed URLs get shared: whoever holds a feed can
+        judge its papers, never unsubscribe, edit preferences or mute terms."""
+        token = subscriber.feed_token if feed else subscriber.token
+        return f"{self.base_url}/feedback/{token}/{paper_id}/{Judgment(judgment).value}"
+
+    def mute_url(self, subscriber: Subscriber, term: str) -> str:
+        """The "mute" link of a matched term: a page whose button adds ``-term`` to the
+        profile. The term is percent-encoded, so it cannot change the URL's structure."""
+        quoted = quote(term, safe="", errors="replace")
+        return f"{self.base_url}/mute/{subscriber.token}?term={quoted}"
 
     def feed_url(self, subscriber: Subscriber | None, kind: str) -> str:
         """kind is "atom" or "rss"; None is the global feed."""

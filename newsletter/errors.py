@@ -55,3 +55,8 @@ class StorageError(NewsletterError):
 
 class DataRejected(StorageError):
     """The database refused values (too long, out of range): the input is at fault."""
+
+
+class FeedbackError(NewsletterError):
+    """A judgment or a muted term cannot be recorded: an unknown paper, a term that cannot be
+    muted, a profile the subscribers file owns (the message says what to do instead)."""

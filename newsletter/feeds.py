@@ -30,7 +30,7 @@ from jinja2 import Environment
 from markupsafe import Markup
 
 from newsletter import __version__
-from newsletter.domain import FeedItem, Paper, SiteInfo, Subscriber
+from newsletter.domain import FeedItem, Judgment, Paper, SiteInfo, Subscriber
 from newsletter.errors import NewsletterError
 from newsletter.limits import http_url
 from newsletter.render import authors_label
@@ -140,7 +140,7 @@ def build_feeds(
     """Build the Atom and RSS documents of one feed: ``{"atom": ..., "rss": ...}``.
 
     ``subscriber=None`` is the global feed; otherwise the subscriber's private feed, whose
-    entries also say why the paper was picked.
+    entries also say why the paper was picked and link to "more / less like this".
     """
     env = _environment(templates_dir)
     entry_template = env.get_template("feed_entry.html.j2")
@@ -194,6 +194,13 @@ def build_feeds(
             if show_reasons
             else [],
             score=f"{item.score:.2f}" if item.score is not None else "n/a",
+            # private feeds: "more / less like this", with the feed token (feeds get shared)
+            more_url=""
+            if subscriber is None
+            else site.feedback_url(subscriber, item.paper.id, Judgment.LIKE, feed=True),
+            less_url=""
+            if subscriber is None
+            else site.feedback_url(subscriber, item.paper.id, Judgment.DISLIKE, feed=True),
         ).strip()
         fe.content(xml_text(content), type="html")
 

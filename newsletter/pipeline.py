@@ -17,7 +17,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -28,6 +28,8 @@ from newsletter.domain import (
     IssueContent,
     IssueRecord,
     IssueState,
+    Judgment,
+    Paper,
     Profile,
     RenderedIssue,
     ScoredPaper,
@@ -39,7 +41,7 @@ from newsletter.errors import DeliveryError, NewsletterError, ProfileError
 from newsletter.store import PENDING_STATES, IssueOutcome, IssuePlan, Store
 
 if TYPE_CHECKING:  # rendering pulls in premailer and lxml, ranking scipy: imported where used
-    from newsletter.rank import RankSettings
+    from newsletter.rank import Adjustments, RankSettings
     from newsletter.render import EmailRenderer
     from newsletter.render_pool import RenderWorkers
 
@@ -83,7 +85,9 @@ def select_papers(
     Candidates: papers first seen within ``window_days`` before ``now`` that are in none of
     the subscriber's issues yet, sent or pending (a paper belongs to at most one issue per
     subscriber). A subscriber whose stored profile no longer parses is logged and left out;
-    the others still get their issue.
+    the others still get their issue. The judgments of the subscribers who gave any
+    ("more / less like this") add to their scores (:mod:`newsletter.learn`), and a paper the
+    subscriber judged is no candidate: they have seen it.
     """
     from newsletter.profile import parse_profile
     from newsletter.rank import RankRequest, rank_papers
@@ -92,6 +96,8 @@ def select_papers(
     papers = store.papers(seen_since=since, seen_until=now)
     paper_ids = frozenset(p.id for p in papers)
     assigned = store.assigned_paper_ids([s.id for s in subscribers], seen_since=since)
+    judgments = store.judgments([s.id for s in subscribers])
+    adjust = _feedback_adjustments(store, judgments, papers, paper_ids)
     requests, kept = [], []
     for sub in subscribers:
         try:
@@ -104,7 +110,8 @@ def select_papers(
                 profile=profile,
                 max_papers=sub.max_papers,
                 min_score=sub.min_score,
-                eligible=paper_ids - assigned[sub.id],
+                eligible=paper_ids - assigned[sub.id] - judgments.get(sub.id, {}).keys(),
+                adjust=adjust.get(sub.id),
             )
         )
         kept.append((sub, profile))
@@ -113,6 +120,24 @@ def select_papers(
         sub.id: Selection(tuple(selected), profile)
         for (sub, profile), selected in zip(kept, ranked, strict=True)
     }
+
+
+def _feedback_adjustments(
+    store: Store,
+    judgments: Mapping[int, Mapping[int, Judgment]],
+    papers: Sequence[Paper],
+    paper_ids: frozenset[int],
+) -> dict[int, Adjustments]:
+    """Per subscriber with judgments (the chunk's, read once), the additions their feedback
+    makes to the scores: one read of the judged papers that are no candidates (to train on),
+    and no model at all (nor scikit-learn import) when nobody in the chunk judged."""
+    if not judgments or not papers:
+        return {}
+    from newsletter.learn import feedback_adjustments
+
+    judged_ids = {pid for marks in judgments.values() for pid in marks}
+    judged = store.papers_by_id(judged_ids - paper_ids) if judged_ids - paper_ids else {}
+    return feedback_adjustments(papers, judged, judgments)
 
 
 def plan_issues(

@@ -42,13 +42,14 @@ from newsletter.analysis import analyze_query_term
 from newsletter.domain import Profile, ProfileTerm
 from newsletter.errors import ProfileError
 from newsletter.limits import MAX_PROFILE_CHARS, unstorable_character
+from newsletter.vocabulary import expand
 
 log = logging.getLogger(__name__)
 
 __all__ = ["FIELD_PREFIXES", "MAX_WEIGHT", "format_profile", "parse_profile"]
 
 #: The field prefixes a term may carry.
-FIELD_PREFIXES = ("title:",)
+FIELD_PREFIXES = ("title:", "exact:")
 #: The largest weight: enough to make one term outweigh any other, small enough that a score
 #: (a sum of weighted BM25 values) stays a finite number in every output and column.
 MAX_WEIGHT = 1000.0
@@ -56,6 +57,7 @@ MAX_WEIGHT = 1000.0
 _SEPARATORS = " \t\r\n\f\v,"
 _WEIGHT = re.compile(r"(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _BARE_STOP = re.compile(r"[\s,\"^]")
+_GROUP_WORD_STOP = re.compile(r"[\s,\"^|()]")
 _EXAMPLE = 'e.g. speech, "diffusion transformer"^2, -survey'
 _TOKEN = re.compile(r"[^\s,]*")
 # A word, a colon and a term right after it: written as a field prefix (``titel:speech``).
@@ -70,7 +72,9 @@ _OPERATORS = {
 }
 
 
-def parse_profile(text: str, *, who: str = "profile", strict: bool = True) -> Profile:
+def parse_profile(
+    text: str, *, who: str = "profile", strict: bool = True, expand_vocabulary: bool = True
+) -> Profile:
     """Parse the profile syntax (see the module docstring) into analyzed terms.
 
     ``strict`` refuses what reads like a search-engine habit (an unknown ``field:`` prefix, a
@@ -103,30 +107,30 @@ def parse_profile(text: str, *, who: str = "profile", strict: bool = True) -> Pr
         title_only = text[i : i + 6].casefold() == "title:"
         if title_only:
             i += 6
+        exact = text[i : i + 6].casefold() == "exact:" and (strict or text[i + 6 : i + 7] == '"')
+        if exact:
+            i += 6
+            if i >= n or text[i] != '"':
+                raise ProfileError(
+                    f'{who}: exact: goes before a quoted phrase, as in exact:"data quality" '
+                    f"(in {text[start : i + 20]!r})."
+                )
         prefix = _PREFIX_LIKE.match(text, i)
         if prefix and strict:
             raise ProfileError(_unknown_prefix(text, start, prefix, who))
-        quoted = i < n and text[i] == '"'
-        if quoted:
-            close = text.find('"', i + 1)
-            if close < 0:
-                raise ProfileError(
-                    f"{who}: unclosed quote in {text[start:]!r}: "
-                    'close the phrase with a second " (e.g. "gaussian splatting").'
-                )
-            phrase = text[i + 1 : close]
-            i = close + 1
-            if not phrase.strip():
-                raise ProfileError(
-                    f"{who}: empty phrase {text[start:i]!r}: put words between the quotes "
-                    "or remove them."
-                )
-            body = phrase.strip()
-        else:
-            m = _BARE_STOP.search(text, i)
-            end = m.start() if m else n
-            body = text[i:end]
-            i = end
+        bodies: list[tuple[str, bool]] = []  # (text, quoted): one, or a synonym group's
+        if i < n and text[i] == "(" and not exact:
+            try:
+                i = _read_group(text, i, start, who, bodies)
+            except ProfileError:
+                if strict:
+                    raise
+                # A profile stored before groups existed: "(GNN)" was the word GNN, and
+                # planning reads stored profiles as they always matched.
+                bodies = []
+        if not bodies:
+            body, quoted, i = _read_body(text, i, start, who)
+            bodies.append((body, quoted))
         weight = 1.0
         if i < n and text[i] == "^":
             m = _TOKEN.match(text, i + 1)
@@ -134,11 +138,12 @@ def parse_profile(text: str, *, who: str = "profile", strict: bool = True) -> Pr
             i += 1 + len(raw)
             weight = _parse_weight(raw, text[start:i], who)
         written = text[start:i]
-        if strict and not quoted and body in _OPERATORS:
-            raise ProfileError(
-                f"{who}: {written!r} is not an operator in a profile: {_OPERATORS[body]}; "
-                f'to match the word itself, quote it: "{body}".'
-            )
+        for body, quoted in bodies:
+            if strict and not quoted and body in _OPERATORS:
+                raise ProfileError(
+                    f"{who}: {written!r} is not an operator in a profile: {_OPERATORS[body]}; "
+                    f'to match the word itself, quote it: "{body}".'
+                )
         if i < n and text[i] not in _SEPARATORS:
             m = _TOKEN.match(text, i)
             junk = m.group() if m else text[i:]
@@ -146,13 +151,17 @@ def parse_profile(text: str, *, who: str = "profile", strict: bool = True) -> Pr
                 f"{who}: unexpected {junk!r} right after the term {written!r}: "
                 "separate terms with a comma or a space."
             )
-        stems = analyze_query_term(body) if body else ()
-        if not stems:
-            raise ProfileError(
-                f"{who}: the term {written!r} has no words to match: "
-                "use letters or digits (a weight goes after a word, as in speech^2)."
+        group = len(terms) + 1 if len(bodies) > 1 else 0  # a synonym group, or a term alone
+        for body, _ in bodies:
+            stems = analyze_query_term(body) if body else ()
+            if not stems:
+                raise ProfileError(
+                    f"{who}: the term {written!r} has no words to match: "
+                    "use letters or digits (a weight goes after a word, as in speech^2)."
+                )
+            terms.append(
+                ProfileTerm(body, stems, weight, title_only, exclude, group=group, exact=exact)
             )
-        terms.append(ProfileTerm(body, stems, weight, title_only, exclude))
     if not terms:
         raise ProfileError(f"{who}: the profile is empty: nothing to match. Add terms, {_EXAMPLE}.")
     if all(t.exclude for t in terms):
@@ -162,7 +171,67 @@ def parse_profile(text: str, *, who: str = "profile", strict: bool = True) -> Pr
             f"Add at least one term without '-', {_EXAMPLE}."
         )
     log.debug("parsed %s: %d terms", who, len(terms))
-    return Profile(tuple(terms))
+    return Profile(expand(tuple(terms)) if expand_vocabulary else tuple(terms))
+
+
+def _read_body(text: str, i: int, start: int, who: str) -> tuple[str, bool, int]:
+    """A word or a quoted phrase at ``i``: (its text, quoted, the position after it)."""
+    n = len(text)
+    if i < n and text[i] == '"':
+        close = text.find('"', i + 1)
+        if close < 0:
+            raise ProfileError(
+                f"{who}: unclosed quote in {text[start:]!r}: "
+                'close the phrase with a second " (e.g. "gaussian splatting").'
+            )
+        phrase = text[i + 1 : close]
+        if not phrase.strip():
+            raise ProfileError(
+                f"{who}: empty phrase {text[start : close + 1]!r}: put words between the "
+                "quotes or remove them."
+            )
+        return phrase.strip(), True, close + 1
+    m = _BARE_STOP.search(text, i)
+    end = m.start() if m else n
+    return text[i:end], False, end
+
+
+def _read_group(text: str, i: int, start: int, who: str, bodies: list[tuple[str, bool]]) -> int:
+    """A synonym group ``(asr | "speech recognition")`` at ``i``: its alternatives go into
+    ``bodies``; returns the position after the closing parenthesis."""
+    n = len(text)
+    i += 1
+    while True:
+        while i < n and text[i] in " \t":
+            i += 1
+        m = _GROUP_WORD_STOP.search(text, i)
+        if i < n and text[i] == '"':
+            body, quoted, i = _read_body(text, i, start, who)
+        else:
+            end = m.start() if m else n
+            body, quoted, i = text[i:end].strip(), False, end
+        if not body:
+            raise ProfileError(
+                f"{who}: empty alternative in the group {text[start : i + 1]!r}: write "
+                'words or phrases between the bars, as in (asr | "speech recognition").'
+            )
+        bodies.append((body, quoted))
+        while i < n and text[i] in " \t":
+            i += 1
+        if i < n and text[i] == "|":
+            i += 1
+            continue
+        if i < n and text[i] == ")":
+            if len(bodies) < 2:
+                raise ProfileError(
+                    f"{who}: the group {text[start : i + 1]!r} has one alternative: a group "
+                    'lists two or more, as in (asr | "speech recognition").'
+                )
+            return i + 1
+        raise ProfileError(
+            f"{who}: unclosed group in {text[start:]!r}: separate alternatives with | and "
+            'close the group with ), as in (asr | "speech recognition").'
+        )
 
 
 def _unknown_prefix(text: str, start: int, prefix: re.Match[str], who: str) -> str:
@@ -207,16 +276,56 @@ def _format_term(term: ProfileTerm) -> str:
         and not _BARE_STOP.search(text)
         and not text.startswith("-")
         and not text.casefold().startswith("title:")
+        and not text.startswith("(")
         and not _PREFIX_LIKE.match(text)
         and text not in _OPERATORS
     )
     out = ("-" if term.exclude else "") + ("title:" if term.title_only else "")
-    out += text if bare else f'"{text}"'
+    out += f'exact:"{text}"' if term.exact else (text if bare else f'"{text}"')
     if term.weight != 1.0:
         out += "^" + _format_weight(term.weight)
     return out
 
 
 def format_profile(profile: Profile) -> str:
-    """The profile in its own syntax: ``parse_profile(format_profile(p)) == p``."""
-    return ", ".join(_format_term(t) for t in profile.terms)
+    """The profile in its own syntax: ``parse_profile(format_profile(p)) == p``. Terms the
+    vocabulary added are left out: parsing adds them again."""
+    typed = [t for t in profile.terms if not t.via]
+    out: list[str] = []
+    k = 0
+    while k < len(typed):
+        term = typed[k]
+        j = k + 1
+        while j < len(typed) and _same_group(term, typed[j]):
+            j += 1
+        if j - k == 1:
+            out.append(_format_term(term))
+        else:
+            head = ("-" if term.exclude else "") + ("title:" if term.title_only else "")
+            alts = " | ".join(_format_body(t.text) for t in typed[k:j])
+            weight = "^" + _format_weight(term.weight) if term.weight != 1.0 else ""
+            out.append(f"{head}({alts}){weight}")
+        k = j
+    return ", ".join(out)
+
+
+def _same_group(a: ProfileTerm, b: ProfileTerm) -> bool:
+    """Written as one synonym group: the group's alternatives share everything but the text
+    (terms the vocabulary put in one group keep their own weights and are written apart)."""
+    return a.group > 0 and (a.group, a.weight, a.title_only, a.exclude, a.exact) == (
+        b.group,
+        b.weight,
+        b.title_only,
+        b.exclude,
+        b.exact,
+    )
+
+
+def _format_body(text: str) -> str:
+    bare = (
+        text
+        and not _GROUP_WORD_STOP.search(text)
+        and not _PREFIX_LIKE.match(text)
+        and text not in _OPERATORS
+    )
+    return text if bare else f'"{text}"'

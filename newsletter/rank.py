@@ -13,7 +13,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -27,6 +27,7 @@ from newsletter.domain import MatchField, Paper, Profile, ProfileTerm, Reason, S
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "Adjustments",
     "RankRequest",
     "RankSettings",
     "rank_one",
@@ -36,11 +37,18 @@ __all__ = [
 
 @dataclass(frozen=True)
 class RankSettings:
-    """BM25 parameters; a title match is worth ``title_boost`` abstract matches."""
+    """BM25 parameters; a title match is worth ``title_boost`` abstract matches.
+
+    ``coordination``: a paper's summed score is multiplied by (profile terms it matches /
+    positive terms of the profile) to this power, so that one broad term (``LLM`` in a title)
+    cannot outrank papers that match several of the profile's terms; 0 turns it off. A
+    synonym group counts as one term.
+    """
 
     title_boost: float = 2.0
     k1: float = 1.2
     b: float = 0.75
+    coordination: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,19 @@ class RankRequest:
     min_score: float
     eligible: frozenset[int] | None = None
     skip: frozenset[int] = frozenset()  # paper ids never to select (already in an issue)
+    # Per-paper additions to the score from the reader's feedback (newsletter/learn.py).
+    adjust: Adjustments | None = None
+
+
+@dataclass(frozen=True)
+class Adjustments:
+    """Additions to one request's keyword score, per paper id (negative for papers like those
+    the reader marked "less like this"), each shown as a reason with its ``label`` (where
+    :attr:`MatchField.FEEDBACK`). Added after the coordination factor; a paper no profile
+    term matches can be selected on its adjustment alone."""
+
+    scores: Mapping[int, float]
+    labels: Mapping[int, str]
 
 
 _F = npt.NDArray[np.float64]
@@ -65,39 +86,64 @@ _I = npt.NDArray[np.int64]
 _PART_FIELD = (MatchField.TITLE, MatchField.ABSTRACT)
 
 
+class _ExclusionVocabulary:
+    """The columns of exclusions: matched with :func:`analysis.light_stem` on
+    :func:`analysis.light_lattice`, more strictly than terms (see :mod:`newsletter.analysis`)."""
+
+    def __init__(self) -> None:
+        self.columns: dict[frozenset[tuple[str, ...]], int] = {}
+        self.keys: dict[tuple[str, ...], set[int]] = {}
+        self._seen: dict[str, int] = {}
+
+    def column(self, term: ProfileTerm) -> int:
+        seen = self._seen.get(term.text)
+        if seen is not None:
+            return seen
+        variants = analysis.light_variants(term.text) or frozenset({term.stems})
+        col = self.columns.get(variants)
+        if col is None:
+            col = self.columns[variants] = len(self.columns)
+            for key in variants:
+                self.keys.setdefault(key, set()).add(col)
+        self._seen[term.text] = col
+        return col
+
+
 class _Vocabulary:
     """Columns: one per distinct analyzed term (stem tuple), with the keys that match it."""
 
     def __init__(self) -> None:
-        self.columns: dict[tuple[str, ...], int] = {}
+        self.columns: dict[tuple[tuple[str, ...], bool], int] = {}  # (stems, exact)
         self.keys: dict[tuple[str, ...], set[int]] = {}
-        self._seen: dict[tuple[str, tuple[str, ...]], int] = {}  # subscribers share terms
+        self._seen: dict[tuple[str, tuple[str, ...], bool], int] = {}  # subscribers share terms
 
     def column(self, term: ProfileTerm) -> int:
-        seen = self._seen.get((term.text, term.stems))
+        seen = self._seen.get((term.text, term.stems, term.exact))
         if seen is not None:
             return seen
-        col = self.columns.get(term.stems)
+        col = self.columns.get((term.stems, term.exact))
         if col is None:
             col = len(self.columns)
-            self.columns[term.stems] = col
-        for key in analysis.variants(term.text, term.stems):
+            self.columns[(term.stems, term.exact)] = col
+        for key in analysis.variants(term.text, term.stems, term.exact):
             self.keys.setdefault(key, set()).add(col)
-        self._seen[(term.text, term.stems)] = col
+        self._seen[(term.text, term.stems, term.exact)] = col
         return col
 
 
-def _bm25_field(
-    texts: Sequence[str], vocab: _Vocabulary, settings: RankSettings
-) -> tuple[sp.csr_matrix, sp.csr_matrix]:
-    """(BM25 weights, match counts) of one field, both terms x papers."""
+def _match_counts(
+    texts: Sequence[str],
+    vocab: _Vocabulary | _ExclusionVocabulary,
+    lattice: Callable[[str], tuple[tuple[tuple[tuple[str, int, int, int], ...], ...], int]],
+) -> tuple[sp.csr_matrix, _F]:
+    """(terms x papers match counts, papers' lengths in tokens) of one field."""
     keys = vocab.keys
     prefixes = analysis.prefixes(keys)
     rows: list[int] = []
     cols: list[int] = []
     lengths = np.zeros(len(texts), dtype=np.float64)
     for p, text in enumerate(texts):
-        arcs, n = analysis.lattice(text)
+        arcs, n = lattice(text)
         lengths[p] = n
         seen: set[tuple[int, int]] = set()  # (column, start): a place counts once per term
         for key, start, _, _ in analysis.find(arcs, n, keys, prefixes):
@@ -109,6 +155,15 @@ def _bm25_field(
     shape = (max(len(vocab.columns), 1), len(texts))
     counts = sp.csr_matrix((np.ones(len(rows), dtype=np.float64), (rows, cols)), shape=shape)
     counts.sum_duplicates()
+    return counts, lengths
+
+
+def _bm25_field(
+    texts: Sequence[str], vocab: _Vocabulary, settings: RankSettings
+) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """(BM25 weights, match counts) of one field, both terms x papers."""
+    counts, lengths = _match_counts(texts, vocab, analysis.lattice)
+    shape = counts.shape
     n_docs = len(texts)
     df = np.diff(counts.indptr).astype(np.float64)  # rows are terms: nnz per row = df
     idf = np.log(1.0 + (n_docs - df + 0.5) / (df + 0.5))
@@ -163,6 +218,7 @@ def rank_papers(
     column_of_id = {p.id: j for j, p in enumerate(ordered)}
 
     vocab = _Vocabulary()
+    excluded = _ExclusionVocabulary()
     # (request, column, part): weight part 0 = title, 1 = abstract; exclusion part 0 = matched
     # anywhere, 1 = matched in the title. Parts become column blocks once V is known.
     w_rows: list[int] = []
@@ -173,21 +229,30 @@ def rank_papers(
     x_rows: list[int] = []
     x_cols: list[int] = []
     x_parts: list[int] = []
+    # Coordination: each request's positive terms as groups of alternative (column, title
+    # only) cells; distinct groups are shared across requests (subscribers share terms).
+    group_ids: dict[tuple[tuple[int, bool], ...], int] = {}
+    q_rows: list[int] = []
+    q_cols: list[int] = []
     # Each distinct (text, column, weight, title_only) gets an int id: the reasons cache is
     # keyed by it, and hashing an int is much cheaper than hashing the tuple 10^6 times.
     ref_ids: dict[_TermRef, int] = {}
     refs: list[_TermRef] = []
     for r, req in enumerate(requests):
+        alternatives: dict[object, list[tuple[int, bool]]] = {}
         for term in req.profile.terms:
             if not term.stems:
                 continue
-            col = vocab.column(term)
             if term.exclude:
                 x_rows.append(r)
-                x_cols.append(col)
+                x_cols.append(excluded.column(term))
                 x_parts.append(1 if term.title_only else 0)
                 continue
-            ref = (term.text, col, term.weight, term.title_only)
+            col = vocab.column(term)
+            # A synonym group, or a term with the expansions that name it in ``via``.
+            group = term.group or (term.via or term.text, term.title_only)
+            alternatives.setdefault(group, []).append((col, term.title_only))
+            ref = (term.shown, col, term.weight, term.title_only)
             ref_id = ref_ids.get(ref)
             if ref_id is None:
                 ref_id = ref_ids[ref] = len(refs)
@@ -198,6 +263,11 @@ def rank_papers(
                 w_parts.append(part)
                 w_data.append(term.weight)
                 w_refs.append(ref_id)
+        for cells in alternatives.values():
+            key = tuple(sorted(set(cells)))
+            gid = group_ids.setdefault(key, len(group_ids))
+            q_rows.append(r)
+            q_cols.append(gid)
     n_terms = max(len(vocab.columns), 1)
     n_papers = len(ordered)
     shape = (len(requests), 2 * n_terms)
@@ -215,12 +285,22 @@ def rank_papers(
         shape=shape,
     )
     hits = sp.vstack([((ct + ca) > 0), (ct > 0)]).astype(np.float64).tocsr()
+    n_excluded = max(len(excluded.columns), 1)
     excl = sp.csr_matrix(
         (
             np.ones(len(x_rows), dtype=np.float64),
-            (x_rows, np.asarray(x_cols, dtype=np.int64) + n_terms * np.asarray(x_parts)),
+            (x_rows, np.asarray(x_cols, dtype=np.int64) + n_excluded * np.asarray(x_parts)),
         ),
-        shape=shape,
+        shape=(len(requests), 2 * n_excluded),
+    )
+    if x_rows:
+        xt, _ = _match_counts([p.title for p in ordered], excluded, analysis.light_lattice)
+        xa, _ = _match_counts([p.abstract for p in ordered], excluded, analysis.light_lattice)
+        excluded_hits = sp.vstack([((xt + xa) > 0), (xt > 0)]).astype(np.float64).tocsr()
+    else:
+        excluded_hits = sp.csr_matrix((2 * n_excluded, n_papers), dtype=np.float64)
+    coordination = _Coordination.build(
+        group_ids, q_rows, q_cols, len(requests), n_terms, hits, settings.coordination
     )
 
     # Every positive (request, term, part) entry, in request order, with the term's reference:
@@ -241,6 +321,7 @@ def rank_papers(
         refs=refs,
     )
     skip_r, skip_c = _skip_cells(requests, column_of_id)
+    adjustments = _adjustment_cells(requests, column_of_id)
     indexed = time.perf_counter()
     results: list[tuple[ScoredPaper, ...]] = []
     batch = _Batch(
@@ -249,9 +330,11 @@ def rank_papers(
         weights,
         data,
         excl,
-        hits,
+        excluded_hits,
         entries,
         (skip_r, skip_c),
+        coordination,
+        adjustments,
     )
     with _no_cyclic_gc():
         for lo in range(0, len(requests), _CHUNK):
@@ -336,10 +419,78 @@ class _Batch:
     ordered: Sequence[Paper]  # papers in tie-break order: the columns
     weights: sp.csr_matrix  # requests x (2 x terms): profile weights, title then abstract part
     data: sp.csr_matrix  # (2 x terms) x papers: boosted title and abstract BM25
-    excl: sp.csr_matrix  # requests x (2 x terms): exclusions
-    hits: sp.csr_matrix  # (2 x terms) x papers: matched anywhere / in the title
+    excl: sp.csr_matrix  # requests x (2 x exclusions): an exclusion anywhere / title only
+    excluded_hits: sp.csr_matrix  # (2 x exclusions) x papers: matched anywhere / in the title
     entries: _TermEntries
     skips: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]
+    coordination: _Coordination
+    # Per request: (columns, values) of its adjustments, or None (the usual case).
+    adjustments: Sequence[tuple[_I, _F] | None]
+
+
+def _adjustment_cells(
+    requests: Sequence[RankRequest], column_of_id: Mapping[int, int]
+) -> list[tuple[_I, _F] | None]:
+    out: list[tuple[_I, _F] | None] = []
+    for req in requests:
+        if req.adjust is None or not req.adjust.scores:
+            out.append(None)
+            continue
+        pairs = [(column_of_id[i], v) for i, v in req.adjust.scores.items() if i in column_of_id]
+        cols = np.asarray([c for c, _ in pairs], dtype=np.int64)
+        out.append((cols, np.asarray([v for _, v in pairs], dtype=np.float64)))
+    return out
+
+
+@dataclass(frozen=True)
+class _Coordination:
+    """How many of its profile's terms each paper matches, per request: the coordination
+    factor (see :class:`RankSettings`)."""
+
+    queries: sp.csr_matrix  # requests x groups: 1 for each positive term (group) of a request
+    group_hits: sp.csr_matrix  # groups x papers: 1 where any alternative of the group matched
+    sizes: _F  # per request: its number of positive terms (groups)
+    power: float
+
+    @classmethod
+    def build(
+        cls,
+        group_ids: Mapping[tuple[tuple[int, bool], ...], int],
+        q_rows: Sequence[int],
+        q_cols: Sequence[int],
+        n_requests: int,
+        n_terms: int,
+        hits: sp.csr_matrix,
+        power: float,
+    ) -> _Coordination:
+        rows: list[int] = []
+        cols: list[int] = []
+        for cells, gid in group_ids.items():
+            for col, title_only in cells:
+                rows.append(gid)
+                cols.append(col + (n_terms if title_only else 0))  # the hits row to read
+        n_groups = max(len(group_ids), 1)
+        alternatives = sp.csr_matrix(
+            (np.ones(len(rows), dtype=np.float64), (rows, cols)), shape=(n_groups, 2 * n_terms)
+        )
+        group_hits = ((alternatives @ hits) > 0).astype(np.float64).tocsr()
+        queries = sp.csr_matrix(
+            (np.ones(len(q_rows), dtype=np.float64), (q_rows, q_cols)),
+            shape=(n_requests, n_groups),
+        )
+        sizes = np.asarray(queries.sum(axis=1), dtype=np.float64).ravel()
+        return cls(queries, group_hits, sizes, power)
+
+    def matched(self, lo: int, hi: int) -> _F:
+        """requests [lo, hi) x papers: how many of the request's terms the paper matches."""
+        return np.asarray((self.queries[lo:hi] @ self.group_hits).toarray(), dtype=np.float64)
+
+    def factor(self, matched: _F, lo: int, hi: int) -> _F:
+        if self.power == 0:
+            return np.ones_like(matched)
+        sizes = np.maximum(self.sizes[lo:hi], 1.0)[:, None]
+        factor: _F = (matched / sizes) ** self.power
+        return factor
 
 
 def _select_chunk(batch: _Batch, lo: int, hi: int) -> list[tuple[ScoredPaper, ...]]:
@@ -351,8 +502,16 @@ def _select_chunk(batch: _Batch, lo: int, hi: int) -> list[tuple[ScoredPaper, ..
     entries = batch.entries
     n = hi - lo
     scores: _F = np.asarray((batch.weights[lo:hi] @ data).toarray(), dtype=np.float64)
+    coordination = batch.coordination
+    matched = coordination.matched(lo, hi)
+    factors = coordination.factor(matched, lo, hi)
+    scores *= factors
+    for r in range(lo, hi):
+        cells = batch.adjustments[r]
+        if cells is not None:
+            scores[r - lo, cells[0]] += cells[1]
     valid = scores > 0
-    valid &= ~(np.asarray((batch.excl[lo:hi] @ batch.hits).toarray()) > 0)
+    valid &= ~(np.asarray((batch.excl[lo:hi] @ batch.excluded_hits).toarray()) > 0)
     mins = np.fromiter((requests[r].min_score for r in range(lo, hi)), np.float64, n)
     valid &= scores >= mins[:, None]
     skip_r, skip_c = batch.skips
@@ -376,6 +535,7 @@ def _select_chunk(batch: _Batch, lo: int, hi: int) -> list[tuple[ScoredPaper, ..
     offset = np.arange(len(pair)) - np.repeat(np.cumsum(counts) - counts, counts)
     entry = np.repeat(starts, counts) + offset
     contrib = entries.weights[entry] * np.asarray(data[entries.cells[entry], sel_p[pair]]).ravel()
+    contrib *= factors[sel_r, sel_p][pair]  # each term's share of the coordinated score
     hit = contrib > 0
     pair, entry, contrib = pair[hit], entry[hit], contrib[hit]
     ref_ids, parts = entries.ref_ids[entry], entries.parts[entry]
@@ -386,7 +546,13 @@ def _select_chunk(batch: _Batch, lo: int, hi: int) -> list[tuple[ScoredPaper, ..
     # A reason depends only on (term as written + weight, field, paper), which subscribers
     # share: build each distinct one once and reuse it (object creation is the costly part).
     ref_part = ref_ids * 2 + parts
-    keys = ref_part * scores.shape[1] + sel_p[pair]
+    # The contribution also depends on the coordination (terms matched, profile size), which
+    # differs between subscribers: part of the key, as small integers.
+    span = int(max(coordination.sizes.max(initial=0.0), 1.0)) + 1
+    coord_key = matched[sel_r, sel_p][pair].astype(np.int64) * span + np.minimum(
+        coordination.sizes[sel_r + lo][pair].astype(np.int64), span - 1
+    )
+    keys = (ref_part * scores.shape[1] + sel_p[pair]) * span * span + coord_key
     uniq, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
     refs = entries.refs
     distinct = [
@@ -403,7 +569,14 @@ def _select_chunk(batch: _Batch, lo: int, hi: int) -> list[tuple[ScoredPaper, ..
     for i, (r, p, score) in enumerate(
         zip(sel_r.tolist(), sel_p.tolist(), sel_s.tolist(), strict=True)
     ):
-        out[r].append(ScoredPaper(ordered[p], score, tuple(reasons[bounds[i] : bounds[i + 1]])))
+        why = tuple(reasons[bounds[i] : bounds[i + 1]])
+        adjust = requests[r + lo].adjust
+        if adjust is not None and ordered[p].id in adjust.scores:
+            extra = Reason(
+                adjust.labels[ordered[p].id], MatchField.FEEDBACK, adjust.scores[ordered[p].id]
+            )
+            why = tuple(sorted((*why, extra), key=lambda x: -x.contribution))
+        out[r].append(ScoredPaper(ordered[p], score, why))
     return [tuple(chosen) for chosen in out]
 
 

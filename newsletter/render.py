@@ -30,7 +30,9 @@ from markupsafe import Markup, escape
 
 from newsletter.domain import (
     IssueContent,
+    Judgment,
     Paper,
+    Profile,
     ProfileTerm,
     RenderedIssue,
     ScoredPaper,
@@ -179,7 +181,12 @@ class EmailRenderer:
                 macros: Any = self._env.get_template("fragments.html.j2").module
                 args = {
                     "mark": (slot("text"),),
-                    "reason": (slot("term"), slot("where"), slot("contribution")),
+                    "reason": (
+                        slot("term"),
+                        slot("where"),
+                        slot("contribution"),
+                        slot("mute_url"),
+                    ),
                     "more_papers": (slot("count_label"), slot("url")),
                     "no_papers": (),
                 }[name]
@@ -212,16 +219,20 @@ class EmailRenderer:
         title_terms: Sequence[ProfileTerm],
         abstract_terms: Sequence[ProfileTerm],
         find: SpanFinder,
+        sub: Subscriber,
+        muted: dict[str, str],
     ) -> Markup:
         mark = self._fragment("mark")
         reason = self._fragment("reason")
         paper = scored.paper
+        site = self.site
         reasons = Markup("").join(
             reason.fill(
                 {
                     "term": escape(strip_controls(r.term)),
                     "where": escape(r.where),
                     "contribution": escape(f"{r.contribution:.2f}"),
+                    "mute_url": escape(site.mute_url(sub, muted.get(r.term, r.term))),
                 }
             )
             for r in scored.reasons
@@ -235,6 +246,8 @@ class EmailRenderer:
                 ),
                 "score": escape(f"{scored.score:.2f}"),
                 "reasons": reasons,
+                "more_url": escape(site.feedback_url(sub, paper.id, Judgment.LIKE)),
+                "less_url": escape(site.feedback_url(sub, paper.id, Judgment.DISLIKE)),
             }
         )
 
@@ -333,10 +346,13 @@ class EmailRenderer:
         positive = issue.profile.positive
         abstract_terms = tuple(t for t in positive if not t.title_only)
         find = _span_finder() if positive else _no_spans
+        muted = mute_terms(issue.profile)
         chosen: list[Markup] = []
         used = 0
         for rank, scored in enumerate(issue.papers, start=1):
-            card = self._card_html(rank, scored, positive, abstract_terms, find)
+            card = self._card_html(
+                rank, scored, positive, abstract_terms, find, issue.subscriber, muted
+            )
             size = len(card.encode("utf-8"))
             reserve = more_reserve if rank < n_total else 0
             if used + size + reserve > budget:
@@ -375,6 +391,8 @@ class EmailRenderer:
                         f"\u201c{strip_controls(r.term)}\u201d in {r.where}: +{r.contribution:.2f}"
                         for r in scored.reasons
                     ],
+                    "more_url": site.feedback_url(sub, paper.id, Judgment.LIKE),
+                    "less_url": site.feedback_url(sub, paper.id, Judgment.DISLIKE),
                 }
             )
         footer_note = _wrap(
@@ -481,6 +499,19 @@ def _aware(moment: datetime) -> datetime:
 
 def _no_spans(text: str, terms: Sequence[ProfileTerm]) -> list[tuple[int, int]]:
     return []
+
+
+def mute_terms(profile: Profile) -> dict[str, str]:
+    """A reason's term → the term its "mute" link mutes.
+
+    A reason names a profile term as the ranker shows it (:attr:`ProfileTerm.shown`): the
+    term's text, or ``LLM via large language model`` for a form the vocabulary added. Muting
+    that reason
+    mutes the form that matched (``large language model``), not the whole sentence; a reason
+    whose term is not in the profile as it is now (an archived issue after a profile change)
+    mutes its text as shown.
+    """
+    return {t.shown: t.text for t in profile.positive}
 
 
 def render_issue(templates_dir: Path | None, site: SiteInfo, issue: IssueContent) -> RenderedIssue:

@@ -24,7 +24,7 @@ def test_words_separated_by_commas_and_whitespace() -> None:
 
 
 def test_quoted_phrase_is_one_term() -> None:
-    (t,) = parse_profile('"Gaussian Splatting"').terms
+    (t,) = parse_profile('"Gaussian Splatting"', expand_vocabulary=False).terms
     assert t == ProfileTerm("Gaussian Splatting", ("gaussian", "splat"))
     (t,) = parse_profile('"  padded phrase "').terms
     assert t.text == "padded phrase"
@@ -53,7 +53,9 @@ def test_exclusions() -> None:
 
 
 def test_title_only() -> None:
-    a, b, c = parse_profile('title:llm title:"diffusion model"^2 -title:survey').terms
+    a, b, c = parse_profile(
+        'title:llm title:"diffusion model"^2 -title:survey', expand_vocabulary=False
+    ).terms
     assert a == ProfileTerm("llm", ("llm",), title_only=True)
     assert b == ProfileTerm("diffusion model", ("diffus", "model"), 2.0, title_only=True)
     assert c == ProfileTerm("survey", ("survey",), title_only=True, exclude=True)

@@ -83,11 +83,16 @@ def test_title_only_weight_and_excluded_phrase_exact(runner: CliRunner) -> None:
 
 
 def test_whole_words_only(runner: CliRunner) -> None:
-    # "rag" appears once, as "RAG"; "leverage" (in many abstracts) must not match.
+    # "rag" appears once, as "RAG"; "leverage" (in many abstracts) must not match. The other
+    # paper says "retrieval-augmented generation", the vocabulary's expansion of RAG.
     ranked = _ranked(runner, "--profile", "rag")
     assert [d["title"] for d in ranked] == [
-        "End-to-End Training of Neural Retrievers for Open-Domain Question Answering"
+        "End-to-End Training of Neural Retrievers for Open-Domain Question Answering",
+        "Synthetic continued pretraining",
     ]
+    reasons = ranked[1]["reasons"]
+    assert isinstance(reasons, list)
+    assert [r["term"] for r in reasons] == ["rag via retrieval-augmented generation"]
 
 
 def test_text_output_and_limit(runner: CliRunner) -> None:

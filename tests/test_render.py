@@ -216,8 +216,8 @@ def test_html_card_fields(renderer: EmailRenderer) -> None:
     assert 'href="https://papers.example.org/p/2"' in html
     assert 'href="https://arxiv.org/a/search?query=A+Paper+With+No+Metadata"' in html
     assert "Why you got this (score 2.35)" in html
-    assert "“diffusion” in title: +1.50</div>" in html
-    assert "“language model” in abstract: +0.85</div>" in html
+    assert "“diffusion” in title: +1.50 <a " in html
+    assert "“language model” in abstract: +0.85 <a " in html
     assert "Sent Wed 12 Mar 2025, 07:00 CET" in html
     assert "Hello Ada Lovelace, here are 3 papers matching your profile." in html
     assert 'href="https://papers.example.org/unsubscribe/tok-ada"' in html

@@ -297,9 +297,17 @@ def check_html(html: str, content: IssueContent, shown: Sequence[ScoredPaper]) -
         if tag == "a":
             href = attrs.get("href")
             if "class" in attrs:  # the template's links
-                assert attrs["class"] in ("title", "footer-link", "more-link"), attrs
+                assert attrs["class"] in (
+                    "title",
+                    "footer-link",
+                    "more-link",
+                    "feedback-link",
+                    "mute-link",
+                ), attrs
                 assert set(attrs) == {"class", "href", "style"}, attrs
                 assert href is not None
+                if attrs["class"] in ("feedback-link", "mute-link"):  # our pages, with a token
+                    assert href.startswith((BASE_URL + "/feedback/", BASE_URL + "/mute/")), href
             else:  # a link kept by the abstract sanitizer
                 assert attrs.get("rel") == LINK_REL, attrs
                 assert set(attrs) <= {"href", "rel"}, attrs

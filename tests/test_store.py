@@ -26,6 +26,7 @@ def test_migrations_create_exactly_the_models(store: Store) -> None:
         "alembic_version",
         "delivery_settings",
         "digest_files",
+        "feedback",
         "issue_papers",
         "issues",
         "papers",

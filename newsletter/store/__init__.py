@@ -11,12 +11,14 @@ many issues in one transaction. The methods are grouped by subject in mixins:
 * :mod:`~newsletter.store.papers`: digest files and papers;
 * :mod:`~newsletter.store.subscribers`: subscribers, tokens and the web's account flows;
 * :mod:`~newsletter.store.issues`: issues, the delivery state machine, the sent log;
-* :mod:`~newsletter.store.queue`: delivery by workers (queued issues, published settings).
+* :mod:`~newsletter.store.queue`: delivery by workers (queued issues, published settings);
+* :mod:`~newsletter.store.feedback`: readers' judgments of papers, and muted terms.
 """
 
 from __future__ import annotations
 
 from newsletter.store.engine import new_token, normalize_url
+from newsletter.store.feedback import FeedbackEntry, FeedbackQueries
 from newsletter.store.issues import (
     PENDING_STATES,
     IssueOutcome,
@@ -33,6 +35,7 @@ __all__ = [
     "PENDING_STATES",
     "ConfirmationRequest",
     "DigestKnown",
+    "FeedbackEntry",
     "IssueOutcome",
     "IssuePlan",
     "KeyedPaper",
@@ -48,5 +51,5 @@ __all__ = [
 ]
 
 
-class Store(PaperQueries, SubscriberQueries, IssueQueries, QueueQueries):
+class Store(PaperQueries, SubscriberQueries, IssueQueries, QueueQueries, FeedbackQueries):
     """The database: ``Store(url)``, then :meth:`migrate` (the first run creates the schema)."""

@@ -188,6 +188,20 @@ class SentLogRow(Base):
     sent_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
+class FeedbackRow(Base):
+    """A reader's judgment of one paper ("more / less like this"): one row per (subscriber,
+    paper), the latest judgment wins. The primary key leads with the subscriber, so a
+    subscriber's judgments (and many subscribers' at once, for a ranker) are one index range.
+    Kept for as long as the subscriber's row: retention does not prune it."""
+
+    __tablename__ = "feedback"
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id"), primary_key=True)
+    paper_id: Mapped[int] = mapped_column(ForeignKey("papers.id"), primary_key=True)
+    judgment: Mapped[str] = mapped_column(String(16))  # like | dislike
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 def token_digest(token: str) -> str:
     """The SHA-256 (hex) under which a secret token is looked up."""
     return hashlib.sha256(token.encode("utf-8")).hexdigest()

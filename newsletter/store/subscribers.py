@@ -32,7 +32,7 @@ from newsletter.domain import (
 from newsletter.errors import DataRejected
 from newsletter.store import rows
 from newsletter.store.engine import BATCH, StoreBase, chunks, new_token
-from newsletter.store.schema import IssueRow, SubscriberRow, token_digest
+from newsletter.store.schema import FeedbackRow, IssueRow, SubscriberRow, token_digest
 from newsletter.subscribers import mailbox_key
 
 log = logging.getLogger(__name__)
@@ -400,8 +400,8 @@ class SubscriberQueries(StoreBase):
 
         A pending row holds an address somebody typed into a form, maybe not its owner's: it
         is kept only as long as its confirmation could still be used. Rows with an issue are
-        never deleted (a pending subscriber has none; the guard keeps the history safe should
-        a status ever be set by hand)."""
+        never deleted, nor rows with a judgment (a pending subscriber has none; the guards keep
+        the history safe should a status ever be set by hand)."""
         with self._session() as s:
             result = s.execute(
                 delete(SubscriberRow)
@@ -413,6 +413,7 @@ class SubscriberQueries(StoreBase):
                         SubscriberRow.confirm_sent_at < before,
                     ),
                     ~exists().where(IssueRow.subscriber_id == SubscriberRow.id),
+                    ~exists().where(FeedbackRow.subscriber_id == SubscriberRow.id),
                 )
                 .execution_options(synchronize_session=False)
             )

@@ -29,7 +29,7 @@ from newsletter.app import Clock, Newsletter, utc_now
 from newsletter.config import Settings
 from newsletter.deliver import Mailer
 from newsletter.resources import read_resource
-from newsletter.web import accounts, pages
+from newsletter.web import accounts, feedback, pages
 from newsletter.web.context import WebContext
 from newsletter.web.feeds import FeedHandler
 from newsletter.web.ratelimit import wait_text
@@ -103,6 +103,18 @@ def create_app(
         Route("/unsubscribe/{token}", bind(accounts.unsubscribe), methods=["POST"]),
         Route("/preferences/{token}", bind(accounts.preferences_page), methods=["GET"]),
         Route("/preferences/{token}", bind(accounts.save_preferences), methods=["POST"]),
+        Route(
+            "/feedback/{token}/{paper_id:int}/{judgment}",
+            bind(feedback.feedback_page),
+            methods=["GET"],
+        ),
+        Route(
+            "/feedback/{token}/{paper_id:int}/{judgment}",
+            bind(feedback.record_feedback),
+            methods=["POST"],
+        ),
+        Route("/mute/{token}", bind(feedback.mute_page), methods=["GET"]),
+        Route("/mute/{token}", bind(feedback.mute), methods=["POST"]),
     ]
 
     def http_error(request: Request, exc: Exception) -> Response:
