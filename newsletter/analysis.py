@@ -212,6 +212,30 @@ def _build_lattice(text: str, stem_words: Callable[[list[str]], list[str]]) -> _
     return tuple(tuple(a) for a in arcs), n
 
 
+@lru_cache(maxsize=1 << 16)
+def author_tokens(name: str) -> tuple[str, ...]:
+    """An author name as ``author:`` terms compare it: accents removed, case folded, its words
+    (``Zoë  O'Neil-Smith`` → ``zoe o neil smith``)."""
+    decomposed = unicodedata.normalize("NFKD", name)
+    plain = "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
+    return tuple(t for t in _NON_ALNUM.split(plain) if t)
+
+
+def author_matches(term: tuple[str, ...], name: tuple[str, ...]) -> bool:
+    """Whether an ``author:`` term names this author: its words appear in the name in the same
+    order (``hinton`` and ``geoffrey hinton`` both name "Geoffrey E. Hinton"; ``hinton geoffrey``
+    does not)."""
+    if not term:
+        return False
+    k = 0
+    for word in name:
+        if word == term[k]:
+            k += 1
+            if k == len(term):
+                return True
+    return False
+
+
 def light_stem(word: str) -> str:
     """Exclusions match word forms more strictly than terms do: case, an acronym's plural and
     the plural endings of the S-stemmer (Harman 1991: ``-ies`` → ``-y``, ``-es`` → ``-e``, ``-s``

@@ -159,6 +159,8 @@ class ProfileTerm:
     via: str = ""
     # exact:"a phrase": the words only in this order and next to each other (no window).
     exact: bool = False
+    # author:"Name": matches the paper's author names, not its text (newsletter/analysis.py).
+    author: bool = False
 
     @property
     def shown(self) -> str:
@@ -185,6 +187,7 @@ class MatchField(enum.StrEnum):
 
     TITLE = "title"
     ABSTRACT = "abstract"
+    AUTHORS = "authors"
     # Not a field: the reader's own judgments (newsletter/learn.py), added to the score.
     FEEDBACK = "feedback"
 

@@ -187,7 +187,7 @@ def build_feeds(
                 {
                     "term": _one_line(r.term),
                     "where": r.where,
-                    "contribution": f"{r.contribution:.2f}",
+                    "contribution": f"{r.contribution:+.2f}",
                 }
                 for r in item.reasons
             ]

@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 __all__ = ["FIELD_PREFIXES", "MAX_WEIGHT", "format_profile", "parse_profile"]
 
 #: The field prefixes a term may carry.
-FIELD_PREFIXES = ("title:", "exact:")
+FIELD_PREFIXES = ("title:", "exact:", "author:")
 #: The largest weight: enough to make one term outweigh any other, small enough that a score
 #: (a sum of weighted BM25 values) stays a finite number in every output and column.
 MAX_WEIGHT = 1000.0
@@ -107,7 +107,14 @@ def parse_profile(
         title_only = text[i : i + 6].casefold() == "title:"
         if title_only:
             i += 6
-        exact = text[i : i + 6].casefold() == "exact:" and (strict or text[i + 6 : i + 7] == '"')
+        author = not title_only and text[i : i + 7].casefold() == "author:"
+        if author:
+            i += 7
+        exact = (
+            not author
+            and text[i : i + 6].casefold() == "exact:"
+            and (strict or text[i + 6 : i + 7] == '"')
+        )
         if exact:
             i += 6
             if i >= n or text[i] != '"':
@@ -119,7 +126,7 @@ def parse_profile(
         if prefix and strict:
             raise ProfileError(_unknown_prefix(text, start, prefix, who))
         bodies: list[tuple[str, bool]] = []  # (text, quoted): one, or a synonym group's
-        if i < n and text[i] == "(" and not exact:
+        if i < n and text[i] == "(" and not exact and not author:
             try:
                 i = _read_group(text, i, start, who, bodies)
             except ProfileError:
@@ -160,7 +167,16 @@ def parse_profile(
                     "use letters or digits (a weight goes after a word, as in speech^2)."
                 )
             terms.append(
-                ProfileTerm(body, stems, weight, title_only, exclude, group=group, exact=exact)
+                ProfileTerm(
+                    body,
+                    stems,
+                    weight,
+                    title_only,
+                    exclude,
+                    group=group,
+                    exact=exact,
+                    author=author,
+                )
             )
     if not terms:
         raise ProfileError(f"{who}: the profile is empty: nothing to match. Add terms, {_EXAMPLE}.")
@@ -281,6 +297,7 @@ def _format_term(term: ProfileTerm) -> str:
         and text not in _OPERATORS
     )
     out = ("-" if term.exclude else "") + ("title:" if term.title_only else "")
+    out += "author:" if term.author else ""
     out += f'exact:"{text}"' if term.exact else (text if bare else f'"{text}"')
     if term.weight != 1.0:
         out += "^" + _format_weight(term.weight)
@@ -312,12 +329,13 @@ def format_profile(profile: Profile) -> str:
 def _same_group(a: ProfileTerm, b: ProfileTerm) -> bool:
     """Written as one synonym group: the group's alternatives share everything but the text
     (terms the vocabulary put in one group keep their own weights and are written apart)."""
-    return a.group > 0 and (a.group, a.weight, a.title_only, a.exclude, a.exact) == (
+    return a.group > 0 and (a.group, a.weight, a.title_only, a.exclude, a.exact, a.author) == (
         b.group,
         b.weight,
         b.title_only,
         b.exclude,
         b.exact,
+        b.author,
     )
 
 

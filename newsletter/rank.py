@@ -83,7 +83,16 @@ class Adjustments:
 _F = npt.NDArray[np.float64]
 _I = npt.NDArray[np.int64]
 #: A weight or hit "part" is an index into this: 0 is the title, 1 the abstract.
-_PART_FIELD = (MatchField.TITLE, MatchField.ABSTRACT)
+_PART_FIELD = (MatchField.TITLE, MatchField.ABSTRACT, MatchField.AUTHORS)
+#: Blocks of the stacked matrices: title, abstract, authors (weights and data); matched
+#: anywhere in the text, in the title, among the authors (hits, exclusions).
+_PARTS = 3
+_AUTHOR_KEY = "\x00author"  # never a stem: an author column has no text keys
+
+
+def _hit_part(term: ProfileTerm) -> int:
+    """The hits block a term is matched in: the text (0), the title only (1), authors (2)."""
+    return 2 if term.author else 1 if term.title_only else 0
 
 
 class _ExclusionVocabulary:
@@ -94,8 +103,15 @@ class _ExclusionVocabulary:
         self.columns: dict[frozenset[tuple[str, ...]], int] = {}
         self.keys: dict[tuple[str, ...], set[int]] = {}
         self._seen: dict[str, int] = {}
+        self.authors: dict[int, tuple[str, ...]] = {}  # author columns: the name's words
 
     def column(self, term: ProfileTerm) -> int:
+        if term.author:
+            tokens = analysis.author_tokens(term.text)
+            author_key = frozenset({(_AUTHOR_KEY, *tokens)})
+            author_col = self.columns.setdefault(author_key, len(self.columns))
+            self.authors[author_col] = tokens
+            return author_col
         seen = self._seen.get(term.text)
         if seen is not None:
             return seen
@@ -116,8 +132,15 @@ class _Vocabulary:
         self.columns: dict[tuple[tuple[str, ...], bool], int] = {}  # (stems, exact)
         self.keys: dict[tuple[str, ...], set[int]] = {}
         self._seen: dict[tuple[str, tuple[str, ...], bool], int] = {}  # subscribers share terms
+        self.authors: dict[int, tuple[str, ...]] = {}  # author columns: the name's words
 
     def column(self, term: ProfileTerm) -> int:
+        if term.author:
+            tokens = analysis.author_tokens(term.text)
+            author_key = ((_AUTHOR_KEY, *tokens), False)
+            author_col = self.columns.setdefault(author_key, len(self.columns))
+            self.authors[author_col] = tokens
+            return author_col
         seen = self._seen.get((term.text, term.stems, term.exact))
         if seen is not None:
             return seen
@@ -176,6 +199,48 @@ def _bm25_field(
     return bm25, counts
 
 
+def _author_hits(
+    papers: Sequence[Paper], authors: Mapping[int, tuple[str, ...]], n_cols: int
+) -> sp.csr_matrix:
+    """columns x papers: 1 where an ``author:`` column names one of the paper's authors.
+
+    Papers are indexed by the words of their author names, so each term looks only at the
+    papers that have its first word among their authors."""
+    shape = (n_cols, len(papers))
+    if not authors:
+        return sp.csr_matrix(shape, dtype=np.float64)
+    by_word: dict[str, set[tuple[int, int]]] = {}
+    names: list[list[tuple[str, ...]]] = []
+    for p, paper in enumerate(papers):
+        tokens = [analysis.author_tokens(a) for a in paper.authors]
+        names.append(tokens)
+        for k, name in enumerate(tokens):
+            for word in name:
+                by_word.setdefault(word, set()).add((p, k))
+    rows: list[int] = []
+    cols: list[int] = []
+    for col, term in authors.items():
+        if not term:
+            continue
+        found = {
+            p for p, k in by_word.get(term[0], ()) if analysis.author_matches(term, names[p][k])
+        }
+        rows.extend([col] * len(found))
+        cols.extend(sorted(found))
+    return sp.csr_matrix((np.ones(len(rows), dtype=np.float64), (rows, cols)), shape=shape)
+
+
+def _author_weights(hits: sp.csr_matrix, settings: RankSettings) -> sp.csr_matrix:
+    """An author match scores as a match in a short title would: ``title_boost`` times the
+    name's BM25 IDF over the papers (a prolific author counts less than a rare one)."""
+    n_docs = hits.shape[1]
+    df = np.diff(hits.indptr).astype(np.float64)
+    idf = np.log(1.0 + (n_docs - df + 0.5) / (df + 0.5))
+    coo = hits.tocoo()
+    weights = settings.title_boost * idf[coo.row]
+    return sp.csr_matrix((weights, (coo.row, coo.col)), shape=hits.shape)
+
+
 def _tiebreak_order(papers: Sequence[Paper]) -> list[int]:
     """Paper indices by upvotes desc, then recency (published, first seen), then id."""
 
@@ -231,7 +296,7 @@ def rank_papers(
     x_parts: list[int] = []
     # Coordination: each request's positive terms as groups of alternative (column, title
     # only) cells; distinct groups are shared across requests (subscribers share terms).
-    group_ids: dict[tuple[tuple[int, bool], ...], int] = {}
+    group_ids: dict[tuple[tuple[int, int], ...], int] = {}
     q_rows: list[int] = []
     q_cols: list[int] = []
     # Each distinct (text, column, weight, title_only) gets an int id: the reasons cache is
@@ -239,25 +304,26 @@ def rank_papers(
     ref_ids: dict[_TermRef, int] = {}
     refs: list[_TermRef] = []
     for r, req in enumerate(requests):
-        alternatives: dict[object, list[tuple[int, bool]]] = {}
+        alternatives: dict[object, list[tuple[int, int]]] = {}
         for term in req.profile.terms:
             if not term.stems:
                 continue
             if term.exclude:
                 x_rows.append(r)
                 x_cols.append(excluded.column(term))
-                x_parts.append(1 if term.title_only else 0)
+                x_parts.append(_hit_part(term))
                 continue
             col = vocab.column(term)
             # A synonym group, or a term with the expansions that name it in ``via``.
             group = term.group or (term.via or term.text, term.title_only)
-            alternatives.setdefault(group, []).append((col, term.title_only))
+            alternatives.setdefault(group, []).append((col, _hit_part(term)))
             ref = (term.shown, col, term.weight, term.title_only)
             ref_id = ref_ids.get(ref)
             if ref_id is None:
                 ref_id = ref_ids[ref] = len(refs)
                 refs.append(ref)
-            for part in (0,) if term.title_only else (0, 1):
+            parts = (2,) if term.author else (0,) if term.title_only else (0, 1)
+            for part in parts:
                 w_rows.append(r)
                 w_cols.append(col)
                 w_parts.append(part)
@@ -270,13 +336,16 @@ def rank_papers(
             q_cols.append(gid)
     n_terms = max(len(vocab.columns), 1)
     n_papers = len(ordered)
-    shape = (len(requests), 2 * n_terms)
+    shape = (len(requests), _PARTS * n_terms)
 
     bt, ct = _bm25_field([p.title for p in ordered], vocab, settings)
     ba, ca = _bm25_field([p.abstract for p in ordered], vocab, settings)
     bt = (bt * settings.title_boost).tocsr()
-    # Stacked: rows [0, V) are the boosted title parts, rows [V, 2V) the abstract parts.
-    data = sp.vstack([bt, ba]).tocsr()
+    cu = _author_hits(ordered, vocab.authors, n_terms)
+    bu = _author_weights(cu, settings)
+    # Stacked: rows [0, V) are the boosted title parts, [V, 2V) the abstract parts, [2V, 3V)
+    # the author parts (non-zero only in the rows of author: terms).
+    data = sp.vstack([bt, ba, bu]).tocsr()
     weights = sp.csr_matrix(
         (
             np.asarray(w_data, dtype=np.float64),
@@ -284,21 +353,22 @@ def rank_papers(
         ),
         shape=shape,
     )
-    hits = sp.vstack([((ct + ca) > 0), (ct > 0)]).astype(np.float64).tocsr()
+    hits = sp.vstack([((ct + ca) > 0), (ct > 0), (cu > 0)]).astype(np.float64).tocsr()
     n_excluded = max(len(excluded.columns), 1)
     excl = sp.csr_matrix(
         (
             np.ones(len(x_rows), dtype=np.float64),
             (x_rows, np.asarray(x_cols, dtype=np.int64) + n_excluded * np.asarray(x_parts)),
         ),
-        shape=(len(requests), 2 * n_excluded),
+        shape=(len(requests), _PARTS * n_excluded),
     )
     if x_rows:
         xt, _ = _match_counts([p.title for p in ordered], excluded, analysis.light_lattice)
         xa, _ = _match_counts([p.abstract for p in ordered], excluded, analysis.light_lattice)
-        excluded_hits = sp.vstack([((xt + xa) > 0), (xt > 0)]).astype(np.float64).tocsr()
+        xu = _author_hits(ordered, excluded.authors, n_excluded)
+        excluded_hits = sp.vstack([((xt + xa) > 0), (xt > 0), (xu > 0)]).astype(np.float64).tocsr()
     else:
-        excluded_hits = sp.csr_matrix((2 * n_excluded, n_papers), dtype=np.float64)
+        excluded_hits = sp.csr_matrix((_PARTS * n_excluded, n_papers), dtype=np.float64)
     coordination = _Coordination.build(
         group_ids, q_rows, q_cols, len(requests), n_terms, hits, settings.coordination
     )
@@ -455,7 +525,7 @@ class _Coordination:
     @classmethod
     def build(
         cls,
-        group_ids: Mapping[tuple[tuple[int, bool], ...], int],
+        group_ids: Mapping[tuple[tuple[int, int], ...], int],
         q_rows: Sequence[int],
         q_cols: Sequence[int],
         n_requests: int,
@@ -466,12 +536,13 @@ class _Coordination:
         rows: list[int] = []
         cols: list[int] = []
         for cells, gid in group_ids.items():
-            for col, title_only in cells:
+            for col, part in cells:
                 rows.append(gid)
-                cols.append(col + (n_terms if title_only else 0))  # the hits row to read
+                cols.append(col + n_terms * part)  # the hits row to read
         n_groups = max(len(group_ids), 1)
         alternatives = sp.csr_matrix(
-            (np.ones(len(rows), dtype=np.float64), (rows, cols)), shape=(n_groups, 2 * n_terms)
+            (np.ones(len(rows), dtype=np.float64), (rows, cols)),
+            shape=(n_groups, _PARTS * n_terms),
         )
         group_hits = ((alternatives @ hits) > 0).astype(np.float64).tocsr()
         queries = sp.csr_matrix(
@@ -545,7 +616,7 @@ def _select_chunk(batch: _Batch, lo: int, hi: int) -> list[tuple[ScoredPaper, ..
     bounds = np.searchsorted(pair, np.arange(len(sel_r) + 1)).tolist()
     # A reason depends only on (term as written + weight, field, paper), which subscribers
     # share: build each distinct one once and reuse it (object creation is the costly part).
-    ref_part = ref_ids * 2 + parts
+    ref_part = ref_ids * _PARTS + parts
     # The contribution also depends on the coordination (terms matched, profile size), which
     # differs between subscribers: part of the key, as small integers.
     span = int(max(coordination.sizes.max(initial=0.0), 1.0)) + 1

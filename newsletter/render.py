@@ -31,6 +31,7 @@ from markupsafe import Markup, escape
 from newsletter.domain import (
     IssueContent,
     Judgment,
+    MatchField,
     Paper,
     Profile,
     ProfileTerm,
@@ -187,6 +188,7 @@ class EmailRenderer:
                         slot("contribution"),
                         slot("mute_url"),
                     ),
+                    "reason_plain": (slot("term"), slot("where"), slot("contribution")),
                     "more_papers": (slot("count_label"), slot("url")),
                     "no_papers": (),
                 }[name]
@@ -231,8 +233,16 @@ class EmailRenderer:
                 {
                     "term": escape(strip_controls(r.term)),
                     "where": escape(r.where),
-                    "contribution": escape(f"{r.contribution:.2f}"),
+                    "contribution": escape(f"{r.contribution:+.2f}"),
                     "mute_url": escape(site.mute_url(sub, muted.get(r.term, r.term))),
+                }
+            )
+            if r.where in _MUTABLE
+            else self._fragment("reason_plain").fill(
+                {
+                    "term": escape(strip_controls(r.term)),
+                    "where": escape(r.where),
+                    "contribution": escape(f"{r.contribution:+.2f}"),
                 }
             )
             for r in scored.reasons
@@ -388,7 +398,7 @@ class EmailRenderer:
                     "abstract": "\n\n".join(_wrap(" ".join(p.split()), indent) for p in paragraphs),
                     "score": f"{scored.score:.2f}",
                     "reasons": [
-                        f"\u201c{strip_controls(r.term)}\u201d in {r.where}: +{r.contribution:.2f}"
+                        f"\u201c{strip_controls(r.term)}\u201d in {r.where}: {r.contribution:+.2f}"
                         for r in scored.reasons
                     ],
                     "more_url": site.feedback_url(sub, paper.id, Judgment.LIKE),
@@ -499,6 +509,11 @@ def _aware(moment: datetime) -> datetime:
 
 def _no_spans(text: str, terms: Sequence[ProfileTerm]) -> list[tuple[int, int]]:
     return []
+
+
+#: Reasons a "mute" link can act on: terms matched in the text (muting appends an exclusion);
+#: not author: terms nor the reader's feedback.
+_MUTABLE = frozenset({MatchField.TITLE, MatchField.ABSTRACT})
 
 
 def mute_terms(profile: Profile) -> dict[str, str]:

@@ -37,7 +37,7 @@ class Vocabulary:
 
     def expansions(self, term: ProfileTerm) -> tuple[ProfileTerm, ...]:
         """The terms ``term`` expands to (none for an exclusion or an unknown term)."""
-        if term.exclude or term.via:
+        if term.exclude or term.via or term.author:
             return ()
         return tuple(
             ProfileTerm(

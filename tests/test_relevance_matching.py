@@ -182,3 +182,28 @@ def test_one_broad_term_in_titles_does_not_outrank_papers_matching_several_terms
     plain = rank_one(list(seed_papers()), profile, settings=RankSettings(coordination=0))
     plain_groups = [len({r.term.split(" via ")[0] for r in s.reasons}) for s in plain[:10]]
     assert plain_groups.count(1) > top.count(1)
+
+
+# --------------------------------------------------------------------------- authors
+
+
+def test_author_terms_match_normalized_author_names_and_show_in_the_reasons() -> None:
+    papers = [
+        make_paper(1, "Speech models", "", authors=("Geoffrey E. Hinton", "Ada Lovelace")),
+        make_paper(2, "Vision", "", authors=("Zoë O'Neil",)),
+        make_paper(3, "Speech again", "Hinton's method, applied.", authors=("Bob Smith",)),
+    ]
+    assert ranked(papers, "author:Hinton") == [1]  # the name, never the text (paper 3)
+    assert ranked(papers, 'author:"geoffrey hinton"') == [1]  # words in order, gaps allowed
+    assert ranked(papers, 'author:"hinton geoffrey"') == []
+    assert ranked(papers, 'author:"Zoe O Neil"') == [2]  # accents and punctuation ignored
+    assert ranked(papers, "speech, -author:hinton") == [3]
+    (top,) = rank_one(papers, parse_profile('author:"Ada Lovelace", speech'))[:1]
+    assert {(r.term, r.where) for r in top.reasons} == {
+        ("Ada Lovelace", "authors"),
+        ("speech", "title"),
+    }
+    profile = parse_profile('author:"Ada Lovelace"^2, -author:Bob, speech')
+    assert format_profile(profile) == 'author:"Ada Lovelace"^2, -author:Bob, speech'
+    assert parse_profile(format_profile(profile)) == profile
+    assert not parse_profile("author:LLM").terms[1:]  # never expanded by the vocabulary

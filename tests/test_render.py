@@ -412,3 +412,25 @@ def test_text_part_matches_golden(renderer: EmailRenderer) -> None:
     assert text == golden.read_text(encoding="utf-8")
     assert "<" not in text.replace("<https", "")
     assert max(len(line) for line in text.splitlines()) <= 78
+
+
+def test_author_and_feedback_reasons_carry_their_sign_and_no_mute_link(
+    renderer: EmailRenderer,
+) -> None:
+    paper = make_paper(7, "Diffusion for speech", "Abstract.", authors=("Ada Lovelace",))
+    reasons = (
+        Reason("diffusion", MatchField.TITLE, 3.0),
+        Reason("Ada Lovelace", MatchField.AUTHORS, 1.5),
+        Reason("unlike papers you marked less: X", MatchField.FEEDBACK, -2.0),
+    )
+    rendered = renderer.render(issue([scored(paper, 2.5, *reasons)]))
+    text, html = (p.get_content() for p in parts(parse(rendered)))
+    assert "\u201cdiffusion\u201d in title: +3.00" in text
+    assert "\u201cAda Lovelace\u201d in authors: +1.50" in text
+    assert "\u201cunlike papers you marked less: X\u201d in feedback: -2.00" in text
+    reason_divs = re.findall(r'<div class="reason"[^>]*>(.*?)</div>', html, re.S)
+    assert len(reason_divs) == 3
+    diffusion, author, feedback = reason_divs
+    assert "+3.00" in diffusion and "mute" in diffusion
+    assert "in authors: +1.50" in author and "mute" not in author
+    assert "in feedback: -2.00" in feedback and "mute" not in feedback

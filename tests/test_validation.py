@@ -301,19 +301,21 @@ def test_rank_json_with_the_largest_weights_is_valid(env: dict[str, str]) -> Non
     [
         (
             "speech titel:llm^2",
-            "unknown field prefix 'titel:' in 'titel:llm' (known prefixes: title:, exact:, as "
-            'in title:llm); to match the text as written, put it in quotes: "titel:llm".',
+            "unknown field prefix 'titel:' in 'titel:llm' (known prefixes: title:, exact:, "
+            "author:, as in title:llm); to match the text as written, put it in quotes: "
+            '"titel:llm".',
         ),
         (
             'speech -abstract:"a phrase"^2',
             "unknown field prefix 'abstract:' in '-abstract:\"a phrase\"' (known prefixes: "
-            "title:, exact:, as in title:llm); to match the phrase anywhere, leave the prefix "
-            'out: "a phrase".',
+            "title:, exact:, author:, as in title:llm); to match the phrase anywhere, leave the "
+            'prefix out: "a phrase".',
         ),
         (
             "speech title:titel:llm",
             "unknown field prefix 'titel:' in 'title:titel:llm' (known prefixes: title:, exact:, "
-            'as in title:llm); to match the text as written, put it in quotes: "titel:llm".',
+            "author:, as in title:llm); to match the text as written, put it in quotes: "
+            '"titel:llm".',
         ),
         (
             "speech AND music",
