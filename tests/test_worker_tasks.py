@@ -19,14 +19,13 @@ import json
 import os
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 
 from newsletter.app import Newsletter
 from newsletter.config import QueueSettings, Settings, load_settings, masked_broker_url
@@ -49,7 +48,7 @@ from newsletter.workers.broker import TASK_NAME, Broker, BrokerUnavailable
 from newsletter.workers.deliver import TaskOutcome, TaskResult, deliver_issue
 from newsletter.workers.enqueue import enqueue_due
 from newsletter.workers.published import PUBLISHED_KEYS, apply_published, published_json
-from tests.conftest import NOW, PG_ENV, RABBITMQ_ENV, REDIS_ENV
+from tests.conftest import NOW, RABBITMQ_ENV, REDIS_ENV, fresh_postgres_database
 from tests.factories import CONFIG, run_cli, workspace_env
 from tests.smtp_server import Recorder, SmtpServer, free_port, smtp_settings
 
@@ -61,41 +60,11 @@ REQUEUE_AFTER = timedelta(minutes=30)  # queue.requeue_after_minutes by default
 # ---------------------------------------------------------------------------- fixtures
 
 
-def _pg_base() -> str:
-    url = os.environ.get(PG_ENV)
-    if not url:
-        pytest.skip(f"worker tests need PostgreSQL: set {PG_ENV}=postgresql://user@host/db")
-    return url
-
-
 def _redis_url() -> str:
     url = os.environ.get(REDIS_ENV)
     if not url:
         pytest.skip(f"broker tests need Redis: set {REDIS_ENV}=redis://127.0.0.1:6379/0")
     return url
-
-
-@contextmanager
-def _fresh_database() -> Iterator[str]:
-    """A new, empty PostgreSQL database, dropped afterwards (skipped without a server)."""
-    base = make_url(_pg_base().replace("postgresql://", "postgresql+psycopg://", 1))
-    name = f"nl_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield base.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh, empty PostgreSQL database (skipped without one)."""
-    with _fresh_database() as url:
-        yield url
 
 
 @pytest.fixture
@@ -144,7 +113,7 @@ def other_engine(pg_url: str) -> Iterator[Engine]:
 @pytest.fixture
 def elsewhere() -> Iterator[Engine]:
     """An engine on another database of the same server (another newsletter instance)."""
-    with _fresh_database() as url:
+    with fresh_postgres_database() as url:
         engine = create_engine(url)
         yield engine
         engine.dispose()

@@ -25,21 +25,18 @@ import os
 import shutil
 import signal
 import time
-import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import create_engine
 
 from newsletter.app import Newsletter
 from newsletter.config import Settings, load_settings
 from newsletter.domain import IssueState
-from tests.conftest import NOW, PG_ENV, RABBITMQ_ENV, REDIS_ENV
+from tests.conftest import NOW, RABBITMQ_ENV, REDIS_ENV
 from tests.factories import CONFIG, run_cli, workspace_env
 from tests.smtp_server import HOST, SmtpServer
 from tests.test_exactly_once import DIGEST
@@ -78,24 +75,6 @@ def _broker_param(name: str) -> object:
 
 
 BROKERS = [_broker_param("redis"), _broker_param("rabbitmq")]
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL database (workers need PostgreSQL), dropped afterwards."""
-    if not os.environ.get(PG_ENV):
-        pytest.skip(f"worker tests need PostgreSQL: set {PG_ENV}=postgresql://user@host/db")
-    base = make_url(os.environ[PG_ENV].replace("postgresql://", "postgresql+psycopg://", 1))
-    name = f"nl_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield base.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @dataclass
