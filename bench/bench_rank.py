@@ -15,6 +15,11 @@ its ScoredPaper and Reason objects), the selected papers per second, and memory:
 the process's peak RSS during ranking, and (``--trace``, in a separate run because tracing
 slows allocation-heavy code several-fold) the tracemalloc peak. Target on the project's
 2-core machine: ranking <= 10 s, <= 1 GB.
+
+``--semantic`` also ranks with the semantic fusion (:class:`newsletter.rank.SemanticScores`)
+on random unit vectors (384 dimensions, one per paper and per profile), right after the
+keyword-only ranking, and prints the ratio of the two; ``--encode N`` times the real model
+(the ``semantic`` extra) embedding N of the profiles and 400 papers.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from newsletter.domain import Paper  # noqa: E402
 from newsletter.ingest import parse_bytes  # noqa: E402
 from newsletter.ingest.identity import title_key  # noqa: E402
 from newsletter.profile import parse_profile  # noqa: E402
-from newsletter.rank import RankRequest, rank_papers  # noqa: E402
+from newsletter.rank import RankRequest, SemanticScores, rank_papers  # noqa: E402
 
 STOP = set("a an and as at by for from in is of on or the to via with without using its".split())
 
@@ -133,6 +138,12 @@ def main() -> None:
         default=1500,
         help="distinct words profiles draw from (above 1500: from abstracts too)",
     )
+    parser.add_argument(
+        "--semantic", action="store_true", help="also rank with semantic fusion (random vectors)"
+    )
+    parser.add_argument(
+        "--encode", type=int, default=0, help="time the real model on N profiles and the papers"
+    )
     args = parser.parse_args()
 
     papers = load_papers(args.papers)
@@ -170,12 +181,74 @@ def main() -> None:
         f"peak RSS: {rss:.0f} MiB in all; {rss - rss_before:.0f} MiB more during ranking "
         f"(before: {rss_before:.0f} MiB of imports, papers and parsed profiles)"
     )
+    if args.semantic:
+        semantic = random_vectors(len(papers), len(requests))
+        t0 = time.perf_counter()
+        rank_papers(papers, requests)
+        plain = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        results = rank_papers(papers, requests, semantic=semantic)
+        fused = time.perf_counter() - t0
+        print(
+            f"semantic fusion: {fused:.2f} s against {plain:.2f} s keyword-only in the same run "
+            f"({fused / plain:.2f}x); selected {sum(len(r) for r in results)} papers"
+        )
+        del results
+    if args.encode:
+        encode_speed(papers, texts[: args.encode])
     if args.trace:
         tracemalloc.start()
         rank_papers(papers, requests)
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         print(f"tracemalloc peak during ranking: {peak / 2**20:.0f} MiB")
+
+
+def random_vectors(n_papers: int, n_requests: int, dims: int = 384) -> SemanticScores:
+    """Unit vectors with a fixed seed; every request its own profile vector."""
+    import numpy as np
+
+    gen = np.random.default_rng(7)
+
+    def unit(n: int) -> np.ndarray:  # type: ignore[type-arg]
+        v = gen.standard_normal((n, dims)).astype(np.float32)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    # Random directions in 384 dimensions are nearly orthogonal: shift them towards one
+    # shared direction so that similarities spread over [0, 0.6] as real ones do.
+    shared = unit(1)
+    papers = unit(n_papers) + 0.8 * shared
+    queries = unit(n_requests) + 0.8 * shared
+    papers /= np.linalg.norm(papers, axis=1, keepdims=True)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    return SemanticScores(
+        papers=papers,
+        present=np.ones(n_papers, dtype=bool),
+        queries=queries,
+        query_of=np.arange(n_requests, dtype=np.int64),
+    )
+
+
+def encode_speed(papers: list[Paper], texts: list[str]) -> None:
+    """Embedding speed of the configured default model (needs the semantic extra)."""
+    from newsletter.config import SemanticSettings
+    from newsletter.semantic import Embedder, paper_text, profile_text
+
+    embedder = Embedder(SemanticSettings(enabled=True))
+    t0 = time.perf_counter()
+    _ = embedder.dims
+    load = time.perf_counter() - t0
+    profiles = [profile_text(parse_profile(t)) for t in texts]
+    t0 = time.perf_counter()
+    embedder.encode(profiles)
+    per_profile = (time.perf_counter() - t0) / len(profiles)
+    t0 = time.perf_counter()
+    embedder.encode([paper_text(p) for p in papers])
+    per_paper = (time.perf_counter() - t0) / len(papers)
+    print(
+        f"model: loaded in {load:.1f} s; {1 / per_profile:,.0f} profiles/s "
+        f"(100,000 in {100_000 * per_profile / 60:.1f} min); {1 / per_paper:,.1f} papers/s"
+    )
 
 
 if __name__ == "__main__":

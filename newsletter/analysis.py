@@ -14,7 +14,10 @@ expects it to match:
   adjacent tokens joined (when only a hyphen or white space separates them), plus each whole
   hyphenated chain joined (``coarse-to-fine``). A query term is matched in all the ways its
   words can be grouped the same way;
-* a phrase matches only as consecutive tokens.
+* a model name that glues an acronym to a word is also read as the two (``VideoMAE`` =
+  ``Video MAE``, ``SpeechLLM`` = ``Speech LLM``), so the acronym a reader types matches it;
+* a phrase matches only as consecutive tokens (a two-word phrase also in a small window, see
+  :func:`variants`), and inside a phrase ``data`` and ``dataset`` are alike.
 """
 
 from __future__ import annotations
@@ -133,14 +136,37 @@ def _tokens(text: str) -> tuple[list[_Tok], list[str]]:
             if not word:
                 continue
         s, e = m.span()
-        if toks:
-            gaps.append(clean[prev_end:s])
-        start, end = orig(s), orig(e - 1) + 1
-        if not plain:
-            end = _close_markup(text, start, end)
-        toks.append((word, start, end))
-        prev_end = e
+        cut = _model_name_cut(raw)
+        pieces = [(word[:cut], s, s + cut), (word[cut:], s + cut, e)] if cut else [(word, s, e)]
+        for piece, p_start, p_end in pieces:
+            if toks:
+                gaps.append(clean[prev_end:p_start])
+            start, end = orig(p_start), orig(p_end - 1) + 1
+            if not plain:  # close the markup opened since the token's start (PaccMann$^{RL}$)
+                end = _close_markup(text, orig(s), end)
+            toks.append((piece, start, end))
+            prev_end = p_end
     return toks, gaps
+
+
+# A model name made of a word and an acronym: VideoMAE, SpeechLLM, MaskLLM, PokerGPT, CodeT5.
+_MODEL_NAME = re.compile(r"[A-Za-z0-9]*[a-z]{2}(?=[A-Z][A-Z0-9]+$)")
+
+
+def _model_name_cut(raw: str) -> int:
+    """Where a model name splits into its word and its acronym (``VideoMAE`` → 5), else 0.
+
+    ML papers name models by gluing an acronym to a word, and the acronym is what a reader
+    types: ``MAE`` should match "VideoMAE", ``LLM`` "SpeechLLM". Such a token is read as two
+    tokens with nothing between them, which the lattice also joins back (``videomae`` still
+    matches it whole). Only a word ending in two lower-case letters followed by at least two
+    capitals or digits to the end of the token is cut, so ``NeRF``, ``LoRA``, ``LLaMA``,
+    ``DistilHuBERT`` and all-lower or all-upper words stay one token.
+    """
+    if raw.islower() or raw.isupper() or not raw.isascii() or not raw.isalnum():
+        return 0
+    found = _MODEL_NAME.match(raw)
+    return found.end() if found and found.end() >= 3 else 0
 
 
 def _close_markup(text: str, start: int, end: int) -> int:
@@ -326,6 +352,10 @@ def variants(text: str, stems: tuple[str, ...], exact: bool = False) -> frozense
     other order and with up to two words between them (``high-quality data``, ``vision and
     language``, ``quality of the data``; not ``data of very high quality``), unless ``exact``
     (``exact:"…"`` in a profile: the words in this order, next to each other).
+
+    In a phrase of two or more words, ``data`` and ``dataset`` stand for each other (also with
+    ``exact``): a dataset is a countable body of data, and papers write "pre-training dataset"
+    where a reader types "pretraining data". A single word ``data`` matches only itself.
     """
     if len(stems) == 1 and text.isascii() and text.isalnum():  # the common case: one word
         if _stem(text.lower()) == stems[0]:
@@ -355,7 +385,15 @@ def variants(text: str, stems: tuple[str, ...], exact: bool = False) -> frozense
         one, two = _stem(words[0]), _stem(words[1])
         for first, last in ((one, two), (two, one)):
             out.update({(first, last), (first, ANY, last), (first, ANY, ANY, last)})
+    phrase = len(stems) > 1
+    for key in [k for k in out if phrase and len(k) > 1 and not _COUNT_FORMS.keys().isdisjoint(k)]:
+        out.add(tuple(_COUNT_FORMS.get(stem, stem) for stem in key))
     return frozenset(out)
+
+
+#: Mass nouns and their count forms, alike inside a phrase: "pretraining data" matches
+#: "pre-training datasets" and "dataset quality" matches "data quality" (stems).
+_COUNT_FORMS = {"data": "dataset", "dataset": "data"}
 
 
 def find(

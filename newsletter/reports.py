@@ -154,6 +154,16 @@ class ConfigInUse:
 
 
 @dataclass(frozen=True)
+class SemanticStatus:
+    """Semantic matching when it is on: the model and how many stored papers it has embedded
+    (``missing``: not yet; ingest embeds new papers, ``newsletter semantic embed`` the rest)."""
+
+    model: str
+    embedded: int
+    missing: int
+
+
+@dataclass(frozen=True)
 class WorkQueue:
     """Issues handed to the workers and not done: ``queued`` (waiting in the broker),
     ``in_flight`` (a worker holds it and is sending it), ``interrupted`` (left ``sending`` by a
@@ -177,6 +187,7 @@ class StatusReport:
     config: ConfigInUse
     warnings: tuple[str, ...]  # misconfiguration found now (a missing inbox)
     workers: WorkQueue = WorkQueue(0, 0, 0)
+    semantic: SemanticStatus | None = None  # None: semantic matching is off
 
 
 def build_status(store: Store, now: datetime, settings: Settings) -> StatusReport:
@@ -236,6 +247,13 @@ def build_status(store: Store, now: datetime, settings: Settings) -> StatusRepor
             if settings.queue.broker_url is not None
             else WorkQueue(0, 0, 0)  # in-process: `sending` issues are the pending ones
         ),
+        semantic=SemanticStatus(
+            settings.semantic.model,
+            store.count_embeddings(settings.semantic.model),
+            store.count_to_embed(settings.semantic.model),
+        )
+        if settings.semantic.enabled
+        else None,
     )
 
 

@@ -38,17 +38,17 @@ def test_gaussian_splatting_phrase_exact(runner: CliRunner) -> None:
     assert [(d["title"], d["score"]) for d in ranked] == [
         (
             "SOUS VIDE: Cooking Visual Drone Navigation Policies in a Gaussian Splatting Vacuum",
-            14.9688,
+            14.9985,
         ),
         (
             "Real-time Photorealistic Dynamic Scene Representation and Rendering with 4D Gaussian "
             "Splatting",
-            9.5283,
+            9.5543,
         ),
     ]
     assert ranked[0]["reasons"] == [
-        {"term": "gaussian splatting", "where": "title", "contribution": 9.5283},
-        {"term": "gaussian splatting", "where": "abstract", "contribution": 5.4405},
+        {"term": "gaussian splatting", "where": "title", "contribution": 9.5543},
+        {"term": "gaussian splatting", "where": "abstract", "contribution": 5.4442},
     ]
 
 
@@ -99,9 +99,9 @@ def test_text_output_and_limit(runner: CliRunner) -> None:
     result = runner.invoke(cli, ["rank", "--profile", '"gaussian splatting"', "--limit", "1"])
     assert result.exit_code == 0
     assert result.output.splitlines() == [
-        "  1.   14.97  SOUS VIDE: Cooking Visual Drone Navigation Policies in a Gaussian "
+        "  1.   15.00  SOUS VIDE: Cooking Visual Drone Navigation Policies in a Gaussian "
         "Splatting Vacuum",
-        "              gaussian splatting in title +9.53, gaussian splatting in abstract +5.44",
+        "              gaussian splatting in title +9.55, gaussian splatting in abstract +5.44",
     ]
 
 

@@ -1,11 +1,12 @@
 """What issue 15 changed in matching and scoring: acronym plurals (tests/test_rank.py), phrase
 windows and exact phrases (tests/test_rank.py), stricter exclusions, the research vocabulary,
-synonym groups and the coordination factor."""
+synonym groups, the coordination factor, model names and data = dataset in phrases."""
 
 from __future__ import annotations
 
 import pytest
 
+from newsletter.analysis import analyze_query_term, highlight_spans
 from newsletter.domain import Paper
 from newsletter.errors import ConfigError, ProfileError
 from newsletter.profile import format_profile, parse_profile
@@ -207,3 +208,54 @@ def test_author_terms_match_normalized_author_names_and_show_in_the_reasons() ->
     assert format_profile(profile) == 'author:"Ada Lovelace"^2, -author:Bob, speech'
     assert parse_profile(format_profile(profile)) == profile
     assert not parse_profile("author:LLM").terms[1:]  # never expanded by the vocabulary
+
+
+# --------------------------------------------------------------------------- word forms
+
+
+def test_a_model_name_is_also_read_as_its_word_and_its_acronym() -> None:
+    assert analyze_query_term("VideoMAE") == ("video", "mae")
+    assert analyze_query_term("SpeechLLM") == ("speech", "llm")
+    assert analyze_query_term("CodeT5") == ("code", "t5")
+    # Not a word of two lower-case letters and an acronym: one token, as before.
+    for name in ("NeRF", "LoRA", "LLaMA", "DistilHuBERT", "GPT", "wav2vec", "xxLLM"):
+        assert analyze_query_term(name) == (name.lower(),)
+    papers = [
+        make_paper(1, "VideoMAE V2: scaling video masked autoencoders", ""),
+        make_paper(2, "MaskLLM: learnable sparsity", ""),
+        make_paper(3, "NeRF-MAE: masked autoencoders for radiance fields", ""),
+        make_paper(4, "LLaMA: open foundation models", ""),
+        make_paper(5, "Mixed autoencoders", ""),
+    ]
+    assert sorted(ranked(papers, "MAE")) == [1, 3]
+    assert ranked(papers, "LLM") == [2]
+    assert ranked(papers, "videomae") == [1]  # the name as one word still matches
+    assert ranked(papers, '"video MAE"') == [1]
+    assert ranked(papers, "RF") == []  # NeRF stays one word
+    assert ranked(papers, "llama") == [4]
+    # Highlighting marks the acronym inside the name; markup closes as before.
+    assert highlight_spans("VideoMAE V2", parse_profile("MAE").terms) == [(5, 8)]
+    title = "PaccMann$^{RL}$: drug design"
+    spans = highlight_spans(title, parse_profile("RL").terms)
+    assert [title[a:b] for a, b in spans] == ["RL}$"]
+    # An exclusion reads it the same way.
+    assert ranked(papers, "masked, -LLM") == [1, 3]
+
+
+def test_data_and_dataset_are_alike_inside_a_phrase_only() -> None:
+    papers = [
+        make_paper(1, "A curated pre-training dataset for language models", ""),
+        make_paper(2, "Pretraining data for language models", ""),
+        make_paper(3, "Dataset quality matters", ""),
+        make_paper(4, "A new dataset", ""),
+        make_paper(5, "Data distillation for small models", ""),
+    ]
+    assert sorted(ranked(papers, '"pretraining data"')) == [1, 2]
+    assert sorted(ranked(papers, '"pretraining dataset"')) == [1, 2]
+    assert ranked(papers, '"data quality"') == [3]
+    assert ranked(papers, 'exact:"data quality"') == [3]  # a word form, not a reordering
+    # A single word matches only itself.
+    assert sorted(ranked(papers, "data")) == [2, 5]
+    assert sorted(ranked(papers, "dataset")) == [1, 3, 4]
+    # Exclusions stay strict: -"dataset distillation" keeps "data distillation".
+    assert ranked(papers, 'distillation, -"dataset distillation"') == [5]

@@ -29,6 +29,7 @@ def test_migrations_create_exactly_the_models(store: Store) -> None:
         "feedback",
         "issue_papers",
         "issues",
+        "paper_embeddings",
         "papers",
         "sent_log",
         "subscribers",

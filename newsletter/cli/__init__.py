@@ -11,6 +11,7 @@ from newsletter.cli import (  # noqa: F401  (registers commands)
     feedback,
     rank,
     run,
+    semantic,
     status,
     subscribers,
     web,

@@ -41,6 +41,12 @@ def status(ctx: Context, as_json: bool) -> None:
         f"papers stored: {report.papers}; digest files ingested: "
         f"{report.files_ingested}; last ingest: {report.last_ingest or 'never'}"
     )
+    if report.semantic is not None:
+        sem = report.semantic
+        click.echo(
+            f"semantic matching: {sem.model}, {sem.embedded} papers embedded"
+            + (f", {sem.missing} not yet (`newsletter semantic embed`)" if sem.missing else "")
+        )
     click.echo(f"quarantined files: {len(report.quarantined)}")
     for q in report.quarantined:
         click.echo(f"  {q.reason}")

@@ -12,11 +12,13 @@ many issues in one transaction. The methods are grouped by subject in mixins:
 * :mod:`~newsletter.store.subscribers`: subscribers, tokens and the web's account flows;
 * :mod:`~newsletter.store.issues`: issues, the delivery state machine, the sent log;
 * :mod:`~newsletter.store.queue`: delivery by workers (queued issues, published settings);
-* :mod:`~newsletter.store.feedback`: readers' judgments of papers, and muted terms.
+* :mod:`~newsletter.store.feedback`: readers' judgments of papers, and muted terms;
+* :mod:`~newsletter.store.embeddings`: papers' sentence embeddings (optional semantic matching).
 """
 
 from __future__ import annotations
 
+from newsletter.store.embeddings import EmbeddingQueries, StoredVector
 from newsletter.store.engine import new_token, normalize_url
 from newsletter.store.feedback import FeedbackEntry, FeedbackQueries
 from newsletter.store.issues import (
@@ -44,6 +46,7 @@ __all__ = [
     "PublishedSettings",
     "QueueCounts",
     "SentIssue",
+    "StoredVector",
     "Store",
     "ToEnqueue",
     "new_token",
@@ -51,5 +54,12 @@ __all__ = [
 ]
 
 
-class Store(PaperQueries, SubscriberQueries, IssueQueries, QueueQueries, FeedbackQueries):
+class Store(
+    PaperQueries,
+    SubscriberQueries,
+    IssueQueries,
+    QueueQueries,
+    FeedbackQueries,
+    EmbeddingQueries,
+):
     """The database: ``Store(url)``, then :meth:`migrate` (the first run creates the schema)."""

@@ -22,6 +22,7 @@ from newsletter.domain import (
 )
 from newsletter.errors import DataRejected, StorageError
 from newsletter.store import rows
+from newsletter.store.embeddings import forget_embeddings
 from newsletter.store.engine import BATCH, StoreBase, chunks
 from newsletter.store.schema import DigestFileRow, PaperRow
 
@@ -199,6 +200,7 @@ class PaperQueries(StoreBase):
                     index.add(found)
         created: set[int] = set()
         merged: set[int] = set()
+        retext: set[int] = set()  # stored papers whose text changed: embedded again
         for kp in papers:
             row = index.find(kp)
             if row is None:
@@ -218,10 +220,15 @@ class PaperQueries(StoreBase):
                     for name, value in rows.paper_values(richer).items():
                         setattr(row, name, value)
                     row.updated_at = seen_at
+                    changed = (richer.title, richer.abstract) != (current.title, current.abstract)
+                    if changed and row.id is not None:
+                        retext.add(row.id)
                 if id(row) not in created:
                     merged.add(id(row))
             index.add(row)
         s.flush()
+        if retext:
+            forget_embeddings(s, retext)
         return MergeCounts(len(created), len(merged))
 
     def count_papers(self) -> int:

@@ -202,6 +202,19 @@ class FeedbackRow(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
+class PaperEmbeddingRow(Base):
+    """A paper's sentence embedding for semantic matching (``[semantic]``, optional): float32
+    values, unit length, computed once at ingest by the named model. A paper whose title or
+    abstract a later digest improves loses its row (it is embedded again); a row of another
+    model is replaced when the configured model changes (``newsletter semantic embed``)."""
+
+    __tablename__ = "paper_embeddings"
+    paper_id: Mapped[int] = mapped_column(ForeignKey("papers.id"), primary_key=True)
+    model: Mapped[str] = mapped_column(String(500))
+    dims: Mapped[int] = mapped_column(Integer)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 def token_digest(token: str) -> str:
     """The SHA-256 (hex) under which a secret token is looked up."""
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
