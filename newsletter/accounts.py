@@ -50,18 +50,26 @@ CONFIRM_MAX_AGE = timedelta(days=7)
 
 #: Builds the confirmation email for (subscriber id, address, name, token) at a moment.
 ComposeConfirmation = Callable[[int, SubscriberSpec, str, datetime], tuple[Envelope, bytes]]
+#: Builds the welcome email for a subscriber who just confirmed, at a moment.
+ComposeWelcome = Callable[[Subscriber, datetime], tuple[Envelope, bytes]]
+
+#: The kinds of :class:`ConfirmationJob`: the double opt-in email, and the welcome email sent
+#: after confirming (which carries no confirmation token: nothing to withdraw if it fails).
+CONFIRM, WELCOME = "confirm", "welcome"
 
 
 @dataclass(frozen=True)
 class ConfirmationJob:
-    """A composed confirmation email waiting to be sent, and the token it carries (so that the
-    token can be withdrawn if the email never goes out). The repr shows neither the token nor
-    the message, so a job can be logged."""
+    """A composed account email waiting to be sent: a confirmation, and the token it carries
+    (so that the token can be withdrawn if the email never goes out), or a welcome email
+    (``kind`` :data:`WELCOME`, no token). The repr shows neither the token nor the message,
+    so a job can be logged."""
 
     subscriber_id: int
     token: str = field(repr=False)
     envelope: Envelope
     message: bytes = field(repr=False)
+    kind: str = CONFIRM
 
 
 #: Takes a confirmation email to send later, off the request path; returns False when it
@@ -162,7 +170,13 @@ class AccountUseCases:
         return ImportResult(added, updated, tuple(errors))
 
     def update_preferences(self, sub: Subscriber, spec: SubscriberSpec) -> Subscriber | None:
-        """Store validated settings from the web (never the address or the status)."""
+        """Store validated settings from the web (never the address or the status).
+
+        Refused (None, nothing stored) for a subscriber of the subscribers file: the next run
+        would put the file's settings back, so a change here would be "saved" and then lost.
+        The web shows such preferences read-only."""
+        if self.from_config_file(sub):
+            return None
         return self.store.update_preferences(sub.id, spec, self.clock())
 
     def from_config_file(self, sub: Subscriber) -> bool:
@@ -178,33 +192,42 @@ class AccountUseCases:
     def subscriber_by_feed_token(self, feed_token: str) -> Subscriber | None:
         return self.store.subscriber_by_feed_token(feed_token)
 
-    def archived_issue_html(self, sub: Subscriber, slot_date: date) -> str | None:
-        """A sent issue's HTML, re-rendered: None unless that slot's issue was sent (and not
-        pruned by retention).
-
-        A sent issue stores no HTML (about 100 KB each): it keeps its papers in order with
-        the scores and reasons they were sent with and the moment it was planned, and the
-        email renderer is deterministic, so rendering them again gives the email's HTML.
-        What can differ is only what is read as it is now: the subscriber's name, timezone
-        and profile (highlighted terms), the site settings, and a paper's metadata if a later
-        digest updated it. The archive shows every paper: the email may have cut the list at
-        Gmail's clipping limit and linked here for the rest ("read the full issue").
-        """
+    def archived_issue(self, sub: Subscriber, slot_date: date) -> IssueContent | None:
+        """A sent issue as it was planned: its papers in order with the scores and reasons
+        they were sent with, and the moment it was planned; None unless that slot's issue was
+        sent (and not pruned by retention). The subscriber and their profile are read as they
+        are now."""
         from newsletter.profile import parse_profile
 
         sent = self.store.sent_issue(sub.id, slot_date)
         if sent is None:
             return None
-        content = IssueContent(
+        return IssueContent(
             subscriber=sub,
             slot_date=sent.slot_date,
             papers=sent.papers,
             profile=parse_profile(sub.profile, who=f"subscriber {sub.email}", strict=False),
             created_at=sent.created_at,
         )
+
+    def archived_issue_html(self, sub: Subscriber, slot_date: date) -> str | None:
+        """A sent issue's page in the web archive: None unless that slot's issue was sent
+        (and not pruned by retention).
+
+        A sent issue stores no HTML (about 100 KB each): it keeps its papers in order with
+        the scores and reasons they were sent with and the moment it was planned, and the
+        page is rendered from them (``EmailRenderer.render_page``): the whole issue, every
+        paper with its full abstract, under the anchors ``paper-N`` the email links to,
+        whatever the email had room for. What is read as it is now is only the subscriber's
+        name, timezone and profile (highlighted terms), the site settings, and a paper's
+        metadata if a later digest updated it.
+        """
+        content = self.archived_issue(sub, slot_date)
+        if content is None:
+            return None
         with _ARCHIVE_RENDER_LOCK:  # the renderer's caches are not shared across threads
             try:
-                return self.archive_renderer.render(content).html
+                return self.archive_renderer.render_page(content)
             except SubscriberError as exc:  # an address stored before today's address rule
                 log.warning("archive: issue %s of subscriber %s: %s", slot_date, sub.id, exc)
                 return None
@@ -294,20 +317,28 @@ class AccountUseCases:
         return request
 
     def send_confirmation(self, job: ConfirmationJob) -> bool:
-        """Send a confirmation email (the web's sender thread calls this; the mailer's own
-        timeouts bound it). If it cannot be sent the token is withdrawn. Returns whether it
-        was sent."""
+        """Send a confirmation or welcome email (the web's sender thread calls this; the
+        mailer's own timeouts bound it). If a confirmation cannot be sent its token is
+        withdrawn. Returns whether it was sent."""
         try:
             self.send_message(job.envelope, job.message)
         except (DeliveryError, OSError) as exc:
             self.withdraw_confirmation(job, f"send failed: {exc}")
             return False
-        log.info("subscribe: confirmation sent to subscriber %s", job.subscriber_id)
+        what = "confirmation" if job.kind == CONFIRM else "welcome email"
+        log.info("subscribe: %s sent to subscriber %s", what, job.subscriber_id)
         return True
 
     def withdraw_confirmation(self, job: ConfirmationJob, why: str) -> None:
         """A confirmation email will not go out: forget its token (only if it is still the one
-        on file), so that the next submission for the address sends a new one at once."""
+        on file), so that the next submission for the address sends a new one at once. A
+        welcome email that will not go out is only logged: the subscription stands, and the
+        confirmation page showed the same links."""
+        if job.kind == WELCOME:
+            log.error(
+                "confirm: welcome email to subscriber %s not sent (%s)", job.subscriber_id, why
+            )
+            return
         log.error(
             "subscribe: confirmation for subscriber %s not sent (%s): token withdrawn",
             job.subscriber_id,
@@ -339,6 +370,29 @@ class AccountUseCases:
         if deleted:
             log.info("deleted %d unconfirmed subscriber(s)", deleted)
         return deleted
+
+    def send_welcome(
+        self, sub: Subscriber, compose: ComposeWelcome, deliver: DeliverConfirmation
+    ) -> bool:
+        """After a confirmation: hand the welcome email (what arrives, when, how to change it
+        or leave, the private feed) to ``deliver``, the same background sender as the
+        confirmation emails; False (logged) if it could not take it."""
+        envelope, message = compose(sub, self.clock())
+        job = ConfirmationJob(sub.id, "", envelope, message, kind=WELCOME)
+        if deliver(job):
+            log.info("confirm: welcome email for subscriber %s queued", sub.id)
+            return True
+        self.withdraw_confirmation(job, "the send queue is full or closed")
+        return False
+
+    def resubscribe(self, sub: Subscriber) -> Subscriber | None:
+        """Undo an unsubscribe from the unsubscribe page: the same subscriber, token, feed and
+        settings, active again. Only an unsubscribed subscriber comes back (a pending one
+        still needs its confirmation); None if nothing changed."""
+        if not self.store.resubscribe(sub.id, self.clock()):
+            return None
+        log.info("resubscribe: subscriber %s is active again", sub.id)
+        return self.store.subscriber_by_token(sub.token)
 
     def unsubscribe(self, sub: Subscriber) -> bool:
         """Unsubscribe at once (a pending confirmation dies with it); False if already gone."""

@@ -64,7 +64,7 @@ def write_all_feeds(
     of anyone who is no longer active (unsubscribed, deleted, a replaced feed token) are
     removed: an unsubscribe also ends their feed.
     """
-    fingerprint = version_digest(__version__, site, str(templates_dir), window.limit)
+    fingerprint = version_digest(__version__, feeds.FORMAT, site, str(templates_dir), window.limit)
     state = FeedState.load(directory)
     known = {} if force or state.fingerprint != fingerprint else dict(state.digests)
     present = feed_file_stems(directory)

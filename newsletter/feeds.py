@@ -4,7 +4,13 @@ Feed readers poll often and many deduplicate by id and by content, so a feed mus
 function of its items: the same items give the same bytes. feedgen works against that by
 default (entries prepended, "now" as every date, its version as generator), hence the pinned
 values below. Files are replaced atomically and only when their bytes change, so an unchanged feed
-keeps its modification time and HTTP caches stay valid. A feed run
+keeps its modification time and HTTP caches stay valid.
+
+Readers sort by date, newest first, and an issue's papers all arrive at one moment (papers of
+one digest too). So every entry gets its own whole second (:func:`entry_times`): the first of
+the papers sharing a moment keeps it, each next one a second earlier (and never later than the
+entry before it), which puts an issue's #1 on top in every reader and gives no two entries one
+``updated``. The times follow from the items alone, never from "now". A feed run
 (:func:`newsletter.feed_files.write_all_feeds`) writes its files without a sync each and makes
 them durable with one :func:`sync_folder` at the end.
 """
@@ -21,7 +27,7 @@ import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,18 +38,22 @@ from markupsafe import Markup
 from newsletter import __version__
 from newsletter.domain import FeedItem, Judgment, Paper, SiteInfo, Subscriber
 from newsletter.errors import NewsletterError
+from newsletter.latex import latex_to_html, latex_to_text
 from newsletter.limits import http_url
+from newsletter.links import paper_links
 from newsletter.render import authors_label
-from newsletter.render_html import make_environment, sanitize_abstract
+from newsletter.render_html import abstract_html, make_environment
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "EMPTY_FEED_DATE",
+    "FORMAT",
     "GLOBAL_STEM",
     "KINDS",
     "FeedState",
     "build_feeds",
+    "entry_times",
     "feed_file_stems",
     "feed_stem",
     "sync_folder",
@@ -51,6 +61,10 @@ __all__ = [
     "write_feeds",
 ]
 
+#: What the feeds' bytes are made of, for the same entries: raised with every change to it
+#: (2: one time per entry, LaTeX made readable, the paper's links), so the first feed run of a
+#: new release rebuilds every feed file instead of only those whose entries changed.
+FORMAT = 2
 #: ``updated`` of a feed without entries: fixed, so an empty feed is byte-stable too.
 EMPTY_FEED_DATE = datetime(1970, 1, 1, tzinfo=UTC)
 GENERATOR = "newsletter"
@@ -63,6 +77,11 @@ GLOBAL_STEM = "all"
 #: U+FFFE/U+FFFF. C1 controls are legal but never meant; drop them too.
 _XML_ILLEGAL_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+#: A tag of sanitized HTML (quoted attribute values may hold ">"), and the placeholder that
+#: stands for an inline math span while markdown runs (private-use characters, see
+#: :func:`_abstract_html`).
+#: One second: the step between entries that share a moment (RSS dates have whole seconds).
+_STEP = timedelta(seconds=1)
 
 #: One environment per override folder (None: the packaged templates only).
 _environments: dict[Path | None, Environment] = {}
@@ -96,9 +115,28 @@ def _utc(moment: datetime, what: str) -> datetime:
 
 
 def _sorted(items: Sequence[FeedItem]) -> list[FeedItem]:
-    """Newest first; the paper id breaks ties so equal timestamps keep a stable order."""
-    by_id = sorted(items, key=lambda i: i.paper.id)
-    return sorted(by_id, key=lambda i: _utc(i.when, i.paper.guid), reverse=True)
+    """Newest first; items of one moment keep the order given: an issue's papers in the
+    issue's order, a digest's papers in the store's (first seen, then id)."""
+    return sorted(items, key=lambda i: _utc(i.when, i.paper.guid), reverse=True)
+
+
+def entry_times(items: Sequence[FeedItem]) -> list[datetime]:
+    """Each entry's ``updated``/``published`` (RSS ``pubDate``), in the order of ``items``
+    (newest first, as :func:`build_feeds` orders them): the item's moment in whole seconds,
+    but at least one second before the entry above it.
+
+    So the papers of one issue, sent at one moment, read #1 at the issue's time, #2 a second
+    earlier, and so on: readers sorting by date show the issue's order, and no two entries
+    share a time (in Atom or RSS). Deterministic: the same items give the same times, and an
+    entry's time changes only if entries above it come within seconds of it.
+    """
+    times: list[datetime] = []
+    for item in items:
+        when = _utc(item.when, item.paper.guid).replace(microsecond=0)
+        if times and when > times[-1] - _STEP:
+            when = times[-1] - _STEP
+        times.append(when)
+    return times
 
 
 @dataclass(frozen=True)
@@ -106,8 +144,10 @@ class _PaperParts:
     """What an entry shows of a paper, whichever feed it is in."""
 
     guid: str
-    title: str
+    title: str  # plain text, LaTeX made readable
+    title_html: Markup
     link: str | None
+    links: tuple[tuple[str, str], ...]  # (label, URL): PDF, Hugging Face, code
     names: tuple[str, ...]
     authors: str
     abstract_html: Markup
@@ -120,14 +160,34 @@ def _paper_parts(paper: Paper, site: SiteInfo) -> _PaperParts:
     links and abstracts was a third of building one."""
     # paper_url drops digest links that are not http(s) (javascript:, data:, relative);
     # http_url here also covers the configured title-search template
+    link = http_url(site.paper_url(paper))
+    derived = paper_links(paper)
+    links: list[tuple[str, str]] = []
+    for label, url in (
+        ("PDF", derived.pdf),
+        ("Hugging Face", derived.huggingface),
+        ("Code", derived.code),
+    ):
+        url = http_url(url) if url else None
+        if url and url != link and url not in (u for _, u in links):
+            links.append((label, url))
+    title = _one_line(paper.title)
     return _PaperParts(
         guid=paper.guid,
-        title=_one_line(paper.title) or "(untitled)",
-        link=http_url(site.paper_url(paper)),
+        title=_one_line(latex_to_text(title)) or "(untitled)",
+        title_html=Markup(latex_to_html(title) or "(untitled)"),
+        link=link,
+        links=tuple(links),
         names=tuple(n for n in (_one_line(a) for a in paper.authors) if n),
         authors=_one_line(authors_label(paper)),
-        abstract_html=Markup(sanitize_abstract(xml_text(paper.abstract))),
+        abstract_html=_abstract_html(paper.abstract),
     )
+
+
+def _abstract_html(abstract: str) -> Markup:
+    """The abstract as the email's archive shows it (:func:`newsletter.render_html.abstract_html`:
+    markdown, the allow-list, LaTeX made readable), with what XML cannot hold removed first."""
+    return Markup(abstract_html(xml_text(abstract)))
 
 
 def build_feeds(
@@ -145,7 +205,8 @@ def build_feeds(
     env = _environment(templates_dir)
     entry_template = env.get_template("feed_entry.html.j2")
     ordered = _sorted(items)
-    updated = max((_utc(i.when, i.paper.guid) for i in ordered), default=EMPTY_FEED_DATE)
+    times = entry_times(ordered)
+    updated = times[0] if times else EMPTY_FEED_DATE
     site_name = _one_line(site.name)
 
     fg = FeedGenerator()
@@ -165,7 +226,7 @@ def build_feeds(
     fg.language("en")
     fg.updated(updated)  # also rss lastBuildDate; feedgen's default is "now"
 
-    for item in ordered:
+    for item, when in zip(ordered, times, strict=True):
         parts = _paper_parts(item.paper, site)
         fe: Any = fg.add_entry(order="append")  # feedgen prepends by default
         fe.id(parts.guid)
@@ -173,14 +234,19 @@ def build_feeds(
         fe.title(parts.title)
         if parts.link is not None:
             fe.link(href=parts.link, rel="alternate")
-        when = _utc(item.when, parts.guid)
         fe.updated(when)
         fe.published(when)
         if parts.names:
             fe.author([{"name": n} for n in parts.names])
-            fe.dc.dc_creator(list(parts.names))
+            # RSS <author> needs an email: one dc:creator with every name, which readers
+            # (and feedparser's ``author``) show as the item's author line. A paper known
+            # only by its author count gets no author element: no invented name.
+            fe.dc.dc_creator(", ".join(parts.names))
         show_reasons = subscriber is not None and bool(item.reasons)
         content = entry_template.render(
+            title_html=parts.title_html,
+            link=parts.link or "",
+            links=[{"label": label, "url": url} for label, url in parts.links],
             authors=parts.authors,
             abstract_html=parts.abstract_html,
             reasons=[

@@ -14,11 +14,13 @@ from __future__ import annotations
 import email.errors
 import functools
 import hashlib
+import html
 import logging
 import re
 import textwrap
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from email.headerregistry import Address
 from email.utils import format_datetime, formataddr
@@ -41,25 +43,27 @@ from newsletter.domain import (
     Subscriber,
 )
 from newsletter.errors import SubscriberError
+from newsletter.links import paper_links
 from newsletter.mime import fold_header, multipart_alternative
 from newsletter.render_html import (
     CompiledFragment,
     CssInliner,
     Slots,
     SpanFinder,
-    abstract_plain_text,
+    abstract_views,
     highlight_html,
-    highlight_text,
     make_environment,
-    sanitize_abstract,
     slot,
     strip_controls,
+    title_html,
+    title_text,
 )
 from newsletter.resources import read_resource
 
 log = logging.getLogger(__name__)
 
-#: Gmail clips an HTML part at about 102 KB; stay clearly below.
+#: Gmail clips an HTML part at about 102 KB; stay clearly below (counted with CRLF line
+#: endings, as delivered).
 MAX_HTML_BYTES = 100_000
 TEXT_WIDTH = 72
 MAX_LISTED_AUTHORS = 5
@@ -84,6 +88,86 @@ def authors_label(paper: Paper) -> str:
     if paper.author_count:
         return plural(paper.author_count, "author")
     return ""
+
+
+#: An email keeps at least this many cards with a link for every other title before the
+#: titles without a card are listed as text (see :meth:`EmailRenderer._fit`).
+MIN_CARDS = 10
+#: The most of the size budget the titles list may take when titles are listed as text.
+LIST_SHARE = 0.8
+#: Title lengths tried, in order, for titles listed as text in a large issue.
+_LIST_TITLE_LIMITS: tuple[int | None, ...] = (None, 120, 60, 30)
+
+
+@dataclass(frozen=True)
+class _Looks:
+    """How one subscriber's cards look: the highlighted terms, the matcher, the mute terms."""
+
+    subscriber: Subscriber
+    title_terms: Sequence[ProfileTerm]
+    abstract_terms: Sequence[ProfileTerm]
+    find: SpanFinder
+    muted: dict[str, str]
+
+
+@dataclass(frozen=True)
+class _Frame:
+    subject: str
+    issue_date: str
+    name: str
+    greeting: str  # "Hello <name as given>," or "" when no name was given
+    preheader: str
+    issue_url: str
+    feed_url: str
+    looks: _Looks
+
+
+@dataclass(frozen=True)
+class _Layout:
+    items: list[str]  # the titles list's <li> items, in the issue's order
+    cards: list[Markup]  # the cards of the first len(cards) papers
+
+
+def _count_line(n_total: int, n_shown: int) -> str:
+    """ "Here are 3 papers matching your profile." or, when the email holds fewer than the
+    issue, "19 of 50 papers here; 31 more in the full issue on the web."."""
+    if not n_total:
+        return "No new papers matched your profile for this issue."
+    if n_shown >= n_total:
+        if n_total == 1:
+            return "Here is 1 paper matching your profile."
+        return f"Here are {n_total} papers matching your profile."
+    return (
+        f"{n_shown} of {plural(n_total, 'paper')} here; "
+        f"{n_total - n_shown} more in the full issue on the web."
+    )
+
+
+def _ranked(items: Sequence[str]) -> Iterator[tuple[int, str]]:
+    return zip(range(1, len(items) + 1), items, strict=True)
+
+
+def _toc_item(title: str, href: str | None) -> str:
+    """One item of the titles list; ``title`` is safe HTML, ``href`` a URL (escaped here)."""
+    if href is None:
+        return f"<li>{title}</li>"
+    return f'<li><a href="{escape(href)}">{title}</a></li>'
+
+
+def _shorten_html(safe_html: str, limit: int | None) -> str:
+    """A title's HTML cut to about ``limit`` characters of text (tags dropped when cut)."""
+    if limit is None:
+        return safe_html
+    text = html.unescape(re.sub(r"<[^>]*>", "", safe_html))
+    if len(text) <= limit:
+        return safe_html
+    return str(escape(text[: limit - 1].rstrip() + "\u2026"))
+
+
+def _size(markup: str) -> int:
+    """Bytes of ``markup`` as delivered: the message's lines end in CRLF, so a line break
+    counts twice (Gmail's clipping counts what arrives)."""
+    return len(markup.encode("utf-8")) + markup.count("\n")
 
 
 def _published_label(paper: Paper) -> str:
@@ -138,6 +222,10 @@ class EmailRenderer:
 
     Create one per run (or per worker) and reuse it: the first issue pays for inlining the
     shell, each new paper pays for inlining its card once, every later use is string joining.
+
+    :meth:`render` builds the email (size-budgeted, short abstracts); :meth:`render_page`
+    the issue's page in the web archive (every paper, whole abstracts, no budget) from the
+    same templates, cards and anchors.
     """
 
     def __init__(
@@ -189,8 +277,13 @@ class EmailRenderer:
                         slot("mute_url"),
                     ),
                     "reason_plain": (slot("term"), slot("where"), slot("contribution")),
+                    "paper_link": (slot("url"), slot("label")),
+                    "full_abstract": (slot("url"),),
+                    "greeting": (slot("text"),),
+                    "toc": (slot("items"),),
                     "more_papers": (slot("count_label"), slot("url")),
                     "no_papers": (),
+                    "view_link": (slot("url"),),
                 }[name]
                 piece = Markup(getattr(macros, name)(*args))
                 compiled = CompiledFragment.from_html(self._inliner.inline_fragment(piece))
@@ -198,19 +291,42 @@ class EmailRenderer:
         return compiled
 
     def _card(self, paper: Paper) -> CompiledFragment:
-        """The paper's card with its link and byline bound (cached: papers repeat across
-        subscribers); the per-subscriber slots stay open."""
+        """The paper's card with its link, byline and row of links bound (cached: papers repeat
+        across subscribers); the per-issue slots stay open."""
         compiled = self._cards.get(paper)
         if compiled is not None:
             self._cards.move_to_end(paper)
             return compiled
         meta = _meta_label(paper)
         template = self._fragment("card_with_meta" if meta else "card")
-        compiled = template.bind({"url": escape(self.site.paper_url(paper)), "meta": escape(meta)})
+        link = self._fragment("paper_link")
+        links = Markup(" &middot; ").join(
+            link.fill({"url": escape(url), "label": escape(label)})
+            for label, url in self.paper_link_row(paper)
+        )
+        compiled = template.bind(
+            {"url": escape(self.site.paper_url(paper)), "meta": escape(meta), "links": links}
+        )
         self._cards[paper] = compiled
         if len(self._cards) > self._card_cache_size:
             self._cards.popitem(last=False)
         return compiled
+
+    def paper_link_row(self, paper: Paper) -> list[tuple[str, str]]:
+        """A card's links as (label, URL): the abstract page (:meth:`SiteInfo.paper_url`), then
+        PDF, Hugging Face page and code repository when :func:`paper_links` knows them."""
+        main = self.site.paper_url(paper)
+        derived = paper_links(paper)
+        searched = not paper.arxiv_id and main != paper.url
+        row = [("Search arXiv" if searched else "Abstract", main)]
+        for label, url in (
+            ("PDF", derived.pdf),
+            ("Hugging Face", derived.huggingface),
+            ("Code", derived.code),
+        ):
+            if url and url != main:
+                row.append((label, url))
+        return row
 
     # ------------------------------------------------------------------ per subscriber
 
@@ -218,23 +334,24 @@ class EmailRenderer:
         self,
         rank: int,
         scored: ScoredPaper,
-        title_terms: Sequence[ProfileTerm],
-        abstract_terms: Sequence[ProfileTerm],
-        find: SpanFinder,
-        sub: Subscriber,
-        muted: dict[str, str],
+        looks: _Looks,
+        *,
+        full: bool,
+        archive_url: str,
     ) -> Markup:
+        """One paper's card: the first sentences of its abstract and a link to the whole one
+        in the web archive (``full=False``, the email), or the whole abstract (the page)."""
         mark = self._fragment("mark")
         reason = self._fragment("reason")
         paper = scored.paper
-        site = self.site
+        site, sub = self.site, looks.subscriber
         reasons = Markup("").join(
             reason.fill(
                 {
                     "term": escape(strip_controls(r.term)),
                     "where": escape(r.where),
                     "contribution": escape(f"{r.contribution:+.2f}"),
-                    "mute_url": escape(site.mute_url(sub, muted.get(r.term, r.term))),
+                    "mute_url": escape(site.mute_url(sub, looks.muted.get(r.term, r.term))),
                 }
             )
             if r.where in _MUTABLE
@@ -247,13 +364,24 @@ class EmailRenderer:
             )
             for r in scored.reasons
         )
+        views = abstract_views(paper.abstract)
+        more = Markup("")
+        if full:
+            abstract = views.full_html
+        else:
+            abstract = views.short_html
+            if views.cut:
+                more = Markup(" ") + self._fragment("full_abstract").fill(
+                    {"url": escape(f"{archive_url}#paper-{rank}")}
+                )
         return self._card(paper).fill(
             {
                 "rank": escape(str(rank)),
-                "title": highlight_text(strip_controls(paper.title), title_terms, mark, find),
-                "abstract": highlight_html(
-                    sanitize_abstract(paper.abstract), abstract_terms, mark, find
+                "title": highlight_html(
+                    title_html(paper.title), looks.title_terms, mark, looks.find
                 ),
+                "abstract": highlight_html(abstract, looks.abstract_terms, mark, looks.find),
+                "full_abstract": more,
                 "score": escape(f"{scored.score:.2f}"),
                 "reasons": reasons,
                 "more_url": escape(site.feedback_url(sub, paper.id, Judgment.LIKE)),
@@ -261,141 +389,269 @@ class EmailRenderer:
             }
         )
 
-    def render(self, issue: IssueContent) -> RenderedIssue:
-        """Build the subject, both body parts and the complete message for one issue."""
+    def _frame(self, issue: IssueContent) -> _Frame:
+        """What the email and the page share: subject, dates, greeting, links."""
         site, sub = self.site, issue.subscriber
-        name = strip_controls(sub.name)
         n_total = len(issue.papers)
         when = f"{issue.slot_date:%a %d %b %Y}"
         subject = f"{strip_controls(site.name)}: {plural(n_total, 'paper')} for {when}"
         local = _aware(issue.created_at).astimezone(_zone(sub))
         issue_date = f"Sent {local:%a %d %b %Y, %H:%M} {local.tzname() or ''}".rstrip()
-        intro = f"Hello {name}," if name else "Hello,"
-        if n_total:
-            verb = "is" if n_total == 1 else "are"
-            intro += f" here {verb} {plural(n_total, 'paper')} matching your profile."
-        issue_url = site.issue_url(sub, issue.slot_date)
-        preheader = " · ".join(
-            strip_controls(sp.paper.title) for sp in issue.papers[:PREHEADER_TITLES]
-        )
+        name = strip_controls(sub.name)
+        preheader = " · ".join(title_text(sp.paper.title) for sp in issue.papers[:PREHEADER_TITLES])
         if len(preheader) > PREHEADER_MAX_CHARS:
             preheader = preheader[: PREHEADER_MAX_CHARS - 1].rstrip() + "…"
+        positive = issue.profile.positive
+        looks = _Looks(
+            subscriber=sub,
+            title_terms=positive,
+            abstract_terms=tuple(t for t in positive if not t.title_only),
+            find=_span_finder() if positive else _no_spans,
+            muted=mute_terms(issue.profile),
+        )
+        return _Frame(
+            subject=subject,
+            issue_date=issue_date,
+            name=name,
+            greeting=f"Hello {name}," if name else "",
+            preheader=preheader,
+            issue_url=site.issue_url(sub, issue.slot_date),
+            feed_url=site.feed_url(sub, "atom"),
+            looks=looks,
+        )
 
-        shell = self._fragment("shell")
-        values: dict[str, Markup] = {
-            "subject": escape(subject),
+    def _shell_values(self, issue: IssueContent, frame: _Frame, *, page: bool) -> dict[str, Markup]:
+        site, sub = self.site, issue.subscriber
+        if page:
+            note = (
+                f"The issue of {issue.slot_date:%a %d %b %Y} for {sub.email}, every paper with "
+                "its whole abstract; each paper says which of your terms it matched."
+            )
+            view = Markup("")
+        else:
+            note = (
+                f"You get this email because {sub.email} subscribed to "
+                f"{strip_controls(site.name)} with a keyword profile; each paper above says "
+                "which of your terms it matched."
+            )
+            view = self._fragment("view_link").fill({"url": escape(frame.issue_url)})
+        greeting = (
+            self._fragment("greeting").fill({"text": escape(frame.greeting)})
+            if frame.greeting
+            else Markup("")
+        )
+        return {
+            "subject": escape(frame.subject),
             "site_name": escape(strip_controls(site.name)),
-            "preheader": escape(preheader or intro),
-            "issue_date": escape(issue_date),
-            "intro": escape(intro),
-            "email": escape(sub.email),
-            "view_url": escape(issue_url),
-            "preferences_url": escape(site.preferences_url(sub)),
-            "unsubscribe_url": escape(site.unsubscribe_url(sub)),
+            "preheader": escape(frame.preheader or frame.subject),
+            "issue_date": escape(frame.issue_date),
+            "greeting": greeting,
+            "count": Markup(""),
+            "toc": Markup(""),
+            "toc_more": Markup(""),
             "cards": Markup(""),
             "more": Markup(""),
+            "footer_note": escape(note),
+            "feed_url": escape(frame.feed_url),
+            "view_link": view,
+            "preferences_url": escape(site.preferences_url(sub)),
+            "unsubscribe_url": escape(site.unsubscribe_url(sub)),
         }
-        chosen = self._fit_cards(issue, shell, values)
-        n_more = n_total - len(chosen)
-        more_label = plural(n_more, "more paper") if n_more else ""
-        if n_more:
-            values["more"] = self._fragment("more_papers").fill(
-                {"count_label": escape(more_label), "url": escape(issue_url)}
+
+    def render_page(self, issue: IssueContent) -> str:
+        """The issue's page in the web archive (``/issues/<token>/<date>``): a complete HTML
+        document, the email's shell and cards with every paper of the issue, each with its
+        whole abstract (sanitized markdown, LaTeX converted, terms highlighted), its reasons
+        and its feedback and mute links; the titles list links every card by its anchor
+        ``paper-N`` (N = position in the issue, from 1: the anchors the email links to);
+        the footer links the private Atom feed, preferences and unsubscribe. No size limit.
+
+        Deterministic, like :meth:`render`: the same content gives the same bytes.
+        """
+        frame = self._frame(issue)
+        values = self._shell_values(issue, frame, page=True)
+        n_total = len(issue.papers)
+        if n_total:
+            values["count"] = escape(
+                "Here is the one paper of this issue."
+                if n_total == 1
+                else f"Here are all {n_total} papers of this issue."
             )
+            titles = [title_html(sp.paper.title) for sp in issue.papers]
+            values["toc"] = self._fragment("toc").fill(
+                {"items": Markup("".join(_toc_item(t, f"#paper-{r}") for r, t in _ranked(titles)))}
+            )
+            values["cards"] = Markup("").join(
+                self._card_html(r, sp, frame.looks, full=True, archive_url=frame.issue_url)
+                for r, sp in enumerate(issue.papers, start=1)
+            )
+        else:
+            values["more"] = self._fragment("no_papers").fill({})
+        return str(self._fragment("shell").fill(values))
+
+    def render(self, issue: IssueContent) -> RenderedIssue:
+        """Build the subject, both body parts and the complete message for one issue."""
+        site, sub = self.site, issue.subscriber
+        frame = self._frame(issue)
+        values = self._shell_values(issue, frame, page=False)
+        n_total = len(issue.papers)
+        count_reserve = escape(_count_line(n_total, 0))
+        values["count"] = count_reserve
+        layout = self._fit(issue, frame, values)
+        n_shown = len(layout.cards)
+        n_more = n_total - n_shown
+        values["count"] = escape(_count_line(n_total, n_shown))
+        more_label = plural(n_more, "more paper") if n_more else ""
+        if n_total:
+            values["toc"] = self._fragment("toc").fill({"items": Markup("".join(layout.items))})
+        if n_more:
+            more = self._fragment("more_papers").fill(
+                {"count_label": escape(more_label), "url": escape(frame.issue_url)}
+            )
+            values["toc_more"] = more
+            values["more"] = more
             log.info(
-                "issue for subscriber %s: %d of %d papers fit in %d bytes; linking the rest",
+                "issue for subscriber %s: %d of %d papers fit in %d bytes; listing the rest",
                 sub.id,
-                len(chosen),
+                n_shown,
                 n_total,
                 self.max_html_bytes,
             )
         elif not n_total:
             values["more"] = self._fragment("no_papers").fill({})
-        values["cards"] = Markup("").join(chosen)
-        html_part = str(shell.fill(values))
-        if len(html_part.encode("utf-8")) > self.max_html_bytes:
+        values["cards"] = Markup("").join(layout.cards)
+        html_part = str(self._fragment("shell").fill(values))
+        if _size(html_part) > self.max_html_bytes:
             log.warning(
                 "issue for subscriber %s: HTML part exceeds %d bytes", sub.id, self.max_html_bytes
             )
 
-        text_part = self._render_text(
-            issue,
-            subject=subject,
-            issue_date=issue_date,
-            intro=intro,
-            n_shown=len(chosen),
-            more_label=more_label,
-            issue_url=issue_url,
-        )
+        text_part = self._render_text(issue, frame, n_shown=n_shown, more_label=more_label)
         message_id = site.message_id(sub, issue.slot_date)
-        message = self._message(issue, subject, text_part, html_part, message_id, name)
+        message = self._message(issue, frame.subject, text_part, html_part, message_id, frame.name)
         return RenderedIssue(
-            subject=subject,
+            subject=frame.subject,
             html=html_part,
             text=text_part,
             message=message,
             message_id=message_id,
         )
 
-    def _fit_cards(
-        self, issue: IssueContent, shell: CompiledFragment, values: dict[str, Markup]
-    ) -> list[Markup]:
-        """The top cards that keep the HTML part under the limit, with room for the "more" link."""
+    def _fit(self, issue: IssueContent, frame: _Frame, values: dict[str, Markup]) -> _Layout:
+        """The email's titles list and cards under the size limit.
+
+        Every title is listed, in the issue's order; a paper with a card links to it
+        (``#paper-N``), any other to its anchor in the web archive. The top papers get cards
+        while the list keeps a link for every other title. When that leaves fewer than
+        :data:`MIN_CARDS` cards (a large issue), the titles of papers without a card are
+        listed as text first (shortened, or the last ones left to the "more" line, only when
+        even that does not fit in :data:`LIST_SHARE` of the budget), cards fill the room left
+        and the leftover turns the first of those titles into links again.
+        """
         n_total = len(issue.papers)
-        budget = self.max_html_bytes - len(shell.fill(values).encode("utf-8"))
-        more_reserve = len(
-            self._fragment("more_papers")
-            .fill(
-                {
-                    "count_label": escape(plural(n_total, "more paper")),
-                    "url": escape(self.site.issue_url(issue.subscriber, issue.slot_date)),
-                }
-            )
-            .encode("utf-8")
+        if not n_total:
+            return _Layout(items=[], cards=[])
+        more = self._fragment("more_papers").fill(
+            {"count_label": escape(plural(n_total, "more paper")), "url": escape(frame.issue_url)}
         )
-        positive = issue.profile.positive
-        abstract_terms = tuple(t for t in positive if not t.title_only)
-        find = _span_finder() if positive else _no_spans
-        muted = mute_terms(issue.profile)
-        chosen: list[Markup] = []
-        used = 0
-        for rank, scored in enumerate(issue.papers, start=1):
-            card = self._card_html(
-                rank, scored, positive, abstract_terms, find, issue.subscriber, muted
-            )
-            size = len(card.encode("utf-8"))
-            reserve = more_reserve if rank < n_total else 0
-            if used + size + reserve > budget:
+        toc_frame = self._fragment("toc").fill({"items": Markup("")})
+        budget = (
+            self.max_html_bytes
+            - 1  # strictly under the limit
+            - _size(self._fragment("shell").fill(values))
+            - 2 * _size(more)
+            - _size(toc_frame)
+        )
+        titles = [title_html(sp.paper.title) for sp in issue.papers]
+        archive = frame.issue_url
+        to_card = [_toc_item(t, f"#paper-{r}") for r, t in _ranked(titles)]
+        to_archive = [_toc_item(t, f"{archive}#paper-{r}") for r, t in _ranked(titles)]
+        size_card = [_size(x) for x in to_card]
+        size_archive = [_size(x) for x in to_archive]
+        cards: list[Markup] = []
+        card_sizes: list[int] = []
+
+        def card(i: int) -> int:
+            while len(cards) <= i:
+                r = len(cards) + 1
+                made = self._card_html(
+                    r, issue.papers[r - 1], frame.looks, full=False, archive_url=archive
+                )
+                cards.append(made)
+                card_sizes.append(_size(made))
+            return card_sizes[i]
+
+        # First try: every title without a card links to the archive.
+        used, shown = 0, 0
+        tail = sum(size_archive)
+        while shown < n_total:
+            cost = used + card(shown) + size_card[shown] + tail - size_archive[shown]
+            if cost > budget:
                 break
-            chosen.append(card)
-            used += size
-        return chosen
+            used += card_sizes[shown] + size_card[shown]
+            tail -= size_archive[shown]
+            shown += 1
+        if shown >= min(n_total, MIN_CARDS):
+            return _Layout(items=to_card[:shown] + to_archive[shown:], cards=cards[:shown])
+
+        # A large issue: the titles without a card as text, shortened if need be.
+        plain: list[str] = []
+        for limit in _LIST_TITLE_LIMITS:
+            plain = [_toc_item(_shorten_html(t, limit), None) for t in titles]
+            if sum(_size(x) for x in plain) <= budget * LIST_SHARE:
+                break
+        size_plain = [_size(x) for x in plain]
+        listed, room = 0, budget * LIST_SHARE
+        while listed < n_total and size_plain[listed] <= room:
+            room -= size_plain[listed]
+            listed += 1
+        used, shown = 0, 0
+        tail = sum(size_plain[:listed])
+        while shown < listed:
+            cost = used + card(shown) + size_card[shown] + tail - size_plain[shown]
+            if cost > budget:
+                break
+            used += card_sizes[shown] + size_card[shown]
+            tail -= size_plain[shown]
+            shown += 1
+        items = to_card[:shown]
+        left = budget - used - tail
+        for i in range(shown, listed):
+            extra = size_archive[i] - size_plain[i]
+            if plain[i] == _toc_item(titles[i], None) and extra <= left:
+                items.append(to_archive[i])
+                left -= extra
+            else:
+                items.append(plain[i])
+        return _Layout(items=items, cards=cards[:shown])
 
     def _render_text(
-        self,
-        issue: IssueContent,
-        *,
-        subject: str,
-        issue_date: str,
-        intro: str,
-        n_shown: int,
-        more_label: str,
-        issue_url: str,
+        self, issue: IssueContent, frame: _Frame, *, n_shown: int, more_label: str
     ) -> str:
         site, sub = self.site, issue.subscriber
+        n_total = len(issue.papers)
+        width = len(f"{n_total}. ")
+        toc = []
+        for rank, scored in enumerate(issue.papers, start=1):
+            first = f"{rank}. ".rjust(width)
+            entry = _wrap(title_text(scored.paper.title), " " * width, first=first)
+            if rank > n_shown:
+                entry += f"\n{' ' * width}{frame.issue_url}#paper-{rank}"
+            toc.append(entry)
         cards = []
         for rank, scored in enumerate(issue.papers[:n_shown], start=1):
             paper = scored.paper
             indent = " " * len(f"{rank}. ")
             meta = _meta_label(paper)
-            paragraphs = [p for p in abstract_plain_text(paper.abstract).split("\n\n") if p.strip()]
+            views = abstract_views(paper.abstract)
             cards.append(
                 {
-                    "heading": _wrap(strip_controls(paper.title), indent, first=f"{rank}. "),
+                    "heading": _wrap(title_text(paper.title), indent, first=f"{rank}. "),
                     "indent": indent,
-                    "url": site.paper_url(paper),
                     "meta": _wrap(meta, indent) if meta else "",
-                    "abstract": "\n\n".join(_wrap(" ".join(p.split()), indent) for p in paragraphs),
+                    "links": [f"{label}: {url}" for label, url in self.paper_link_row(paper)],
+                    "abstract": _wrap(views.short_text, indent) if views.short_text else "",
+                    "full_url": f"{frame.issue_url}#paper-{rank}" if views.cut else "",
                     "score": f"{scored.score:.2f}",
                     "reasons": [
                         f"\u201c{strip_controls(r.term)}\u201d in {r.where}: {r.contribution:+.2f}"
@@ -410,13 +666,16 @@ class EmailRenderer:
             "with a keyword profile; each paper above says which of your terms it matched."
         )
         return self._text_template.render(
-            subject=subject,
-            issue_date=issue_date,
-            intro=_wrap(intro),
+            subject=frame.subject,
+            issue_date=frame.issue_date,
+            greeting=_wrap(frame.greeting) if frame.greeting else "",
+            count=_wrap(_count_line(n_total, n_shown)),
+            toc=toc,
             cards=cards,
             more_label=more_label,
-            issue_url=issue_url,
+            issue_url=frame.issue_url,
             footer_note=footer_note,
+            feed_url=frame.feed_url,
             preferences_url=site.preferences_url(sub),
             unsubscribe_url=site.unsubscribe_url(sub),
         )

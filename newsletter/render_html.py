@@ -312,3 +312,168 @@ def highlight_html(
         elif piece:
             out.append(highlight_text(html.unescape(piece), terms, mark, find))
     return Markup("".join(out))
+
+
+# ------------------------------------------------------------------ LaTeX, short abstracts
+
+#: Words ending in a period that do not end a sentence ("e.g.", "et al.", "Fig. 3").
+_ABBREVIATIONS = frozenset(
+    {
+        "al", "approx", "cf", "e.g", "eg", "eq", "eqs", "etc", "fig", "figs", "i.e", "ie",
+        "no", "nos", "ref", "refs", "resp", "sec", "secs", "tab", "vs", "viz", "w.r.t", "wrt",
+        "dr", "prof", "mr", "mrs", "ms", "st", "jr", "sr", "ca", "incl", "appx", "app", "ch",
+    }
+)  # fmt: skip
+#: Tags that separate blocks of text: a space in the plain text of an abstract.
+_BLOCK_TAG_RE = re.compile(r"</?(?:p|li|ul|ol)\b[^>]*>")
+#: A possible sentence end: ., ! or ? (closing quotes/brackets allowed) before white space.
+_SENTENCE_END_RE = re.compile(r"[.!?][\"'\u201d\u2019)\]]*(?=\s+\S)")
+#: The word before a period, to tell "et al." and "A. Author" from a sentence end.
+_LAST_WORD_RE = re.compile(r"(\S+)$")
+#: At most this many sentences, and this many characters, of an abstract in an email card.
+SHORT_SENTENCES = 3
+SHORT_MAX_CHARS = 420
+
+
+def split_sentences(text: str) -> list[str]:
+    """``text`` cut into sentences: at ``.``, ``!`` or ``?`` followed by white space and a
+    capital, digit or opening bracket; never after an abbreviation ("e.g.", "et al.", "Fig."),
+    a single initial ("A. Author") or inside a number ("0.5", "v2.1")."""
+    text = " ".join(text.split())
+    sentences: list[str] = []
+    start = 0
+    for match in _SENTENCE_END_RE.finditer(text):
+        end = match.end()
+        following = text[end:].lstrip()
+        if not following or not (
+            following[0].isupper() or following[0].isdigit() or following[0] in "(["
+        ):
+            continue
+        if text[match.start()] == ".":
+            word = _LAST_WORD_RE.search(text[start : match.start()])
+            last = word.group(1).lstrip("(\"'[").casefold() if word else ""
+            if last in _ABBREVIATIONS or (len(last) == 1 and last.isalpha()):
+                continue
+        sentences.append(text[start:end].strip())
+        start = end
+    rest = text[start:].strip()
+    if rest:
+        sentences.append(rest)
+    return sentences
+
+
+def shorten(text: str) -> tuple[str, bool]:
+    """The first sentences of ``text``: up to :data:`SHORT_SENTENCES` while they fit in
+    :data:`SHORT_MAX_CHARS` characters (a longer first sentence is cut at a word, with "…");
+    and whether anything was left out."""
+    sentences = split_sentences(text)
+    if not sentences:
+        return "", False
+    chosen = [sentences[0]]
+    length = len(sentences[0])
+    for sentence in sentences[1:SHORT_SENTENCES]:
+        if length + 1 + len(sentence) > SHORT_MAX_CHARS:
+            break
+        chosen.append(sentence)
+        length += 1 + len(sentence)
+    short = " ".join(chosen)
+    if len(short) > SHORT_MAX_CHARS:
+        short = short[:SHORT_MAX_CHARS].rsplit(" ", 1)[0].rstrip(" ,;:") + "\u2026"
+    return short, short != " ".join(sentences)
+
+
+@functools.lru_cache(maxsize=8192)
+def title_html(title: str) -> str:
+    """A one-line title as safe HTML: controls stripped, LaTeX as text, ``<sup>``, ``<sub>``."""
+    from newsletter.latex import latex_to_html
+
+    return escape_text_segments(latex_to_html(strip_controls(title)))
+
+
+@functools.lru_cache(maxsize=8192)
+def title_text(title: str) -> str:
+    """A one-line title as plain text, LaTeX as Unicode text."""
+    from newsletter.latex import latex_to_text
+
+    return strip_controls(latex_to_text(title))
+
+
+@dataclass(frozen=True)
+class AbstractViews:
+    """One abstract, prepared once for every card that shows it."""
+
+    full_html: str  # sanitized markdown, LaTeX converted (the web archive)
+    short_html: str  # the first sentences, escaped text with LaTeX as <sup>/<sub>
+    short_text: str  # the same sentences as plain text (the text part)
+    cut: bool  # whether the short version leaves something out
+
+
+# Placeholders for math spans while markdown runs: private-use characters, which mean nothing
+# in an abstract (any found there are dropped first).
+_HOLE_OPEN, _HOLE_CLOSE = "\ue000", "\ue001"
+_HOLE_RE = re.compile(f"{_HOLE_OPEN}(\\d+){_HOLE_CLOSE}")
+
+
+def _sanitize_keeping_math(abstract: str) -> tuple[str, list[str]]:
+    """(sanitized HTML with each inline math span as a placeholder, the spans).
+
+    Markdown would read the ``*`` and ``_`` inside ``$a*b$ and $c*d$`` as emphasis; the spans
+    are set aside before it runs and put back, converted, by the callers."""
+    from newsletter.latex import MATH_RE
+
+    text = abstract.replace(_HOLE_OPEN, "").replace(_HOLE_CLOSE, "")
+    spans: list[str] = []
+    if "$" in text:
+
+        def hole(match: re.Match[str]) -> str:
+            spans.append(match.group())
+            return f"{_HOLE_OPEN}{len(spans) - 1}{_HOLE_CLOSE}"
+
+        text = MATH_RE.sub(hole, text)
+    return sanitize_abstract(text), spans
+
+
+def _math_back_html(sanitized: str, spans: Sequence[str]) -> str:
+    """Sanitized HTML with its math spans back and the LaTeX of its text made readable
+    (:func:`newsletter.latex.latex_to_html`); every quote in text an entity again."""
+    from newsletter.latex import latex_to_html
+
+    if not spans and "\\" not in sanitized:
+        return sanitized
+    out: list[str] = []
+    for i, piece in enumerate(_TAG_RE.split(sanitized)):
+        if i % 2:  # a tag: a span inside a link's URL goes back as it was
+            out.append(_HOLE_RE.sub(lambda m: str(escape(spans[int(m.group(1))])), piece))
+            continue
+        for j, part in enumerate(_HOLE_RE.split(html.unescape(piece))):
+            converted = latex_to_html(spans[int(part)] if j % 2 else part)
+            out.append(converted.replace('"', "&#34;").replace("'", "&#39;"))
+    return "".join(out)
+
+
+@functools.lru_cache(maxsize=4096)
+def abstract_html(abstract: str) -> str:
+    """The whole abstract as safe HTML: markdown, the allow-list, LaTeX made readable (math
+    kept out of markdown's way). Email cards' full version, the web archive and feeds."""
+    return _math_back_html(*_sanitize_keeping_math(abstract))
+
+
+@functools.lru_cache(maxsize=4096)
+def abstract_views(abstract: str) -> AbstractViews:
+    """The full and the short abstract of a card, in HTML and text (cached per abstract).
+
+    The short one is read from the sanitized HTML's text (markdown already applied, no tags),
+    so neither markdown syntax nor markup reaches it; LaTeX is converted after the cut."""
+    from newsletter.latex import latex_to_html, latex_to_text
+
+    sanitized, spans = _sanitize_keeping_math(abstract)
+    spaced = _BLOCK_TAG_RE.sub(" ", sanitized)  # paragraphs and items end with a space
+    plain = html.unescape(" ".join(_TAG_RE.sub("", spaced).split()))
+    plain = _HOLE_RE.sub(lambda m: spans[int(m.group(1))], plain)
+    short, cut = shorten(plain)
+    return AbstractViews(
+        full_html=_math_back_html(sanitized, spans),
+        short_html=escape_text_segments(latex_to_html(short)),
+        short_text=" ".join(latex_to_text(short).split()),
+        cut=cut,
+    )

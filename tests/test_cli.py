@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from newsletter import __version__
 from newsletter.cli import cli
+from newsletter.store import Store
 from tests.factories import head_revision, run_cli, workspace_env
 
 
@@ -117,6 +118,59 @@ def test_subscriber_commands(env: dict[str, str], tmp_path: Path) -> None:
         ("zoe@example.org", "unsubscribed"),
         ("a@example.org", "active"),
     ]
+
+
+def test_subscriber_list_shows_private_feed_urls(env: dict[str, str]) -> None:
+    runner = CliRunner(env=env)
+    for address in ("ada@example.org", "bob@example.org"):
+        added = runner.invoke(cli, ["subscriber", "add", address, "--profile", "speech"])
+        assert added.exit_code == 0, added.output
+    assert runner.invoke(cli, ["subscriber", "remove", "bob@example.org"]).exit_code == 0
+    store = Store(env["NEWSLETTER_DATABASE_URL"])
+    try:
+        ada, bob = store.subscriber("ada@example.org"), store.subscriber("bob@example.org")
+    finally:
+        store.close()
+    assert ada is not None and bob is not None and ada.feed_token != bob.feed_token
+    feeds = f"http://127.0.0.1:8080/feeds/{ada.feed_token}"  # base_url of config/newsletter.toml
+
+    listed = runner.invoke(cli, ["subscriber", "list", "--json", "--all"])
+    assert listed.exit_code == 0, listed.output
+    assert json.loads(listed.output) == [
+        {
+            "email": "ada@example.org",
+            "name": "",
+            "status": "active",
+            "timezone": "UTC",
+            "send_at": "07:00",
+            "days": [],
+            "profile": "speech",
+            "max_papers": 10,
+            "min_score": 1.0,
+            "feed_atom": f"{feeds}.atom",
+            "feed_rss": f"{feeds}.rss",
+        },
+        {
+            "email": "bob@example.org",
+            "name": "",
+            "status": "unsubscribed",
+            "timezone": "UTC",
+            "send_at": "07:00",
+            "days": [],
+            "profile": "speech",
+            "max_papers": 10,
+            "min_score": 1.0,
+            "feed_atom": None,  # not served: /feeds/<token>.atom answers 404
+            "feed_rss": None,
+        },
+    ]
+    text = runner.invoke(cli, ["subscriber", "list", "--all"])
+    assert text.exit_code == 0
+    lines = text.output.splitlines()
+    assert len(lines) == 3
+    assert lines[0].split()[:2] == ["ada@example.org", "active"]
+    assert lines[1] == f"  feed: {feeds}.atom"
+    assert lines[2].split()[:2] == ["bob@example.org", "unsubscribed"]
 
 
 def test_subscriber_add_rejects_bad_profile(env: dict[str, str]) -> None:

@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import feedparser
 import pytest
@@ -267,3 +267,27 @@ def test_without_private_files_a_run_writes_the_global_feed_only(settings: Setti
         assert names(feeds) == {"all.atom", "all.rss"}
         assert app.write_feeds(NOW) == 0
         assert names(feeds) == {"all.atom", "all.rss"}
+
+
+def test_a_new_feed_format_rebuilds_every_feed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A release that changes what feeds are made of (``feeds.FORMAT``) rebuilds every feed at
+    its first run, not only those whose entries changed; then nothing again."""
+    store = FakeStore(6)
+    folder = tmp_path / "feeds"
+    assert run(store, folder) == 8  # the global pair and three private pairs
+    assert run(store, folder) == 0
+    built: list[str] = []
+    real = newsletter.feeds.write_feeds
+
+    def spy(items: Any, **kwargs: Any) -> Any:
+        built.append("all" if kwargs["subscriber"] is None else kwargs["subscriber"].email)
+        return real(items, **kwargs)
+
+    monkeypatch.setattr(newsletter.feeds, "write_feeds", spy)
+    monkeypatch.setattr(newsletter.feeds, "FORMAT", newsletter.feeds.FORMAT + 1)
+    assert run(store, folder) == 0  # same bytes here: the format number alone changed
+    assert built == ["all", "s2@example.org", "s4@example.org", "s6@example.org"]
+    built.clear()
+    assert run(store, folder) == 0 and built == []

@@ -244,7 +244,8 @@ def test_feedback_post_without_a_valid_signature_is_refused(client: TestClient, 
     other_paper = csrf_of(client.get(f"/feedback/{ada.token}/{p2}/like").text)
     other_judgment = csrf_of(client.get(f"/feedback/{ada.token}/{p1}/dislike").text)
     other_subscriber = csrf_of(client.get(f"/feedback/{grace.token}/{p1}/like").text)
-    preferences_form = csrf_of(client.get(f"/preferences/{ada.token}").text)
+    # A valid signature of another form: Lin's preferences (Ada's are read-only, unsigned).
+    preferences_form = csrf_of(client.get(f"/preferences/{sub_of(db, LIN).token}").text)
     for csrf in ("", "garbage", "a.1.b", other_paper, other_judgment, other_subscriber):
         r = client.post(path, data={"csrf": csrf})
         assert r.status_code == 403, csrf

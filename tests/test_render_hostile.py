@@ -14,6 +14,7 @@ from __future__ import annotations
 import email
 import email.policy
 import functools
+import html as html_module
 import json
 import logging
 import re
@@ -54,6 +55,7 @@ from newsletter.render_html import (
     sanitize_abstract,
     slot,
     strip_controls,
+    title_html,
 )
 from newsletter.web.context import WebContext
 from newsletter.web.pages import paper_view
@@ -303,11 +305,18 @@ def check_html(html: str, content: IssueContent, shown: Sequence[ScoredPaper]) -
                     "more-link",
                     "feedback-link",
                     "mute-link",
+                    "paper-link",
+                    "full-link",
                 ), attrs
                 assert set(attrs) == {"class", "href", "style"}, attrs
                 assert href is not None
                 if attrs["class"] in ("feedback-link", "mute-link"):  # our pages, with a token
                     assert href.startswith((BASE_URL + "/feedback/", BASE_URL + "/mute/")), href
+            elif set(attrs) == {"href"} and href is not None and "#paper-" in href:
+                # the titles list: the card's anchor, or the paper's in the web archive
+                archive = rf"{re.escape(BASE_URL)}/issues/[\w-]+/{SLOT_DATE.isoformat()}"
+                assert re.fullmatch(rf"({archive})?#paper-[1-9][0-9]*", href), href
+                continue
             else:  # a link kept by the abstract sanitizer
                 assert attrs.get("rel") == LINK_REL, attrs
                 assert set(attrs) <= {"href", "rel"}, attrs
@@ -320,11 +329,16 @@ def check_html(html: str, content: IssueContent, shown: Sequence[ScoredPaper]) -
     for card, scored in zip(parsed.cards, shown, strict=True):
         paper = scored.paper
         assert card["href"] == SITE.paper_url(paper)
-        assert card["title"] == strip_controls(paper.title)
+        assert card["title"] == html_module.unescape(
+            re.sub(r"<[^>]*>", "", title_html(paper.title))
+        )
         assert card["meta"] == (authors_label(paper) or None)
     name = strip_controls(content.subscriber.name)
     (intro,) = parsed.texts["intro"]
-    assert intro.startswith(f"Hello {name}," if name else "Hello,")
+    if name:
+        assert intro.startswith(f"Hello {name},")
+    else:
+        assert not intro.startswith("Hello")
     assert parsed.texts["brand"] == ["Paper Digest"]
 
 
@@ -336,7 +350,8 @@ def check_links(text: str, html: str, shown: Sequence[ScoredPaper]) -> None:
         paper = scored.paper
         link = SITE.paper_url(paper)
         assert http_url(link) == link
-        assert " " * len(f"{rank}. ") + link in lines
+        label = "Abstract" if paper.arxiv_id or link == paper.url else "Search arXiv"
+        assert " " * len(f"{rank}. ") + f"{label}: {link}" in lines
         if paper.url in BAD_URLS:
             bad = paper.url.strip()
             if bad not in "".join([paper.title, paper.abstract, *paper.authors]):
@@ -487,9 +502,10 @@ def test_slot_tokens_in_titles_and_authors_are_plain_text() -> None:
         ) in html
         assert ">ZZNLSLOTno_such_slotZZ, ZZNLSLOTtitleZZ, Ann One</div>" in html
         assert 'href="https://arxiv.org/abs/2601.00002"' in html
-        assert "<p>Abstract naming ZZNLSLOTreasonsZZ.</p>" in html
+        assert ">Abstract naming ZZNLSLOTreasonsZZ.</div>" in html
+        assert "<p>Abstract naming ZZNLSLOTreasonsZZ.</p>" in fresh.render_page(content)
         assert "javascript" not in html and "javascript" not in text
-        assert "   https://arxiv.org/abs/2601.00002\n" in text
+        assert "   Abstract: https://arxiv.org/abs/2601.00002\n" in text
         assert "   ZZNLSLOTno_such_slotZZ, ZZNLSLOTtitleZZ, Ann One\n" in text
 
 
@@ -607,5 +623,6 @@ def test_an_issue_holding_the_issues_papers_is_delivered(tmp_path: Path, databas
     html = html_part.get_content()
     assert "ZZNLSLOTabstractZZ &#34; style=&#34;x&#34; ZZNLSLOTtitleZZ</a>" in html
     assert ">ZZNLSLOTno_such_slotZZ, ZZNLSLOTtitleZZ</div>" in html
-    assert "Hello Ada ZZNLSLOTintroZZ, here are 2 papers matching your profile." in html
+    assert ">Hello Ada ZZNLSLOTintroZZ,</div>" in html
+    assert ">Here are 2 papers matching your profile.</div>" in html
     assert "Diffusion+ZZNLSLOTabstractZZ+%22+style%3D%22x%22+ZZNLSLOTtitleZZ" in html

@@ -10,7 +10,7 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -176,6 +176,13 @@ def confirm_links(mailer: MemoryMailer) -> list[str]:
     return links
 
 
+def subjects(mailer: MemoryMailer) -> list[str]:
+    return [
+        str(email.message_from_bytes(raw, policy=email.policy.default)["Subject"])
+        for _envelope, raw in mailer.sent
+    ]
+
+
 def subscribe_form(address: str, **extra: str) -> dict[str, str]:
     return {"email": address, "name": "Hedy", "profile": "speech", "timezone": "UTC", **extra}
 
@@ -284,24 +291,33 @@ def test_private_feeds(delivered: TestClient, settings: Settings, store: Store) 
 # ---------------------------------------------------------------------- archive and day pages
 
 
-def test_archived_issue_is_the_emailed_html(settings: Settings, clock: Clock) -> None:
+def test_archived_issue_is_the_whole_issue(settings: Settings, clock: Clock) -> None:
+    """Every paper of the sent issue, in its order, under the anchors the email links to
+    (tests/test_web_archive.py checks a 50-paper issue paper by paper)."""
     sent = MemoryMailer()
     run_once(settings, now=NOW, mailer=sent)
     store = open_store(settings)
     ada = subscriber(store, "ada@example.org")
+    issue = store.sent_issue(ada.id, NOW.date())
     store.close()
+    assert issue is not None and len(issue.papers) == 8
     (raw,) = [m for e, m in sent.sent if e.recipient == "ada@example.org"]
     msg = email.message_from_bytes(raw, policy=email.policy.default)
     assert isinstance(msg, EmailMessage)
     html_part = msg.get_body(("html",))
     assert html_part is not None
+    assert f"/issues/{ada.token}/{DAY}" in html_part.get_content()  # the email links here
     with make_client(settings, MemoryMailer(), clock) as client:
         r = client.get(f"/issues/{ada.token}/{DAY}")
         assert r.status_code == 200
-        assert r.text == html_part.get_content().replace("\r\n", "\n")  # CRLF: SMTP policy
         assert r.headers["content-security-policy"] == ARCHIVE_CSP
         assert r.headers["cache-control"] == "no-store"
-        assert f"/issues/{ada.token}/{DAY}" in r.text  # its own "view in browser" link
+        anchors = re.findall(r'<table role="presentation" class="card" id="paper-(\d+)"', r.text)
+        assert anchors == [str(n) for n in range(1, 9)]
+        titles = re.findall(r'<a class="title" href="[^"]+"[^>]*>(.*?)</a>', r.text)
+        assert [html.unescape(re.sub("<[^>]+>", "", t)) for t in titles] == [
+            sp.paper.title for sp in issue.papers
+        ]
         for path in (
             f"/issues/{ada.token}/2026-11-22",
             f"/issues/{ada.token}/2026-13-01",
@@ -384,7 +400,9 @@ def test_unsubscribe_get_asks_first(delivered: TestClient, store: Store) -> None
     assert subscriber(store, "ada@example.org").status is SubscriberStatus.ACTIVE
     delivered.post(f"/unsubscribe/{ada.token}", data={"List-Unsubscribe": "One-Click"})
     again = delivered.get(f"/unsubscribe/{ada.token}")
-    assert "<h1>You are unsubscribed</h1>" in again.text and "<button" not in again.text
+    assert "<h1>You are unsubscribed</h1>" in again.text
+    # the only button left is "Subscribe again" (tests/test_web_accounts.py)
+    assert re.findall(r"<button[^>]*>(.*?)</button>", again.text) == ["Subscribe again"]
 
 
 def test_unknown_tokens_get_404_and_change_nothing(delivered: TestClient, store: Store) -> None:
@@ -408,28 +426,41 @@ def test_unknown_tokens_get_404_and_change_nothing(delivered: TestClient, store:
 # ---------------------------------------------------------------------- preferences
 
 
+def web_subscriber(store: Store, address: str = "lin@example.org") -> Subscriber:
+    """An active subscriber who signed up on the web (the file does not manage it)."""
+    spec = SubscriberSpec(
+        email=address,
+        name="Lin",
+        profile="speech",
+        timezone="Europe/London",
+        send_at=time(7, 30),
+        max_papers=8,
+    )
+    sub, _ = store.upsert_subscriber(spec, source=SubscriberSource.WEB, now=NOW)
+    return sub
+
+
 def test_preferences_page_shows_the_stored_settings(delivered: TestClient, store: Store) -> None:
-    ada = subscriber(store, "ada@example.org")
-    r = delivered.get(f"/preferences/{ada.token}")
+    lin = web_subscriber(store)
+    r = delivered.get(f"/preferences/{lin.token}")
     assert r.status_code == 200
     assert '<input id="pref-send_at" name="send_at" type="text"' in r.text
     assert 'value="07:30"' in r.text and 'value="Europe/London"' in r.text
-    assert str(escape(ada.profile)) in r.text and 'value="8"' in r.text
-    assert f'action="/preferences/{ada.token}"' in r.text
-    # Ada comes from config/subscribers.toml, which the next run syncs over her settings.
-    assert '<p class="notice" id="file-notice">' in r.text
+    assert str(escape(lin.profile)) in r.text and 'value="8"' in r.text
+    assert f'action="/preferences/{lin.token}"' in r.text
+    assert 'id="file-notice"' not in r.text
     signer = FormSigner(SECRET)
-    assert signer.check(csrf_of(r.text), "preferences", ada.token, NOW)
+    assert signer.check(csrf_of(r.text), "preferences", lin.token, NOW)
 
 
 def test_preferences_validation_errors(delivered: TestClient, store: Store) -> None:
-    ada = subscriber(store, "ada@example.org")
-    page = delivered.get(f"/preferences/{ada.token}").text
+    lin = web_subscriber(store)
+    page = delivered.get(f"/preferences/{lin.token}").text
     r = delivered.post(
-        f"/preferences/{ada.token}",
+        f"/preferences/{lin.token}",
         data={
             "csrf": csrf_of(page),
-            "name": "Ada",
+            "name": "Lin",
             "profile": '"unclosed',
             "send_at": "25:00",
             "days": ["mon", "someday"],
@@ -449,14 +480,13 @@ def test_preferences_validation_errors(delivered: TestClient, store: Store) -> N
     }
     assert "Nothing was saved" in r.text
     assert 'value="25:00"' in r.text  # the visitor's input is kept for correction
-    assert subscriber(store, "ada@example.org") == ada
+    assert subscriber(store, "lin@example.org") == lin
 
 
 def test_preferences_saved_and_used_by_the_next_slot(
     client: TestClient, settings: Settings, store: Store
 ) -> None:
-    spec = SubscriberSpec(email="lin@example.org", name="Lin", profile="speech", max_papers=10)
-    lin, _ = store.upsert_subscriber(spec, source=SubscriberSource.WEB, now=NOW)
+    lin = web_subscriber(store)
     page = client.get(f"/preferences/{lin.token}").text
     assert 'id="file-notice"' not in page
     r = client.post(
@@ -508,22 +538,22 @@ def test_preferences_saved_and_used_by_the_next_slot(
 def test_preferences_refuse_a_form_without_a_valid_signature(
     delivered: TestClient, store: Store, clock: Clock
 ) -> None:
-    ada, grace = subscriber(store, "ada@example.org"), subscriber(store, "grace@example.org")
+    lin, kim = web_subscriber(store), web_subscriber(store, "kim@example.org")
     values = {"profile": "speech", "send_at": "09:00", "timezone": "UTC", "max_papers": "5"}
-    grace_form = csrf_of(delivered.get(f"/preferences/{grace.token}").text)
-    other_secret = FormSigner(b"another-secret-another-secret").issue("preferences", ada.token, NOW)
-    stale = csrf_of(delivered.get(f"/preferences/{ada.token}").text)
-    for csrf in ("", "garbage", "a.1.b", grace_form, other_secret):
-        r = delivered.post(f"/preferences/{ada.token}", data={**values, "csrf": csrf})
+    kim_form = csrf_of(delivered.get(f"/preferences/{kim.token}").text)
+    other_secret = FormSigner(b"another-secret-another-secret").issue("preferences", lin.token, NOW)
+    stale = csrf_of(delivered.get(f"/preferences/{lin.token}").text)
+    for csrf in ("", "garbage", "a.1.b", kim_form, other_secret):
+        r = delivered.post(f"/preferences/{lin.token}", data={**values, "csrf": csrf})
         assert r.status_code == 403, csrf
         assert "Nothing was saved" in r.text and 'value="09:00"' in r.text
         assert csrf_of(r.text) != csrf  # a fresh signature to save again with
     clock.now = NOW + timedelta(hours=12, seconds=1)
     assert (
-        delivered.post(f"/preferences/{ada.token}", data={**values, "csrf": stale}).status_code
+        delivered.post(f"/preferences/{lin.token}", data={**values, "csrf": stale}).status_code
         == 403
     )
-    assert subscriber(store, "ada@example.org") == ada
+    assert subscriber(store, "lin@example.org") == lin
 
 
 # ---------------------------------------------------------------------- subscribe and confirm
@@ -614,7 +644,11 @@ def test_confirm_activates_once(
     # Unsubscribing and subscribing again needs a new confirmation.
     client.post(f"/unsubscribe/{hedy.token}")
     client.post("/subscribe", data=subscribe_form("hedy@example.org"))
-    assert len(mailer.sent) == 1  # within the hour of the first one
+    # within the hour of the first one: no second confirmation (the other is the welcome)
+    assert subjects(mailer) == [
+        "Confirm your subscription to Paper Digest",
+        "Welcome to Paper Digest",
+    ]
     clock.now = NOW + timedelta(hours=2)
     client.post("/subscribe", data=subscribe_form("hedy@example.org"))
     assert subscriber(store, "hedy@example.org").status is SubscriberStatus.UNSUBSCRIBED

@@ -13,6 +13,7 @@ from newsletter.cli._base import (
     emit,
     pass_ctx,
 )
+from newsletter.domain import Subscriber, SubscriberStatus
 
 # ---------------------------------------------------------------------- subscribers
 
@@ -84,12 +85,21 @@ def subscriber_add(
 def subscriber_list(ctx: Context, as_json: bool, show_all: bool) -> None:
     """List subscribers (active and pending; --all adds unsubscribed).
 
+    An active subscriber's private feed URLs are listed too (the Atom one on a line of its own
+    in the text output): the web serves them at `base_url`.
+
     \b
     Example:
       newsletter subscriber list --json
     """
     with ctx.app() as app:
         subs = app.subscribers(include_unsubscribed=show_all)
+        site = app.site
+
+    def feed(sub: Subscriber, kind: str) -> str | None:
+        """The private feed's URL; None while it is not served (pending, unsubscribed)."""
+        return site.feed_url(sub, kind) if sub.status is SubscriberStatus.ACTIVE else None
+
     if as_json:
         emit(
             [
@@ -103,6 +113,8 @@ def subscriber_list(ctx: Context, as_json: bool, show_all: bool) -> None:
                     "profile": s.profile,
                     "max_papers": s.max_papers,
                     "min_score": s.min_score,
+                    "feed_atom": feed(s, "atom"),
+                    "feed_rss": feed(s, "rss"),
                 }
                 for s in subs
             ]
@@ -114,6 +126,9 @@ def subscriber_list(ctx: Context, as_json: bool, show_all: bool) -> None:
         click.echo(
             f"{s.email:<32} {s.status.value:<12} {s.send_at:%H:%M} {s.timezone:<18} {s.profile}"
         )
+        atom = feed(s, "atom")
+        if atom is not None:
+            click.echo(f"  feed: {atom}")
 
 
 @subscriber.command("remove", context_settings=CONTEXT)

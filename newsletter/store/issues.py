@@ -616,7 +616,8 @@ class IssueQueries(StoreBase):
         self, subscriber_id: int, window: FeedWindow | None = None
     ) -> list[FeedItem]:
         """The papers of this subscriber's issues sent in the window (None: all of them),
-        newest first, dated when the issue was sent: one bounded query."""
+        newest first, dated when the issue was sent, an issue's papers in its order: one
+        bounded query."""
         return self.subscribers_feed_items([subscriber_id], window).get(subscriber_id, [])
 
     def subscribers_feed_items(
@@ -637,7 +638,13 @@ class IssueQueries(StoreBase):
                         IssueRow.state == IssueState.SENT.value,
                         IssueRow.sent_at.is_not(None),
                     )
-                    .order_by(IssueRow.subscriber_id, IssueRow.sent_at.desc(), PaperRow.id)
+                    # an issue's papers in the issue's order: the feed dates them by it
+                    .order_by(
+                        IssueRow.subscriber_id,
+                        IssueRow.sent_at.desc(),
+                        IssueRow.slot_date.desc(),
+                        IssuePaperRow.position,
+                    )
                 )
                 if window is not None:
                     query = query.where(IssueRow.sent_at >= window.since)

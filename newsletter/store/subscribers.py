@@ -285,6 +285,21 @@ class SubscriberQueries(StoreBase):
             row.updated_at = now
             return True
 
+    def resubscribe(self, subscriber_id: int, now: datetime) -> bool:
+        """An unsubscribed subscriber becomes active again (same token, feed and settings);
+        False if it is not unsubscribed (a pending one still needs its confirmation)."""
+        with self._session() as s:
+            result = s.execute(
+                update(SubscriberRow)
+                .where(
+                    SubscriberRow.id == subscriber_id,
+                    SubscriberRow.status == SubscriberStatus.UNSUBSCRIBED.value,
+                )
+                .values(status=SubscriberStatus.ACTIVE.value, updated_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
     def subscriber_source(self, subscriber_id: int) -> SubscriberSource | None:
         """Where a subscriber came from: config | cli | csv | web (the domain object omits it)."""
         with self._read() as s:

@@ -21,7 +21,15 @@ Decisions, and why:
   limits (per client address and in total, :mod:`newsletter.web.ratelimit`) and, for
   subscribe, once ``web.confirmations_per_hour`` emails went out in the last hour (counted in
   the database, for every address alike, so the 429 reveals nothing about the address).
-* **Preferences** changes need a signed form (see :mod:`newsletter.web.security`).
+* **Welcome**: confirming queues a welcome email (:func:`newsletter.web.mail.welcome_message`)
+  on the same background sender: what arrives, when, how to change it or leave, and the
+  private feed; the confirmation page shows the same links.
+* **Resubscribe**: the unsubscribe page, once unsubscribed, offers a button that posts a form
+  signed for that token (``POST /resubscribe/<token>``); it makes the same subscriber active
+  again (same token, feed and settings). A ``GET`` of either page changes nothing.
+* **Preferences** changes need a signed form (see :mod:`newsletter.web.security`). Those of a
+  subscriber of the subscribers file are shown read-only, and a post is refused (409): the
+  next run would put the file's settings back, so "Saved." would be a lie.
 """
 
 from __future__ import annotations
@@ -39,14 +47,17 @@ from starlette.responses import Response
 from newsletter.domain import Subscriber, SubscriberStatus
 from newsletter.subscribers import WEEKDAYS
 from newsletter.web.context import WebContext
-from newsletter.web.forms import preferences_values, validate
-from newsletter.web.mail import confirmation_message
+from newsletter.web.forms import bounded, preferences_values, validate
+from newsletter.web.mail import confirmation_message, schedule_text, welcome_message
 from newsletter.web.ratelimit import CONFIRM, SUBSCRIBE, too_many
 from newsletter.web.security import first, read_form
 
 log = logging.getLogger(__name__)
 
 PREFERENCES = "preferences"
+RESUBSCRIBE = "resubscribe"
+#: The fields of the subscribe form besides the days (checkboxes).
+SUBSCRIBE_FIELDS = ("email", "name", "profile", "timezone", "send_at", "max_papers")
 
 
 def _subscriber(ctx: WebContext, request: Request) -> Subscriber:
@@ -59,13 +70,33 @@ def _subscriber(ctx: WebContext, request: Request) -> Subscriber:
 # ---------------------------------------------------------------------- subscribe
 
 
-def subscribe_form(ctx: WebContext, request: Request) -> Response:
+def subscribe_defaults(ctx: WebContext) -> dict[str, Any]:
+    """The subscribe form's initial values: the settings' timezone, 07:00, every day, and
+    ``ranking.default_max_papers``."""
+    defaults = ctx.app.defaults
+    return {
+        "timezone": defaults.timezone,
+        "send_at": defaults.send_at.strftime("%H:%M"),
+        "days": [],
+        "max_papers": str(defaults.max_papers),
+    }
+
+
+def subscribe_page(
+    ctx: WebContext, form: dict[str, Any], errors: dict[str, str], *, status: int = 200
+) -> Response:
     return ctx.page(
         "subscribe.html.j2",
-        form={"timezone": ctx.settings.timezone},
-        errors={},
+        status=status,
+        form=form,
+        errors=errors,
+        weekdays=WEEKDAYS,
         timezones=ctx.timezones,
     )
+
+
+def subscribe_form(ctx: WebContext, request: Request) -> Response:
+    return subscribe_page(ctx, subscribe_defaults(ctx), {})
 
 
 def _throttle(ctx: WebContext, request: Request, action: str) -> None:
@@ -84,17 +115,15 @@ async def subscribe(ctx: WebContext, request: Request) -> Response:
 
 
 def _subscribe(ctx: WebContext, form: dict[str, list[str]]) -> Response:
-    values = {name: first(form, name).strip() for name in ("email", "name", "profile", "timezone")}
-    entry = {k: v for k, v in values.items() if v}
+    values: dict[str, Any] = {name: first(form, name).strip() for name in SUBSCRIBE_FIELDS}
+    days = [bounded("days", d) for d in form.get("days", [])]
+    entry: dict[str, Any] = {k: bounded(k, v) for k, v in values.items() if v}
+    if days:
+        entry["days"] = days  # an unknown day is make_spec's to refuse
     result = validate(entry, ctx.app.defaults)
     if result.spec is None:
-        return ctx.page(
-            "subscribe.html.j2",
-            status=400,
-            form=values,
-            errors=result.errors,
-            timezones=ctx.timezones,
-        )
+        values["days"] = [d for d in days if d in WEEKDAYS]
+        return subscribe_page(ctx, values, result.errors, status=400)
     spec = result.spec
     # The email is queued, not sent: the page does not wait for the SMTP server.
     done = ctx.app.subscribe(spec, partial(confirmation_message, ctx), ctx.sender.submit)
@@ -113,7 +142,10 @@ def confirm_page(ctx: WebContext, request: Request) -> Response:
     sub = ctx.app.pending_confirmation(token)
     if sub is None:
         return ctx.page("confirm.html.j2", status=404, state="invalid")
-    return ctx.page("confirm.html.j2", state="ask", email=sub.email)
+    # Only the owner of the mailbox has this link: show what they are about to confirm.
+    return ctx.page(
+        "confirm.html.j2", state="ask", email=sub.email, sub=sub, schedule=schedule_text(sub)
+    )
 
 
 def confirm(ctx: WebContext, request: Request) -> Response:
@@ -122,27 +154,74 @@ def confirm(ctx: WebContext, request: Request) -> Response:
     sub = ctx.app.confirm(token)
     if sub is None:
         return ctx.page("confirm.html.j2", status=404, state="invalid")
+    welcome = ctx.app.send_welcome(sub, partial(welcome_message, ctx), ctx.sender.submit)
     return ctx.page(
         "confirm.html.j2",
         state="done",
         email=sub.email,
+        sub=sub,
+        schedule=schedule_text(sub),
+        welcome=welcome,
+        feeds=feed_links(ctx, sub),
         preferences_path=f"/preferences/{sub.token}",
+        unsubscribe_path=f"/unsubscribe/{sub.token}",
     )
+
+
+def feed_links(ctx: WebContext, sub: Subscriber) -> dict[str, str]:
+    """The private feed's URLs (``atom``, ``rss``): the papers of this subscriber's issues."""
+    return {kind: ctx.site.feed_url(sub, kind) for kind in ("atom", "rss")}
 
 
 # ---------------------------------------------------------------------- unsubscribe
 
 
+def _unsubscribe_page(
+    ctx: WebContext, sub: Subscriber, state: str, *, status: int = 200
+) -> Response:
+    return ctx.page(
+        "unsubscribe.html.j2",
+        status=status,
+        state=state,
+        email=sub.email,
+        # once unsubscribed: a button to come back, signed for this token
+        csrf=ctx.signer.issue(RESUBSCRIBE, sub.token, ctx.now()) if state != "ask" else "",
+        resubscribe_action=f"/resubscribe/{sub.token}",
+        preferences_path=f"/preferences/{sub.token}",
+    )
+
+
 def unsubscribe_page(ctx: WebContext, request: Request) -> Response:
     sub = _subscriber(ctx, request)
     state = "done" if sub.status is SubscriberStatus.UNSUBSCRIBED else "ask"
-    return ctx.page("unsubscribe.html.j2", state=state, email=sub.email)
+    return _unsubscribe_page(ctx, sub, state)
 
 
 def unsubscribe(ctx: WebContext, request: Request) -> Response:
     sub = _subscriber(ctx, request)
     ctx.app.unsubscribe(sub)
-    return ctx.page("unsubscribe.html.j2", state="done", email=sub.email)
+    return _unsubscribe_page(ctx, sub, "done")
+
+
+async def resubscribe(ctx: WebContext, request: Request) -> Response:
+    form = await read_form(request)
+    return await run_in_threadpool(_resubscribe, ctx, request, form)
+
+
+def _resubscribe(ctx: WebContext, request: Request, form: dict[str, list[str]]) -> Response:
+    """The unsubscribe page's "subscribe again" button: a signed form, so that nothing but
+    that page (no link scanner, no other site) can undo an unsubscribe."""
+    sub = _subscriber(ctx, request)
+    if not ctx.signer.check(first(form, "csrf"), RESUBSCRIBE, sub.token, ctx.now()):
+        log.warning("resubscribe: form signature refused for subscriber %s", sub.id)
+        state = "expired" if sub.status is SubscriberStatus.UNSUBSCRIBED else "ask"
+        return _unsubscribe_page(ctx, sub, state, status=403)
+    if sub.status is SubscriberStatus.ACTIVE:
+        return _unsubscribe_page(ctx, sub, "resubscribed")
+    if sub.status is not SubscriberStatus.UNSUBSCRIBED or ctx.app.resubscribe(sub) is None:
+        # a pending subscriber confirms by the link in its email, not here
+        raise HTTPException(404)
+    return _unsubscribe_page(ctx, sub, "resubscribed")
 
 
 # ---------------------------------------------------------------------- preferences
@@ -157,6 +236,9 @@ def _preferences(
     errors: dict[str, str] | None = None,
     notice: str = "",
 ) -> Response:
+    # The run syncs config/subscribers.toml over its entries: such preferences are shown
+    # read-only (no form to save), rather than "Saved." and undone by the next run.
+    from_file = ctx.app.from_config_file(sub)
     return ctx.page(
         "preferences.html.j2",
         status=status,
@@ -166,10 +248,10 @@ def _preferences(
         notice=notice,
         weekdays=WEEKDAYS,
         timezones=ctx.timezones,
-        csrf=ctx.signer.issue(PREFERENCES, sub.token, ctx.now()),
-        # The run syncs config/subscribers.toml over its entries: say so rather than let a
-        # saved change silently come undone.
-        from_file=ctx.app.from_config_file(sub),
+        csrf="" if from_file else ctx.signer.issue(PREFERENCES, sub.token, ctx.now()),
+        from_file=from_file,
+        schedule=schedule_text(sub),
+        feeds=feed_links(ctx, sub),
         action=f"/preferences/{sub.token}",
     )
 
@@ -186,8 +268,18 @@ async def save_preferences(ctx: WebContext, request: Request) -> Response:
 
 def _save_preferences(ctx: WebContext, request: Request, form: dict[str, list[str]]) -> Response:
     sub = _subscriber(ctx, request)
+    if ctx.app.from_config_file(sub):
+        log.info("preferences: subscriber %s is managed in the subscribers file: refused", sub.id)
+        return _preferences(
+            ctx,
+            sub,
+            preferences_values(sub),
+            status=409,
+            notice="Nothing was saved: your settings are managed in the subscribers file by "
+            "the operator.",
+        )
     submitted: dict[str, Any] = {
-        name: first(form, name).strip()
+        name: bounded(name, first(form, name).strip())
         for name in ("name", "profile", "timezone", "send_at", "max_papers")
     }
     submitted["days"] = [d for d in form.get("days", []) if d in WEEKDAYS]
@@ -206,13 +298,13 @@ def _save_preferences(ctx: WebContext, request: Request, form: dict[str, list[st
         "min_score": sub.min_score,
         "send_when_empty": sub.send_when_empty,
         **{k: v for k, v in submitted.items() if k != "days"},
-        "days": list(form.get("days", [])),  # an unknown day is make_spec's to refuse
+        "days": [bounded("days", d) for d in form.get("days", [])],  # make_spec refuses unknown
     }
     result = validate({k: v for k, v in entry.items() if v not in ("", None)}, ctx.app.defaults)
     if result.spec is None:
         return _preferences(ctx, sub, submitted, status=400, errors=result.errors)
     saved = ctx.app.update_preferences(sub, result.spec)
-    if saved is None:
+    if saved is None:  # gone, or moved into the subscribers file meanwhile
         raise HTTPException(404)
     log.info("preferences: subscriber %s saved", sub.id)
     return _preferences(ctx, saved, preferences_values(saved), notice="Saved.")

@@ -1,9 +1,9 @@
 """The ASGI application: ``create_app(settings)`` wires routes, headers and error pages.
 
 The web side shares the daemon's database and nothing else: it reads issues and papers,
-writes subscriber rows, and sends only the double opt-in email, from a background thread
-(:mod:`newsletter.web.sender`), never while a request waits. Every URL it serves is one
-that :class:`newsletter.domain.SiteInfo` builds into emails and feeds.
+writes subscriber rows, and sends only the account emails (double opt-in, welcome), from a
+background thread (:mod:`newsletter.web.sender`), never while a request waits. Every URL it
+serves is one that :class:`newsletter.domain.SiteInfo` builds into emails and feeds.
 
 The app never redirects (trailing-slash redirects are switched off too), so no URL taken
 from a request can send a visitor elsewhere.
@@ -101,6 +101,7 @@ def create_app(
         Route("/confirm/{token}", bind(accounts.confirm), methods=["POST"]),
         Route("/unsubscribe/{token}", bind(accounts.unsubscribe_page), methods=["GET"]),
         Route("/unsubscribe/{token}", bind(accounts.unsubscribe), methods=["POST"]),
+        Route("/resubscribe/{token}", bind(accounts.resubscribe), methods=["POST"]),
         Route("/preferences/{token}", bind(accounts.preferences_page), methods=["GET"]),
         Route("/preferences/{token}", bind(accounts.save_preferences), methods=["POST"]),
         Route(

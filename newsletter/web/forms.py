@@ -16,7 +16,7 @@ from newsletter.domain import Subscriber, SubscriberSpec
 from newsletter.errors import SubscriberError
 from newsletter.subscribers import FIELDS, Defaults, make_spec, spec_entry
 
-__all__ = ["FormResult", "preferences_values", "validate"]
+__all__ = ["FormResult", "bounded", "preferences_values", "validate"]
 
 _WHERE = "form"
 #: Values that always pass, to keep validating the other fields once one has failed.
@@ -31,6 +31,21 @@ _PLACEHOLDERS: Mapping[str, Any] = {
     "send_when_empty": False,
     "name": "",
 }
+
+
+#: Fields whose valid values are short (``07:30``, ``500``, ``mon``): a longer submission is
+#: cut to this many characters before validation, so that its error (which quotes the value)
+#: stays one line; it is invalid either way.
+SHORT_FIELDS = {"send_at": 16, "max_papers": 16, "days": 16}
+
+
+def bounded(name: str, value: str) -> str:
+    """``value`` cut for its error message when ``name`` is a short field (see
+    :data:`SHORT_FIELDS`); other fields are make_spec's to bound (names, profiles)."""
+    limit = SHORT_FIELDS.get(name)
+    if limit is None or len(value) <= limit:
+        return value
+    return value[:limit] + "…"
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,18 @@
 """Public and archive pages: the index, one page per day of new papers, archived issues.
 
-An archived issue is the email's HTML rendered again by the email renderer from the issue's
-stored papers, scores and reasons (a sent issue keeps no HTML: see
-``Newsletter.archived_issue_html``), so the web view is what the reader got; paper text in it
-is escaped or sanitized by the renderer, and its page gets a CSP that allows inline styles and
-nothing executable. Day pages are rendered here, with autoescaped templates.
+An archived issue (``/issues/<token>/<date>``, the email's "view in browser" and "full
+abstract" links) is the whole issue, rendered by the email renderer's page mode from the
+issue's stored papers, scores and reasons (``Newsletter.archived_issue_html``; a sent issue
+keeps no HTML): the titles first, then every paper with its full abstract, links, reasons with
+their "mute" links and the "more / less like this" links, under the anchors ``paper-N`` (N =
+rank, from 1) that the email links to, and the private feed. The email may shorten abstracts
+and stop at its size limit; this page never does. Paper text in it is escaped or sanitized by
+the renderer, and its page gets a CSP that allows inline styles and nothing executable.
+
+Day pages are rendered here, with autoescaped templates; titles and abstracts read well
+(inline LaTeX as text, ``<sup>`` and ``<sub>``: :func:`~newsletter.render_html.title_html`,
+:func:`~newsletter.render_html.abstract_views`), and each paper has its links (abstract
+page, PDF, Hugging Face, code: :func:`~newsletter.links.paper_links`).
 """
 
 from __future__ import annotations
@@ -20,8 +28,11 @@ from starlette.responses import HTMLResponse, Response
 
 from newsletter.domain import Paper
 from newsletter.limits import http_url
+from newsletter.links import paper_links
 from newsletter.render import authors_label
-from newsletter.render_html import sanitize_abstract, strip_controls
+from newsletter.render_html import abstract_views, title_html
+from newsletter.subscribers import WEEKDAYS
+from newsletter.web.accounts import subscribe_defaults
 from newsletter.web.context import WebContext
 from newsletter.web.security import ARCHIVE_CSP
 
@@ -53,16 +64,29 @@ def parse_day(text: str) -> date:
 
 
 def paper_view(ctx: WebContext, paper: Paper) -> dict[str, Any]:
-    """What a template shows of a paper: one-line title, safe link, sanitized abstract."""
+    """What a template shows of a paper: one-line title, safe links, sanitized abstract."""
+    url = http_url(ctx.site.paper_url(paper))
+    derived = paper_links(paper)
+    links = [
+        (label, link)
+        for label, link in (
+            ("Abstract page", url),
+            ("PDF", derived.pdf),
+            ("Hugging Face", derived.huggingface),
+            ("Code", derived.code),
+        )
+        if link
+    ]
     return {
-        "title": strip_controls(paper.title) or "(untitled)",
+        "title": Markup(title_html(paper.title) or "(untitled)"),
         # paper_url already drops digest links that are not http(s); this also covers a title
         # search template from the configuration
-        "url": http_url(ctx.site.paper_url(paper)),
+        "url": url,
+        "links": links,
         "authors": authors_label(paper),
         "published": paper.published.isoformat() if paper.published else "",
         "upvotes": paper.upvotes,
-        "abstract_html": Markup(sanitize_abstract(paper.abstract)),
+        "abstract_html": Markup(abstract_views(paper.abstract).full_html),
     }
 
 
@@ -70,8 +94,9 @@ def index(ctx: WebContext, request: Request) -> Response:
     return ctx.page(
         "index.html.j2",
         days=ctx.app.recent_days(RECENT_DAYS),
-        form={"timezone": ctx.settings.timezone},
+        form=subscribe_defaults(ctx),
         errors={},
+        weekdays=WEEKDAYS,
         timezones=ctx.timezones,
     )
 

@@ -42,8 +42,9 @@ PAGE_CSP = (
     "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
     "base-uri 'none'; frame-ancestors 'none'"
 )
-#: An archived issue is the emailed HTML, whose styles are inline (premailer): inline styles
-#: are allowed there, scripts still not, and it has no forms.
+#: An archived issue is the email renderer's page (``EmailRenderer.render_page``), whose
+#: styles are inline (premailer): inline styles are allowed there, scripts still not, and it
+#: has no forms.
 ARCHIVE_CSP = (
     "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'none'; "
     "base-uri 'none'; frame-ancestors 'none'"
