@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from newsletter.accounts import AccountUseCases, ImportResult
 from newsletter.config import Settings
 from newsletter.deliver import Envelope, Mailer, OutboxMailer
+from newsletter.dkim import signing
 from newsletter.domain import (
     IngestStatus,
     IssueContent,
@@ -38,6 +39,7 @@ from newsletter.errors import DataRejected, NewsletterError, SubscriberError
 from newsletter.feed_files import write_all_feeds
 from newsletter.feedback import FeedbackUseCases
 from newsletter.ingest import FileReport, InboxScanner, inbox_problem, ingest_paths
+from newsletter.observe import DeliveryMeter
 from newsletter.pipeline import (
     Delivery,
     PlanResult,
@@ -115,6 +117,8 @@ class Newsletter(AccountUseCases, FeedbackUseCases):
     ) -> None:
         self.settings = settings
         self.clock = clock
+        # Every message goes through self._mailer: DKIM-signed there when configured.
+        signed = None if mailer is None else signing(mailer, settings.mail)
         self.store = Store(settings.database_url)
         try:
             # migrate=False (delivery workers): the database must already be at this
@@ -124,7 +128,7 @@ class Newsletter(AccountUseCases, FeedbackUseCases):
         except BaseException:
             self.store.close()
             raise
-        self._mailer = mailer
+        self._mailer = signed
         self._owns_mailer = mailer is None
         self._mailer_lock = threading.Lock()
         self._broker: Broker | None = None  # queue mode: created on first use, like the mailer
@@ -247,6 +251,8 @@ class Newsletter(AccountUseCases, FeedbackUseCases):
             scanner=scanner,
             two_scans=two_scans,
         )
+        if paths is None:  # an inbox scan: its time for `status` and /metrics
+            self.store.record_scan(self._now(now))
         # New papers, and stored ones whose text a digest improved (their embedding dropped).
         if self.embedder is not None and any(r.papers_new or r.papers_merged for r in reports):
             try:
@@ -405,11 +411,12 @@ class Newsletter(AccountUseCases, FeedbackUseCases):
             reason = f"{exc}; pending issues are sent by the next run"
             log.warning("delivery skipped: %s", reason)
             return Delivery(stopped=reason)
+        meter = DeliveryMeter(self.mailer)  # counts for /metrics (newsletter/observe.py)
         try:
             return deliver_pending(
                 self.store,
                 self.renderer,
-                self.mailer,
+                meter,
                 site=self.site,
                 now=self._now(now),
                 progress=progress,
@@ -419,6 +426,7 @@ class Newsletter(AccountUseCases, FeedbackUseCases):
             )
         finally:
             lock.release()
+            meter.save(self.store)
 
     def enqueue_due(
         self, now: datetime | None = None, *, should_stop: Callable[[], bool] = lambda: False
@@ -635,12 +643,13 @@ class Newsletter(AccountUseCases, FeedbackUseCases):
 
 def make_mailer(settings: Settings) -> Mailer:
     """The configured mailer: the outbox folder (default) or an SMTP server (one session, or
-    a pool of ``smtp.connections`` sessions that the pipeline sends through in parallel)."""
+    a pool of ``smtp.connections`` sessions that the pipeline sends through in parallel),
+    DKIM-signing every message when ``mail.dkim_*`` is set (:func:`newsletter.dkim.signing`)."""
     if settings.mailer == "smtp":
         from newsletter.smtp import mailer_from_settings
 
-        return mailer_from_settings(settings)
-    return OutboxMailer(settings.outbox_dir)
+        return signing(mailer_from_settings(settings), settings.mail)
+    return signing(OutboxMailer(settings.outbox_dir), settings.mail)
 
 
 def file_progress(progress: Progress | None) -> Callable[[FileReport], None] | None:

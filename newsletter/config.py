@@ -69,6 +69,69 @@ class MailSettings(_Section):
     from_address: str = "digest@papers.example.org"
     from_name: str = "Paper Digest"
     list_id: str = "daily.papers.example.org"
+    # VERP return path (newsletter/bounces.py): "bounces+{token}@example.org" makes each
+    # issue's envelope sender name its subscriber; empty: the envelope sender is from_address.
+    bounce_address: str = ""
+
+    @field_validator("bounce_address")
+    @classmethod
+    def _bounce_address(cls, value: str, info: ValidationInfo) -> str:
+        """Empty, or an address whose local part holds ``{token}`` once (ASCII, no spaces)."""
+        from newsletter.subscribers import normalize_email
+
+        if not value:
+            return value
+        header_safe(value, ascii_only=True)
+        local, _, _domain = value.rpartition("@")
+        if value.count("{token}") != 1 or "{token}" not in local:
+            raise ValueError(
+                "must hold {token} once in its local part, such as bounces+{token}@example.org"
+            )
+        try:
+            normalize_email(
+                value.replace("{token}", "1-0123456789abcdef"),
+                allow_local=bool(info.data.get("allow_local_domains")),
+            )
+        except ValueError as exc:
+            raise ValueError(f"must be an email address with {{token}}: {exc}") from None
+        return value
+
+    # DKIM signing (newsletter/dkim.py): all three or none. The key file (PEM, RSA of 1024
+    # bits or more, or Ed25519) is checked when the settings are loaded (load_settings).
+    dkim_selector: str | None = None
+    dkim_domain: str | None = None
+    dkim_key_file: Path | None = Field(None, validate_default=True)
+
+    @field_validator("dkim_selector", "dkim_domain")
+    @classmethod
+    def _dkim_name(cls, value: str | None) -> str | None:
+        """A DNS name: dot-separated labels of letters, digits and inner hyphens."""
+        if value is None:
+            return None
+        labels = value.split(".")
+        if len(value) > 200 or not all(
+            0 < len(label) <= 63
+            and label.isascii()
+            and label.replace("-", "").isalnum()
+            and not label.startswith("-")
+            and not label.endswith("-")
+            for label in labels
+        ):
+            raise ValueError("must be a DNS name such as mail2026 or example.org")
+        return value.lower()
+
+    @field_validator("dkim_key_file")
+    @classmethod
+    def _dkim_together(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if "dkim_selector" not in info.data or "dkim_domain" not in info.data:
+            return value  # one of them is invalid: that error is reported
+        given = [info.data["dkim_selector"], info.data["dkim_domain"], value]
+        if any(v is not None for v in given) and not all(v is not None for v in given):
+            raise ValueError(
+                "mail.dkim_selector, mail.dkim_domain and mail.dkim_key_file go together: "
+                "set all three to sign with DKIM, or none"
+            )
+        return value
 
     @field_validator("from_name")
     @classmethod
@@ -297,6 +360,14 @@ def masked_broker_url(url: str | None) -> str | None:
     return parts._replace(netloc=f"{parts.username or ''}:***@{host}").geturl()
 
 
+class BouncesSettings(_Section):
+    """Bounce policy (newsletter/bounces.py): a hard bounce or a complaint suppresses at once;
+    ``soft_limit`` soft bounces (of distinct messages) within ``soft_days`` days do too."""
+
+    soft_limit: int = Field(3, ge=1, le=1000)
+    soft_days: int = Field(7, ge=1, le=365)
+
+
 class Settings(_Section):
     """The whole configuration. See README "Configuration reference" for each key."""
 
@@ -338,6 +409,7 @@ class Settings(_Section):
     feeds: FeedsSettings = FeedsSettings()
     queue: QueueSettings = QueueSettings()
     semantic: SemanticSettings = SemanticSettings()
+    bounces: BouncesSettings = BouncesSettings()
     # From NEWSLETTER_SMTP_PASSWORD only (see load_settings); SecretStr keeps it out of reprs.
     _smtp_password: SecretStr | None = PrivateAttr(default=None)
     # From NEWSLETTER_SECRET_KEY only: signs the web's forms, shared by every web worker.
@@ -412,6 +484,7 @@ class Settings(_Section):
             base_url=self.base_url,
             list_id=self.mail.list_id,
             paper_url_template=self.paper_url_template,
+            bounce_address=self.mail.bounce_address,
         )
 
 
@@ -433,6 +506,7 @@ OTHER_ENV = frozenset(
         "TEST_RABBITMQ_URL",
         "SECRET_KEY",
         "SMTP_PASSWORD",
+        "IMAP_PASSWORD",
     }
 )
 PASSWORD_ENV = ENV_PREFIX + "SMTP_PASSWORD"
@@ -458,6 +532,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         "feeds": FeedsSettings,
         "queue": QueueSettings,
         "semantic": SemanticSettings,
+        "bounces": BouncesSettings,
     }
     for var, value in environ.items():
         if not var.startswith(ENV_PREFIX) or var[len(ENV_PREFIX) :] in OTHER_ENV:
@@ -531,6 +606,7 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
     if config_path.exists():
         settings._config_file = config_path.resolve()
     _check_queue(settings, config_path, env)
+    _check_dkim_key(settings, config_path, env)
     return _with_smtp_secret(settings, environ, config_path, env)
 
 
@@ -538,6 +614,25 @@ def slowest_smtp_send(smtp: SmtpSettings) -> float:
     """How long one SMTP send may take before its own timeouts end it (connect, the replies
     before DATA, the reply to the end of DATA): a worker's time limit must be longer."""
     return smtp.data_timeout_seconds + 3 * smtp.timeout_seconds
+
+
+def _check_dkim_key(settings: Settings, config_path: Path, env: Mapping[str, Any]) -> None:
+    """Read the DKIM key (``mail.dkim_key_file``) once at load: a missing, unreadable,
+    encrypted, too short or unknown key stops here, naming the key and why."""
+    path = settings.mail.dkim_key_file
+    if path is None:
+        return
+    from newsletter.dkim import DkimKeyError, load_key
+
+    source = (
+        "environment NEWSLETTER_MAIL_DKIM_KEY_FILE"
+        if _in_env(("mail", "dkim_key_file"), env)
+        else str(config_path)
+    )
+    try:
+        load_key(path)
+    except DkimKeyError as exc:
+        raise ConfigError(f"bad value for 'mail.dkim_key_file' in {source}: {exc}") from None
 
 
 def _check_queue(settings: Settings, config_path: Path, env: Mapping[str, Any]) -> None:

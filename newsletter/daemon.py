@@ -26,7 +26,9 @@ leaves the rest for the next start.
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import threading
 from datetime import UTC, date, datetime
 from typing import Any
@@ -124,6 +126,7 @@ class Daemon:
             watcher = threading.Thread(target=self._watch_signals, name="signals", daemon=True)
             try:
                 lock.acquire()
+                self.app.store.record_daemon_start(os.getpid(), socket.gethostname(), self.clock())
                 self._install_signal_handlers()
                 watcher.start()
                 log.info(
@@ -150,8 +153,16 @@ class Daemon:
                     pool.shutdown(wait=True)  # the job in progress finishes its message
             finally:
                 self._finished.set()
+                if lock.held:
+                    self._record_stop()
                 lock.release()
                 log.info("daemon stopped")
+
+    def _record_stop(self) -> None:
+        try:
+            self.app.store.record_daemon_stop(self.clock())
+        except Exception as exc:  # noqa: BLE001 - the database may be what stopped us
+            log.warning("could not record the daemon's stop: %s", exc)
 
     def _add_jobs(self) -> None:
         self.scheduler.add_job(
@@ -204,6 +215,7 @@ class Daemon:
         now = self.clock()
         self._check_inbox()
         reports = self.app.ingest(now=now, scanner=self.scanner, two_scans=two_scans)
+        self.app.store.record_heartbeat(now)  # `status` and /metrics: the daemon is alive
         if any(r.status is IngestStatus.INGESTED for r in reports):
             try:
                 self.app.write_feeds()

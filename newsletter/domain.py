@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import functools
 import hashlib
+import hmac
 import logging
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
@@ -91,6 +92,9 @@ class SubscriberStatus(enum.StrEnum):
     PENDING = "pending"
     ACTIVE = "active"
     UNSUBSCRIBED = "unsubscribed"
+    # A hard bounce, a complaint or too many soft bounces (newsletter/bounces.py): no more
+    # issues, no private feed; only the operator's `subscriber add` makes it active again.
+    SUPPRESSED = "suppressed"
 
 
 class SubscriberSource(enum.StrEnum):
@@ -243,6 +247,27 @@ def _digest_link(guid: str, url: str) -> str | None:
     return checked
 
 
+#: Hex digits of the HMAC in a bounce token (64 bits: unguessable, short enough for a local part).
+BOUNCE_MAC_DIGITS = 16
+
+
+def bounce_mac(subscriber_id: int, token: str) -> str:
+    """The MAC part of a bounce token: HMAC-SHA256 keyed by the subscriber's secret token."""
+    mac = hmac.new(token.encode("utf-8"), f"bounce:{subscriber_id}".encode(), hashlib.sha256)
+    return mac.hexdigest()[:BOUNCE_MAC_DIGITS]
+
+
+def bounce_token(subscriber: Subscriber) -> str:
+    """The subscriber's token in VERP return paths: ``<id>-<mac>``, lower-case.
+
+    Bounce addresses are seen by every relay on the way, so this is never the unsubscribe
+    token: it is the id and an HMAC keyed by that token, which tells nothing about the token
+    and cannot be forged without it. Nothing is stored: :mod:`newsletter.bounces` checks a
+    token by computing the MAC again (and a database copy keeps the tokens, so old bounces
+    still match)."""
+    return f"{subscriber.id}-{bounce_mac(subscriber.id, subscriber.token)}"
+
+
 @dataclass(frozen=True)
 class SiteInfo:
     """Who sends, and where the web side lives: everything links and headers are built from."""
@@ -253,6 +278,9 @@ class SiteInfo:
     base_url: str  # e.g. "https://papers.example.org" (no trailing slash)
     list_id: str  # e.g. "papers.example.org"
     paper_url_template: str  # used when a paper has no link of its own; "{title}" is replaced
+    # VERP return path (``mail.bounce_address``), e.g. "bounces+{token}@example.org"; empty:
+    # the envelope sender is ``from_address``.
+    bounce_address: str = ""
 
     def paper_url(self, paper: Paper) -> str:
         """The paper's link in emails, feeds and web pages.
@@ -306,6 +334,14 @@ class SiteInfo:
     @property
     def domain(self) -> str:
         return self.from_address.rsplit("@", 1)[-1]
+
+    def envelope_sender(self, subscriber: Subscriber) -> str:
+        """The SMTP envelope sender (MAIL FROM) of this subscriber's issues: the VERP address
+        with their :func:`bounce_token` when ``bounce_address`` is set, so a bounce names who
+        bounced; else ``from_address``. The header From never changes."""
+        if not self.bounce_address:
+            return self.from_address
+        return self.bounce_address.replace("{token}", bounce_token(subscriber))
 
     def message_id(self, subscriber: Subscriber, slot_date: date) -> str:
         """Deterministic: a resend of the same slot carries the same Message-ID."""

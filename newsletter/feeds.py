@@ -303,7 +303,9 @@ def write_feeds(
         path = directory / f"{stem}.{kind}"
         if write_if_changed(path, documents[kind], durable=durable):
             changed.append(path)
-    log.debug("feed %s: %d item(s), %d file(s) changed", stem, len(items), len(changed))
+    # Never the stem itself: a private feed's name is the subscriber's secret feed token.
+    who = "all" if subscriber is None else f"of subscriber {subscriber.id}"
+    log.debug("feed %s: %d item(s), %d file(s) changed", who, len(items), len(changed))
     return changed
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING
 
+from newsletter.bounces import record_refusal
 from newsletter.deliver import Envelope, Mailer, MailerUnavailable, OutcomeUnknown
 from newsletter.domain import (
     IssueContent,
@@ -38,6 +39,7 @@ from newsletter.domain import (
     SubscriberStatus,
 )
 from newsletter.errors import DeliveryError, NewsletterError, ProfileError
+from newsletter.smtp import RecipientRefused
 from newsletter.store import PENDING_STATES, IssueOutcome, IssuePlan, Store
 
 if TYPE_CHECKING:  # rendering pulls in premailer and lxml, ranking scipy: imported where used
@@ -492,7 +494,7 @@ class BatchSender:
     def _envelope(self, item: Rendered) -> Envelope:
         assert item.rendered is not None
         return Envelope(
-            sender=self.site.from_address,
+            sender=self.site.envelope_sender(item.sub),
             recipient=item.sub.email,
             message_id=item.rendered.message_id,
             name_hint=_file_label(item.issue, item.sub),
@@ -615,6 +617,9 @@ class BatchSender:
         state = IssueState.RENDERED if tried else IssueState.PLANNED
         outcome = _outcome(item, state if retry else IssueState.FAILED, attempts, reason, retry_at)
         self._unsaved.append(outcome)
+        if permanent and isinstance(exc, RecipientRefused):  # 5xx to RCPT: a hard bounce
+            message_id = rendered.message_id if rendered else issue.message_id
+            record_refusal(self.store, sub, exc.reply, message_id, self.now)
         if retry_at:
             log.warning("issue %d for %s: %s; retry at %s", issue.id, sub.email, reason, retry_at)
             return

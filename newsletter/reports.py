@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from zoneinfo import ZoneInfo
 
 from newsletter.config import Settings, masked_broker_url
 from newsletter.domain import DigestState, IngestStatus, IssueState, Subscriber, SubscriberStatus
@@ -17,7 +18,7 @@ from newsletter.ingest import FileReport, inbox_problem
 from newsletter.schedule import SendSchedule, next_send_time
 from newsletter.store import PENDING_STATES, Store
 from newsletter.store.engine import display_url
-from newsletter.store.lock import issues_being_sent
+from newsletter.store.lock import daemon_holder, issues_being_sent
 
 
 @dataclass
@@ -119,6 +120,7 @@ class SubscriberLine:
     last_sent_at: datetime | None
     last_reply: str | None
     next_send: str | None  # in the subscriber's timezone, e.g. "2026-11-24 07:00 CET"
+    suppressed: str | None = None  # why bounces or a complaint suppressed it (bounces.py)
 
 
 @dataclass(frozen=True)
@@ -175,6 +177,30 @@ class WorkQueue:
 
 
 @dataclass(frozen=True)
+class DaemonInfo:
+    """Whether a daemon holds the database now (its lock says so: a killed daemon does not),
+    its pid, host and start; and the last heartbeat any daemon wrote (every inbox scan)."""
+
+    running: bool
+    pid: int | None = None
+    host: str | None = None
+    since: datetime | None = None  # deployment's local time
+    heartbeat: datetime | None = None  # deployment's local time
+
+
+@dataclass(frozen=True)
+class TodayCounts:
+    """The issues of today's slot (the deployment's local date): ``due`` is every issue
+    planned for it so far, then by state (``failed`` includes those of unknown outcome)."""
+
+    day: date
+    due: int
+    sent: int
+    pending: int
+    failed: int
+
+
+@dataclass(frozen=True)
 class StatusReport:
     papers: int
     files_ingested: int
@@ -188,10 +214,16 @@ class StatusReport:
     warnings: tuple[str, ...]  # misconfiguration found now (a missing inbox)
     workers: WorkQueue = WorkQueue(0, 0, 0)
     semantic: SemanticStatus | None = None  # None: semantic matching is off
+    daemon: DaemonInfo = DaemonInfo(False)
+    last_scan: datetime | None = None  # the last inbox scan (daemon or run --once), local time
+    today: TodayCounts | None = None
+    timezone: str = "UTC"  # settings.timezone: the zone of the times above
+    suppressed: int = 0  # subscribers suppressed by bounces or complaints
 
 
 def build_status(store: Store, now: datetime, settings: Settings) -> StatusReport:
     subscribers = store.subscribers_by_id()
+    suppressions = store.suppressions()
     digests = store.list_digests()
     quarantined = [d for d in digests if d.state == DigestState.QUARANTINED]
     open_issues = store.issues(states=(*PENDING_STATES, IssueState.FAILED, IssueState.UNKNOWN))
@@ -199,13 +231,22 @@ def build_status(store: Store, now: datetime, settings: Settings) -> StatusRepor
     counts = store.queue_counts()
     in_flight = len(issues_being_sent(store.engine))
 
+    zone = ZoneInfo(settings.timezone)
+    holder = daemon_holder(store.engine)
+    state = store.daemon_state()
+    today = now.astimezone(zone).date()
+    todays = store.issue_counts_of_slot(today)
+
     def email(subscriber_id: int) -> str:
         return subscribers[subscriber_id].email
+
+    def local(moment: datetime | None) -> datetime | None:
+        return moment.astimezone(zone) if moment is not None else None
 
     return StatusReport(
         papers=store.count_papers(),
         files_ingested=len(digests) - len(quarantined),
-        last_ingest=max((d.seen_at for d in digests), default=None),
+        last_ingest=local(max((d.seen_at for d in digests), default=None)),
         quarantined=tuple(QuarantinedFile(d.path, d.reason) for d in quarantined),
         pending=tuple(
             PendingIssue(
@@ -237,9 +278,11 @@ def build_status(store: Store, now: datetime, settings: Settings) -> StatusRepor
                 last_sent_at=last_sent[s.id].sent_at if s.id in last_sent else None,
                 last_reply=last_sent[s.id].last_reply if s.id in last_sent else None,
                 next_send=next_send(s, now),
+                suppressed=suppressions[s.id].reason if s.id in suppressions else None,
             )
             for s in subscribers.values()
         ),
+        suppressed=sum(1 for s in subscribers.values() if s.status is SubscriberStatus.SUPPRESSED),
         config=ConfigInUse.of(settings),
         warnings=tuple(w for w in (inbox_problem(settings.inbox),) if w),
         workers=(
@@ -254,6 +297,22 @@ def build_status(store: Store, now: datetime, settings: Settings) -> StatusRepor
         )
         if settings.semantic.enabled
         else None,
+        daemon=DaemonInfo(
+            running=holder is not None,
+            pid=holder.pid if holder else None,
+            host=holder.host if holder else None,
+            since=local(holder.since) if holder else None,
+            heartbeat=local(state.heartbeat_at) if state else None,
+        ),
+        last_scan=local(state.last_scan_at) if state else None,
+        today=TodayCounts(
+            day=today,
+            due=sum(todays.values()),
+            sent=todays.get(IssueState.SENT, 0),
+            pending=sum(todays.get(s, 0) for s in PENDING_STATES),
+            failed=todays.get(IssueState.FAILED, 0) + todays.get(IssueState.UNKNOWN, 0),
+        ),
+        timezone=settings.timezone,
     )
 
 

@@ -103,6 +103,18 @@ class RateLimiter:
             self._sleep(start - now)
 
 
+class RecipientRefused(DeliveryError):
+    """The server refused the recipient (its reply to RCPT TO). A 5xx is ``permanent``: the
+    issue fails, and the pipeline records it as a hard bounce (:mod:`newsletter.bounces`), so
+    the subscriber is suppressed rather than tried again at every slot."""
+
+    def __init__(self, reply: str, *, code: int, recipient: str) -> None:
+        super().__init__(f"{reply} (reply to RCPT TO)", permanent=500 <= code < 600)
+        self.reply = reply
+        self.code = code
+        self.recipient = recipient
+
+
 def _reply(code: int, text: bytes | str) -> str:
     """``"550 5.1.1 <x>: user unknown"``: a multi-line reply on one line, as stored and logged."""
     if isinstance(text, bytes):
@@ -441,6 +453,8 @@ class SmtpMailer:
             raise MailerUnavailable(
                 f"SMTP server {self.address} is not taking mail now: {reply} (reply to MAIL FROM)"
             )
+        if stage == "RCPT TO":
+            raise RecipientRefused(reply, code=code, recipient=envelope.recipient)
         raise DeliveryError(f"{reply} (reply to {stage})", permanent=500 <= code < 600)
 
 

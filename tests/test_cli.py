@@ -149,6 +149,7 @@ def test_subscriber_list_shows_private_feed_urls(env: dict[str, str]) -> None:
             "min_score": 1.0,
             "feed_atom": f"{feeds}.atom",
             "feed_rss": f"{feeds}.rss",
+            "suppressed": None,  # why bounces suppressed it (see tests/test_bounces.py)
         },
         {
             "email": "bob@example.org",
@@ -162,6 +163,7 @@ def test_subscriber_list_shows_private_feed_urls(env: dict[str, str]) -> None:
             "min_score": 1.0,
             "feed_atom": None,  # not served: /feeds/<token>.atom answers 404
             "feed_rss": None,
+            "suppressed": None,
         },
     ]
     text = runner.invoke(cli, ["subscriber", "list", "--all"])

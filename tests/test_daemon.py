@@ -44,11 +44,11 @@ def env(tmp_path: Path, database_url: str) -> dict[str, str]:
 
 
 class Daemon:
-    def __init__(self, env: dict[str, str], log: Path) -> None:
+    def __init__(self, env: dict[str, str], log: Path, verbosity: str = "-v") -> None:
         self.log = log
         with log.open("w") as stderr:  # the child has its own copy of the descriptor
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "newsletter", "-v", "run"],
+                [sys.executable, "-m", "newsletter", verbosity, "run"],
                 env=clean_environ(env),
                 cwd=ROOT,
                 stdout=subprocess.DEVNULL,
@@ -102,7 +102,8 @@ def test_daemon_ingests_sends_and_stops_on_sigterm(
     env: dict[str, str], tmp_path: Path, daemons: list[Daemon]
 ) -> None:
     _subscribers(Path(env["NEWSLETTER_SUBSCRIBERS_FILE"]), ("d@example.org", "07:00"))
-    daemon = Daemon({**env, "NEWSLETTER_DEBUG_SEND_EVERY_SECONDS": "2"}, tmp_path / "d.log")
+    # -vv: APScheduler's per-run lines, waited for below, are DEBUG lines.
+    daemon = Daemon({**env, "NEWSLETTER_DEBUG_SEND_EVERY_SECONDS": "2"}, tmp_path / "d.log", "-vv")
     daemons.append(daemon)
     daemon.wait_for("send calendar: 1 subscriber(s) added or moved, 0 removed (was 0, now 1)")
     shutil.copy(SEEDS / SEED, Path(env["NEWSLETTER_INBOX"]) / SEED)

@@ -797,8 +797,9 @@ def test_an_issue_shows_the_semantic_reason(tmp_path: Path) -> None:
     assert (reason.term, reason.where) == (SEMANTIC_LABEL, MatchField.SEMANTIC)
     (eml,) = (tmp_path / "outbox").glob("*.eml")
     text = _text_part(eml)
-    # The paper's card: from its numbered title to the next card.
+    # The paper's card: from its numbered title to the next card (the titles list at the top
+    # numbers them too, without reasons).
     cards = re.split(r"\n(?=\d+\. )", text)
-    (card,) = [c for c in cards if re.match(rf"\d+\. {DISTIL}", c)]
+    (card,) = [c for c in cards if re.match(rf"\d+\. {DISTIL}", c) and "Why you got" in c]
     reasons = [line.strip() for line in card.splitlines() if line.strip().startswith("- ")]
     assert reasons == [f"- \u201c{SEMANTIC_LABEL}\u201d in semantic: {reason.contribution:+.2f}"]

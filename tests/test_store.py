@@ -24,6 +24,9 @@ from tests.factories import head_revision
 def test_migrations_create_exactly_the_models(store: Store) -> None:
     assert store.table_names() == [
         "alembic_version",
+        "bounces",
+        "daemon_state",
+        "delivery_counters",
         "delivery_settings",
         "digest_files",
         "feedback",

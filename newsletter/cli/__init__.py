@@ -8,6 +8,8 @@ One module per group of commands; importing them registers them on the group.
 from __future__ import annotations
 
 from newsletter.cli import (  # noqa: F401  (registers commands)
+    bounces,
+    doctor,
     feedback,
     rank,
     run,

@@ -126,8 +126,49 @@ def cli(ctx: click.Context, config: Path | None, verbose: int) -> None:
     )
     for noisy in ("alembic", "cssutils"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    configure_log_hygiene()
     state = ctx.ensure_object(Context)  # main()'s, or a new one (CliRunner in tests)
     state.config, state.verbose = config, verbose
+
+
+class _PerRunLines(logging.Filter):
+    """APScheduler's lines about every run of every job ("Running job …", "Job … executed
+    successfully": two per inbox scan and per send tick, thousands a day) are DEBUG, not
+    INFO: shown with -vv, and dropped below it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO:
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
+class _RedactTokens(logging.Filter):
+    """No subscriber's token in a log line, at any level: the token of every path of ours
+    (``/unsubscribe/<token>``, ``/feeds/<feed token>.atom``, …) becomes ``<token>``, whoever
+    logs it (a library's debug line, a traceback's message)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from newsletter.observe import redact_tokens
+
+        message = record.getMessage()
+        if "/" in message:
+            cleaned = redact_tokens(message)
+            if cleaned != message:
+                record.msg, record.args = cleaned, None
+        return True
+
+
+PER_RUN_LINES = _PerRunLines()
+REDACT_TOKENS = _RedactTokens()
+
+
+def configure_log_hygiene() -> None:
+    """APScheduler's per-run lines to DEBUG, and tokens redacted on every handler of the
+    root logger (the one -v and -vv write through; uvicorn's loggers propagate to it)."""
+    logging.getLogger("apscheduler.executors.default").addFilter(PER_RUN_LINES)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(REDACT_TOKENS)
 
 
 def main() -> None:

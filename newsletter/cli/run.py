@@ -185,7 +185,7 @@ def preview(ctx: Context, email: str, out_dir: Path, now_text: str | None) -> No
 
 @cli.group(context_settings=CONTEXT)
 def db() -> None:
-    """Database schema commands."""
+    """Database commands: migrations (upgrade) and moving to another database (copy)."""
 
 
 @db.command(context_settings=CONTEXT)
@@ -200,6 +200,49 @@ def upgrade(ctx: Context) -> None:
     with ctx.app() as app:
         revision = app.schema_revision()
     click.echo(f"database at revision {revision}")
+
+
+@db.command("copy", context_settings=CONTEXT)
+@click.option("--from", "source_url", required=True, metavar="URL", help="Database to copy.")
+@click.option(
+    "--to", "target_url", required=True, metavar="URL", help="Empty database to copy into."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+def db_copy(source_url: str, target_url: str, as_json: bool) -> None:
+    """Copy every table of a database into an empty one (the move to PostgreSQL).
+
+    The source is only read and must be at this version's migration; the target is migrated
+    and must hold no row. Ids and tokens are kept (links already sent keep working, nothing
+    is sent twice). No daemon or run may work on either database meanwhile: stop the daemon
+    first. Every table's rows are counted on both sides afterwards; exit status 1 when a
+    count differs (or on any refusal), 0 when all match. Progress goes to stderr.
+
+    \b
+    Example:
+      newsletter db copy --from sqlite:///var/newsletter.db \\
+          --to postgresql://newsletter@localhost/newsletter
+      newsletter db copy --from sqlite:///var/newsletter.db --to postgresql:///nl --json
+    """
+    from newsletter.dbcopy import copy_database
+
+    report = copy_database(
+        source_url, target_url, progress=lambda line: click.echo(f"  {line}", err=True)
+    )
+    if as_json:
+        emit(report.to_json())
+    else:
+        click.echo(f"copied {report.source} to {report.target} (migration {report.revision})")
+        width = max(len(t.table) for t in report.tables)
+        for t in report.tables:
+            mark = "ok" if t.matches else "MISMATCH"
+            click.echo(f"  {t.table:<{width}}  {t.source:>9,} -> {t.target:>9,}  {mark}")
+    if not report.ok:
+        click.echo(
+            f"error: row counts differ in {', '.join(report.mismatched)}: do not use the "
+            "target; empty it (drop and create it again) and copy again",
+            err=True,
+        )
+        raise SystemExit(1)
 
 
 # ---------------------------------------------------------------------- feeds

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from datetime import datetime
+from typing import Any
 
 import click
 
 from newsletter.cli._base import (
     CONTEXT,
+    NOW_OPTION,
     Context,
     cli,
     emit,
+    parse_now,
     pass_ctx,
 )
 
@@ -19,28 +23,45 @@ from newsletter.cli._base import (
 
 @cli.command(context_settings=CONTEXT)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@NOW_OPTION
 @pass_ctx
-def status(ctx: Context, as_json: bool) -> None:
-    """Papers, quarantined files, pending and failed issues, last issue per subscriber.
+def status(ctx: Context, as_json: bool, now_text: str | None) -> None:
+    """Daemon, last scan and ingest, today's issues, papers, pending and failed issues.
 
-    Pending issues show their attempts, the last server reply and when they are retried;
-    failed ones why they failed (`newsletter retry` puts them back in line). With workers
-    (queue.broker_url), how many issues are queued and being sent. Last, the configuration in
-    use: settings file, database, inbox, outbox, feeds, mailer and delivery.
+    First whether a daemon holds the database (pid, host, since), the last inbox scan and
+    ingest, and the issues of today's slot (due, sent, pending, failed), in the local time
+    of `timezone`; --json gives every time in ISO 8601. Pending issues show their attempts,
+    the last server reply and when they are retried; failed ones why they failed
+    (`newsletter retry` puts them back in line). With workers (queue.broker_url), how many
+    issues are queued and being sent. Last, the configuration in use: settings file,
+    database, inbox, outbox, feeds, mailer and delivery.
 
     \b
     Example:
       newsletter status
+      newsletter status --json | jq .daemon
     """
     with ctx.app() as app:
-        report = app.status()
+        report = app.status(parse_now(now_text) if now_text else None)
     if as_json:
-        emit(asdict(report))
+        emit(iso_times(asdict(report)))
         return
-    click.echo(
-        f"papers stored: {report.papers}; digest files ingested: "
-        f"{report.files_ingested}; last ingest: {report.last_ingest or 'never'}"
-    )
+    d = report.daemon
+    if d.running:
+        who = f"pid {d.pid} on {d.host}" if d.pid is not None else "holder unknown"
+        click.echo(f"daemon: running, {who}, since {_when(d.since)}")
+    else:
+        click.echo(
+            "daemon: not running"
+            + (f" (last heartbeat {_when(d.heartbeat)})" if d.heartbeat else "")
+        )
+    click.echo(f"last scan: {_when(report.last_scan)}; last ingest: {_when(report.last_ingest)}")
+    if report.today is not None:
+        t = report.today
+        click.echo(
+            f"today ({t.day}): due {t.due}, sent {t.sent}, pending {t.pending}, failed {t.failed}"
+        )
+    click.echo(f"papers stored: {report.papers}; digest files ingested: {report.files_ingested}")
     if report.semantic is not None:
         sem = report.semantic
         click.echo(
@@ -73,11 +94,16 @@ def status(ctx: Context, as_json: bool) -> None:
         )
     for u in report.unknown:
         click.echo(f"  unknown: {u.email} {u.slot}: {u.reason}")
-    click.echo("subscribers:")
+    suppressed = report.suppressed
+    click.echo(
+        "subscribers:"
+        + (f" ({suppressed} suppressed by bounces or complaints)" if suppressed else "")
+    )
     for s in report.subscribers:
         click.echo(
             f"  {s.email:<32} {s.status:<13} last issue: {s.last_sent or '-'}; "
             f"next send: {s.next_send or '-'}"
+            + (f"; suppressed: {s.suppressed}" if s.suppressed else "")
         )
     config = report.config
     click.echo("configuration:")
@@ -93,6 +119,22 @@ def status(ctx: Context, as_json: bool) -> None:
     click.echo(f"  delivery: {delivery}")
     for warning in report.warnings:
         click.echo(f"warning: {warning}")
+
+
+def _when(moment: datetime | None) -> str:
+    """A time as the status shows it: local (settings.timezone) to the second, or never."""
+    return moment.strftime("%Y-%m-%d %H:%M:%S %Z") if moment is not None else "never"
+
+
+def iso_times(value: Any) -> Any:
+    """``value`` with every datetime as ISO 8601 text (``2026-12-03T08:00:00+01:00``)."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: iso_times(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [iso_times(v) for v in value]
+    return value
 
 
 # ---------------------------------------------------------------------- retry

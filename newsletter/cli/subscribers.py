@@ -55,6 +55,8 @@ def subscriber_add(
     """Add an active subscriber, or update (and re-activate) an existing one.
 
     For an existing address only the options given change; the others keep their values.
+    Re-activating an address that bounces or a complaint suppressed (`newsletter bounces`)
+    clears the suppression: the one way to undo it.
 
     \b
     Example:
@@ -95,6 +97,7 @@ def subscriber_list(ctx: Context, as_json: bool, show_all: bool) -> None:
     with ctx.app() as app:
         subs = app.subscribers(include_unsubscribed=show_all)
         site = app.site
+        suppressions = app.store.suppressions(s.id for s in subs)
 
     def feed(sub: Subscriber, kind: str) -> str | None:
         """The private feed's URL; None while it is not served (pending, unsubscribed)."""
@@ -115,6 +118,7 @@ def subscriber_list(ctx: Context, as_json: bool, show_all: bool) -> None:
                     "min_score": s.min_score,
                     "feed_atom": feed(s, "atom"),
                     "feed_rss": feed(s, "rss"),
+                    "suppressed": suppressions[s.id].reason if s.id in suppressions else None,
                 }
                 for s in subs
             ]
@@ -129,6 +133,8 @@ def subscriber_list(ctx: Context, as_json: bool, show_all: bool) -> None:
         atom = feed(s, "atom")
         if atom is not None:
             click.echo(f"  feed: {atom}")
+        if s.id in suppressions:
+            click.echo(f"  suppressed: {suppressions[s.id].reason}")
 
 
 @subscriber.command("remove", context_settings=CONTEXT)

@@ -38,9 +38,16 @@ def serve(ctx: Context, host: str, port: int) -> None:
 
     app = create_app(ctx.settings)
     level = logging.WARNING - 10 * min(ctx.verbose, 2)
-    log.info("serving %s on http://%s:%d", ctx.settings.base_url, host, port)
+    # At every verbosity: where to point the browser, the proxy and the monitoring.
+    address = f"[{host}]" if ":" in host else host
+    click.echo(
+        f"serving {ctx.settings.base_url} on http://{address}:{port} "
+        "(health: /healthz, /readyz; metrics: /metrics); Ctrl-C stops",
+        err=True,
+    )
     # No access log: request paths carry subscribers' secret tokens, which must not end up in
-    # log files. log_config=None keeps the handlers the CLI configured (-v, -vv).
+    # log files (and the CLI's handlers redact them from any other line: cli/_base.py).
+    # log_config=None keeps the handlers the CLI configured (-v, -vv).
     uvicorn.run(
         app,
         host=host,

@@ -13,11 +13,22 @@ many issues in one transaction. The methods are grouped by subject in mixins:
 * :mod:`~newsletter.store.issues`: issues, the delivery state machine, the sent log;
 * :mod:`~newsletter.store.queue`: delivery by workers (queued issues, published settings);
 * :mod:`~newsletter.store.feedback`: readers' judgments of papers, and muted terms;
-* :mod:`~newsletter.store.embeddings`: papers' sentence embeddings (optional semantic matching).
+* :mod:`~newsletter.store.embeddings`: papers' sentence embeddings (optional semantic matching);
+* :mod:`~newsletter.store.state`: the daemon's identity, heartbeat and last scan, and the
+  delivery counters (``status``, ``/metrics``);
+* :mod:`~newsletter.store.bounces`: bounces, complaints and suppressed subscribers.
 """
 
 from __future__ import annotations
 
+from newsletter.store.bounces import (
+    BounceEvent,
+    BounceKind,
+    BounceOutcome,
+    BounceQueries,
+    MatchedBy,
+    Suppression,
+)
 from newsletter.store.embeddings import EmbeddingQueries, StoredVector
 from newsletter.store.engine import new_token, normalize_url
 from newsletter.store.feedback import FeedbackEntry, FeedbackQueries
@@ -31,23 +42,31 @@ from newsletter.store.issues import (
 )
 from newsletter.store.papers import DigestKnown, KeyedPaper, MergeCounts, PaperQueries
 from newsletter.store.queue import PublishedSettings, QueueCounts, QueueQueries, ToEnqueue
+from newsletter.store.state import DaemonState, MetricsSnapshot, StateQueries
 from newsletter.store.subscribers import ConfirmationRequest, SubscriberQueries
 
 __all__ = [
     "PENDING_STATES",
+    "BounceEvent",
+    "BounceKind",
+    "BounceOutcome",
     "ConfirmationRequest",
+    "DaemonState",
     "DigestKnown",
     "FeedbackEntry",
     "IssueOutcome",
     "IssuePlan",
     "KeyedPaper",
+    "MatchedBy",
     "MergeCounts",
+    "MetricsSnapshot",
     "PruneResult",
     "PublishedSettings",
     "QueueCounts",
     "SentIssue",
     "StoredVector",
     "Store",
+    "Suppression",
     "ToEnqueue",
     "new_token",
     "normalize_url",
@@ -61,5 +80,7 @@ class Store(
     QueueQueries,
     FeedbackQueries,
     EmbeddingQueries,
+    StateQueries,
+    BounceQueries,
 ):
     """The database: ``Store(url)``, then :meth:`migrate` (the first run creates the schema)."""

@@ -20,7 +20,10 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import socket
+import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -50,6 +53,9 @@ class DaemonLock:
     #: What holds the lock: names the lock file suffix, the advisory key and the messages.
     ROLE = "daemon"
     SUFFIX = ".lock"
+    #: Tries, 20 ms apart, before the lock counts as held: :func:`daemon_holder` (``status``,
+    #: ``/metrics``) holds it shared for an instant to see whether a daemon has it.
+    PROBE_RETRIES = 25
 
     def __init__(self, engine: Any) -> None:
         # A fixed 64-bit key per role: the same for every process of this program.
@@ -66,6 +72,11 @@ class DaemonLock:
         elif self.engine.dialect.name == "postgresql":
             self._acquire_advisory()
 
+    @property
+    def held(self) -> bool:
+        """Whether this object holds its lock (on a database without one: never)."""
+        return self._fd is not None or self._conn is not None
+
     def release(self) -> None:
         if self._fd is not None:
             os.ftruncate(self._fd, 0)
@@ -81,13 +92,13 @@ class DaemonLock:
     # ------------------------------------------------------------------ SQLite
 
     def _acquire_file(self) -> None:
-        database = make_url(self.engine.url).database
-        if not database or database == ":memory:":
+        self.path = lock_file(self.engine, self.SUFFIX)
+        if self.path is None:
             return  # nothing on disk to share: nobody else can open this database
-        self.path = Path(database).resolve().with_name(Path(database).name + self.SUFFIX)
+        database = make_url(self.engine.url).database
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _flock_exclusive(fd, retries=self.PROBE_RETRIES)
         except BlockingIOError:
             holder = os.read(fd, 4096).decode("utf-8", "replace")
             os.close(fd)
@@ -148,6 +159,97 @@ class SendLock(DaemonLock):
 
     ROLE = "sender"
     SUFFIX = ".send.lock"
+    PROBE_RETRIES = 0  # nothing probes it
+
+
+def lock_file(engine: Any, suffix: str = DaemonLock.SUFFIX) -> Path | None:
+    """The lock file beside a SQLite database file (None: in memory, or not SQLite)."""
+    url = make_url(engine.url)
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    database = Path(url.database)
+    return database.resolve().with_name(database.name + suffix)
+
+
+def _flock_exclusive(fd: int, *, retries: int) -> None:
+    for attempt in range(retries + 1):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if attempt == retries:
+                raise
+            time.sleep(0.02)
+
+
+@dataclass(frozen=True)
+class DaemonHolder:
+    """The daemon that holds a database now: its pid and host, and since when."""
+
+    pid: int | None
+    host: str | None
+    since: datetime | None
+
+
+def daemon_holder(engine: Any) -> DaemonHolder | None:
+    """The daemon holding this database now, or None: asked of the lock itself, which dies
+    with its holder (a killed daemon is not running, whatever it last wrote).
+
+    SQLite: the lock file is held shared for an instant (no daemon has it exclusively then;
+    a daemon starting in that instant waits for it, see :attr:`DaemonLock.PROBE_RETRIES`),
+    and the holder's pid, host and start time are read from it. PostgreSQL: the advisory lock
+    in ``pg_locks``, and the holding session's ``application_name`` and start."""
+    if engine.dialect.name == "postgresql":
+        return _advisory_holder(engine, DaemonLock(engine)._key)
+    path = lock_file(engine)
+    if path is None:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None  # no daemon ever ran here
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _file_holder(os.read(fd, 4096).decode("utf-8", "replace"))
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _file_holder(content: str) -> DaemonHolder:
+    try:
+        info = json.loads(content)
+        since = datetime.fromisoformat(info["started_at"])
+        return DaemonHolder(int(info["pid"]), str(info["host"]), since)
+    except (ValueError, KeyError, TypeError):
+        return DaemonHolder(None, None, None)  # held, by a holder that has not written yet
+
+
+_LABEL = re.compile(r"pid=(\d+) host=(\S+)")
+
+
+def _advisory_holder(engine: Any, key: int) -> DaemonHolder | None:
+    with engine.connect() as conn:
+        row = conn.execute(
+            text(
+                "SELECT a.application_name, a.backend_start "
+                "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE l.locktype = 'advisory' AND l.granted "
+                "AND l.classid = :hi AND l.objid = :lo AND l.objsubid = 1 AND l.database = "
+                "(SELECT oid FROM pg_database WHERE datname = current_database())"
+            ),
+            {"hi": (key >> 32) & 0xFFFFFFFF, "lo": key & 0xFFFFFFFF},
+        ).first()
+    if row is None:
+        return None
+    found = _LABEL.search(row.application_name or "")
+    since = row.backend_start.astimezone(UTC) if row.backend_start else None
+    if found is None:
+        return DaemonHolder(None, None, since)
+    return DaemonHolder(int(found.group(1)), found.group(2), since)
 
 
 #: The first key of every per-issue advisory lock (the second is the issue id): PostgreSQL's

@@ -132,6 +132,11 @@ class SubscriberRow(Base):
     # cleared on confirmation), and when the last one was sent (at most one an hour).
     confirm_token_hash: Mapped[str | None] = mapped_column(String(64), index=True, unique=True)
     confirm_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Why and when bounces or a complaint suppressed this subscriber (newsletter/bounces.py).
+    # Kept after an unsubscribe, so a web resubscribe cannot undo it; cleared only by the
+    # operator's `subscriber add`.
+    suppressed_reason: Mapped[str | None] = mapped_column(Text)
+    suppressed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class IssueRow(Base):
@@ -147,7 +152,8 @@ class IssueRow(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_reply: Mapped[str | None] = mapped_column(Text)
     next_retry_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    message_id: Mapped[str | None] = mapped_column(String(255))
+    # Indexed: a bounce or complaint names the issue by its Message-ID (newsletter/bounces.py).
+    message_id: Mapped[str | None] = mapped_column(String(255), index=True)
     subject: Mapped[str | None] = mapped_column(Text)
     html: Mapped[str | None] = mapped_column(Text)
     message: Mapped[bytes | None] = mapped_column(LargeBinary)
@@ -213,6 +219,51 @@ class PaperEmbeddingRow(Base):
     model: Mapped[str] = mapped_column(String(500))
     dims: Mapped[int] = mapped_column(Integer)
     vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class DaemonStateRow(Base):
+    """What the daemon last did, for ``status`` and ``/metrics`` in other processes (one row,
+    id 1): who runs it (pid, host, since; ``stopped_at`` once it stopped cleanly), its
+    heartbeat (every inbox scan) and the last inbox scan (by the daemon or ``run --once``)."""
+
+    __tablename__ = "daemon_state"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    pid: Mapped[int | None] = mapped_column(Integer)
+    host: Mapped[str | None] = mapped_column(String(255))
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_scan_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class DeliveryCounterRow(Base):
+    """Cumulative delivery counters of every sending process (``/metrics``): messages sent,
+    failed by reason class, and the send-time histogram's buckets, sum and count; each
+    pass adds to them in one transaction (``value = value + n``)."""
+
+    __tablename__ = "delivery_counters"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[float] = mapped_column(Float)
+
+
+class BounceRow(Base):
+    """One processed bounce or complaint (newsletter/bounces.py): a delivery status
+    notification, a feedback-loop report, or a 5xx reply to RCPT TO. ``report_id`` (the
+    report's own Message-ID, or ``rcpt:`` and the issue's) is unique, so a report read twice
+    counts once."""
+
+    __tablename__ = "bounces"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    report_id: Mapped[str] = mapped_column(String(255), unique=True)
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # hard | soft | complaint
+    status: Mapped[str | None] = mapped_column(String(16))  # enhanced status code, "5.1.1"
+    detail: Mapped[str] = mapped_column(Text, default="")
+    # The Message-ID of the issue that bounced, when the report names it: soft bounces of
+    # one message (several "delayed" reports) count once.
+    original_message_id: Mapped[str | None] = mapped_column(String(255))
+    matched_by: Mapped[str] = mapped_column(String(16))  # verp | message-id | recipient | smtp
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 def token_digest(token: str) -> str:

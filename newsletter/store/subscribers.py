@@ -221,11 +221,18 @@ class SubscriberQueries(StoreBase):
             return {sid: (token, name) for sid, token, name in s.execute(query)}
 
     def set_subscriber_status(self, email: str, status: SubscriberStatus, now: datetime) -> bool:
+        """The operator's status change (CLI). Making a subscriber active clears a bounce
+        suppression (newsletter/bounces.py): that is the one way to undo it."""
+        cleared = {"suppressed_reason": None, "suppressed_at": None}
         with self._session() as s:
             result = s.execute(
                 update(SubscriberRow)
                 .where(SubscriberRow.email == email.lower())
-                .values(status=status.value, updated_at=now)
+                .values(
+                    status=status.value,
+                    updated_at=now,
+                    **(cleared if status is SubscriberStatus.ACTIVE else {}),
+                )
             )
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
@@ -294,6 +301,8 @@ class SubscriberQueries(StoreBase):
                 .where(
                     SubscriberRow.id == subscriber_id,
                     SubscriberRow.status == SubscriberStatus.UNSUBSCRIBED.value,
+                    # suppressed by bounces before unsubscribing: only the operator undoes it
+                    SubscriberRow.suppressed_reason.is_(None),
                 )
                 .values(status=SubscriberStatus.ACTIVE.value, updated_at=now)
                 .execution_options(synchronize_session=False)
@@ -367,6 +376,8 @@ class SubscriberQueries(StoreBase):
             row = s.scalar(select(SubscriberRow).where(SubscriberRow.email == spec.email))
             if row is not None and row.status == SubscriberStatus.ACTIVE.value:
                 return ConfirmationRequest(row.id, None, "already active")
+            if row is not None and row.suppressed_reason is not None:  # bounces: operator only
+                return ConfirmationRequest(row.id, None, "suppressed address")
             if _mailbox_sent_since(s, spec.email, since):
                 known = None if row is None else row.id
                 return ConfirmationRequest(known, None, "confirmation sent recently")

@@ -22,12 +22,19 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from newsletter.app import Clock, Newsletter, utc_now
 from newsletter.config import Settings
 from newsletter.deliver import Mailer
+from newsletter.observe import (
+    CONTENT_TYPE_LATEST,
+    metrics_registry,
+    metrics_text,
+    readiness,
+    redact_tokens,
+)
 from newsletter.resources import read_resource
 from newsletter.web import accounts, feedback, pages
 from newsletter.web.context import WebContext
@@ -89,7 +96,31 @@ def create_app(
             headers={"cache-control": "public, max-age=3600"},
         )
 
+    registry = metrics_registry(newsletter.store)
+
+    def healthz(_request: Request) -> Response:
+        return PlainTextResponse("ok\n", headers={"cache-control": "no-store"})
+
+    def readyz(_request: Request) -> Response:
+        answer = readiness(newsletter.store, settings)
+        return JSONResponse(
+            answer.as_json(),
+            status_code=200 if answer.ready else 503,
+            headers={"cache-control": "no-store"},
+        )
+
+    def metrics(_request: Request) -> Response:
+        return Response(
+            metrics_text(registry),
+            media_type=CONTENT_TYPE_LATEST,
+            headers={"cache-control": "no-store"},
+        )
+
     routes = [
+        # Monitoring (newsletter/observe.py): liveness, readiness, Prometheus metrics.
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
         Route("/", bind(pages.index), methods=["GET"]),
         Route(f"/static/{STYLESHEET}", css, methods=["GET"]),
         Route("/feeds/{name}", FeedHandler(ctx).__call__, methods=["GET"]),
@@ -121,7 +152,8 @@ def create_app(
     def http_error(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 500
         if status == 500:
-            log.exception("web: %s %s failed", request.method, request.url.path, exc_info=exc)
+            path = redact_tokens(request.url.path)  # no subscriber's token in the log
+            log.exception("web: %s %s failed", request.method, path, exc_info=exc)
         # A 500 is answered outside the header middleware: set the headers here too.
         headers = dict(DEFAULT_HEADERS)
         if isinstance(exc, HTTPException):
