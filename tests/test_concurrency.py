@@ -403,9 +403,17 @@ def test_run_once_exits_1_when_every_recipient_is_refused_then_0(
         quiet = run_cli(env, *RUN_ONCE)
         assert quiet.returncode == 0, quiet.stdout + quiet.stderr
         assert "issues: none delivered" in quiet.stdout
-        # Once the operator retries them and the server takes them, all is sent: exit 0.
+        # A 550 to RCPT is a hard bounce: each subscriber is suppressed (issue 17).
+        assert [s.status for s in _database(database_url)[1].values()] == [
+            SubscriberStatus.SUPPRESSED
+        ] * 3
+        # Once the operator reactivates them, retries the issues and the server takes them, all
+        # is sent: exit 0.
         assert isinstance(smtp.handler, RefuseAll)
         smtp.handler.refusing = False
+        for address in EXAMPLES:
+            reactivated = run_cli(env, "subscriber", "add", address)
+            assert reactivated.returncode == 0, reactivated.stdout + reactivated.stderr
         retried = run_cli(env, "retry")
         assert retried.returncode == 0, retried.stdout + retried.stderr
         sent = run_cli(env, *RUN_ONCE)

@@ -92,15 +92,15 @@ class StateQueries(StoreBase):
         in the database, so passes of different processes never lose each other's counts."""
         if not counts:
             return
+        rows = [{"name": name, "value": value} for name, value in sorted(counts.items())]
+        stmt = self._insert(DeliveryCounterRow).values(rows)  # one statement, one lock order
         with self._session() as s:
-            for name, value in sorted(counts.items()):  # one lock order for every writer
-                stmt = self._insert(DeliveryCounterRow).values(name=name, value=value)
-                s.execute(
-                    stmt.on_conflict_do_update(
-                        index_elements=["name"],
-                        set_={"value": DeliveryCounterRow.value + stmt.excluded.value},
-                    )
+            s.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["name"],
+                    set_={"value": DeliveryCounterRow.value + stmt.excluded.value},
                 )
+            )
 
     def delivery_counters(self) -> dict[str, float]:
         with self._read() as s:
