@@ -21,7 +21,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -38,6 +38,7 @@ from pydantic import (
 
 from newsletter.domain import SiteInfo
 from newsletter.errors import ConfigError
+from newsletter.fetch.sources import DEFAULT_URLS, SourceKind
 from newsletter.limits import http_url
 
 ENV_PREFIX = "NEWSLETTER_"
@@ -368,6 +369,96 @@ class BouncesSettings(_Section):
     soft_days: int = Field(7, ge=1, le=365)
 
 
+class SourceSettings(_Section):
+    """One ``[[source]]`` table: where ``newsletter fetch`` and the daemon get papers from
+    (README "Fetching papers"; :mod:`newsletter.fetch`)."""
+
+    # Unique; in `newsletter fetch NAME`, `status` and the inbox file names.
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")
+    kind: SourceKind
+    # Base URL; unset: the kind's default (newsletter/fetch/sources.py DEFAULT_URLS).
+    url: str | None = None
+    categories: str | None = Field(None, pattern=r"^[A-Za-z0-9.-]+(\+[A-Za-z0-9.-]+)*$")
+    query: str | None = Field(None, min_length=1, max_length=1000)
+    every_minutes: int | None = Field(None, ge=1, le=10_080)
+    at: str | None = Field(None, pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        header_safe(value, ascii_only=True)
+        if http_url(value) is None or any(c.isspace() for c in value):
+            raise ValueError("must be an http(s) URL with a host, such as https://example.org/x")
+        return value
+
+    @model_validator(mode="after")
+    def _per_kind(self) -> SourceSettings:
+        if (self.every_minutes is None) == (self.at is None):
+            raise ValueError(
+                f"source {self.name!r}: give one of every_minutes (e.g. 60) or at (e.g. "
+                '"06:00", local time of `timezone`), not both and not neither'
+            )
+        if self.kind is SourceKind.ARXIV_RSS and not self.categories:
+            raise ValueError(
+                f'source {self.name!r}: kind arxiv_rss needs categories, e.g. "cs.CL+cs.LG"'
+            )
+        if self.kind is SourceKind.ARXIV_API and not self.query:
+            raise ValueError(
+                f'source {self.name!r}: kind arxiv_api needs a query, e.g. "cat:cs.CL AND '
+                'abs:retrieval"'
+            )
+        if self.kind is SourceKind.URL and self.url is None:
+            raise ValueError(f"source {self.name!r}: kind url needs a url")
+        return self
+
+    @property
+    def base_url(self) -> str:
+        """The URL given, else the kind's default."""
+        url = self.url or DEFAULT_URLS[self.kind]
+        assert url is not None  # a url source without one is refused above
+        return url
+
+
+class SourcesSettings(_Section):
+    """What applies to every source (README "Fetching papers")."""
+
+    # No new paper from any source for this long (weekend hours not counted): the daemon
+    # warns, and emails operator_email once.
+    stale_after_hours: float = Field(36.0, gt=0, le=24 * 365)
+    # Who gets the stale alert; empty: a logged warning only.
+    operator_email: str = ""
+    # The contact address in the User-Agent; empty: operator_email, else mail.from_address.
+    user_agent_contact: str = ""
+    # One request's timeout (connect, each read), and retries after a 429, a 5xx, a timeout.
+    timeout_seconds: float = Field(30.0, gt=0, le=600)
+    retries: int = Field(3, ge=0, le=10)
+    # The longest wait asked by a Retry-After (or a backoff) that is honoured as given.
+    max_retry_wait_seconds: float = Field(300.0, ge=0, le=3600)
+
+    @field_validator("operator_email")
+    @classmethod
+    def _operator(cls, value: str) -> str:
+        from newsletter.subscribers import normalize_email
+
+        if not value:
+            return value
+        header_safe(value, ascii_only=True)
+        try:
+            return normalize_email(value, allow_local=True)
+        except ValueError as exc:
+            raise ValueError(f"must be an email address: {exc}") from None
+
+    @field_validator("user_agent_contact")
+    @classmethod
+    def _contact(cls, value: str) -> str:
+        header_safe(value, ascii_only=True)
+        if any(c in value for c in "()"):
+            raise ValueError("must not contain parentheses (it stands inside the User-Agent's)")
+        return value
+
+
 class Settings(_Section):
     """The whole configuration. See README "Configuration reference" for each key."""
 
@@ -410,6 +501,10 @@ class Settings(_Section):
     queue: QueueSettings = QueueSettings()
     semantic: SemanticSettings = SemanticSettings()
     bounces: BouncesSettings = BouncesSettings()
+    # [[source]] tables (README "Fetching papers"); one key in README's reference (each
+    # table's keys are in "Fetching papers"), hence the Annotated item type.
+    source: list[Annotated[SourceSettings, Field()]] = []
+    sources: SourcesSettings = SourcesSettings()
     # From NEWSLETTER_SMTP_PASSWORD only (see load_settings); SecretStr keeps it out of reprs.
     _smtp_password: SecretStr | None = PrivateAttr(default=None)
     # From NEWSLETTER_SECRET_KEY only: signs the web's forms, shared by every web worker.
@@ -435,6 +530,28 @@ class Settings(_Section):
         if self._secret_key is None:
             return None
         return self._secret_key.get_secret_value().encode("utf-8")
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _sources_json(cls, value: Any) -> Any:
+        """NEWSLETTER_SOURCE holds the list as JSON (``[{"name": "hf", …}]``)."""
+        if isinstance(value, str):
+            import json
+
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"must be a JSON list of source tables: {exc}") from None
+        return value
+
+    @field_validator("source")
+    @classmethod
+    def _unique_sources(cls, value: list[SourceSettings]) -> list[SourceSettings]:
+        names = [source.name for source in value]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"source names must be unique: {', '.join(twice)} given twice")
+        return value
 
     @field_validator("name")
     @classmethod
@@ -533,6 +650,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         "queue": QueueSettings,
         "semantic": SemanticSettings,
         "bounces": BouncesSettings,
+        "sources": SourcesSettings,
     }
     for var, value in environ.items():
         if not var.startswith(ENV_PREFIX) or var[len(ENV_PREFIX) :] in OTHER_ENV:

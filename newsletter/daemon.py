@@ -13,7 +13,10 @@ pickled job store: a renamed function would silently delete pickled jobs):
 * ``send``: a tick at the start of every minute (send times are whole minutes) takes every
   subscriber whose send time has come, whatever their number, plans their slots in one
   ranking call per :data:`newsletter.app.PLAN_CHUNK` subscribers and delivers them in one
-  loop. The work of a tick is proportional to the subscribers due, never to the audience.
+  loop. The work of a tick is proportional to the subscribers due, never to the audience;
+* ``source:<name>``: one per ``[[source]]``, every ``every_minutes`` (first at start-up) or
+  daily at ``at``: fetch it into the inbox and ingest it, then the stale check
+  (:class:`newsletter.fetch.run.SourceJobs`).
 
 Jobs run one at a time (a single worker thread): a send never races an ingest on the same
 database. At start-up, the slots missed while the daemon was down are planned and delivered
@@ -44,6 +47,7 @@ from newsletter.config import Settings
 from newsletter.deliver import Mailer
 from newsletter.domain import IngestStatus, SubscriberSendTime
 from newsletter.errors import ConfigError
+from newsletter.fetch.run import SourceJobs, source_trigger
 from newsletter.ingest import InboxScanner, inbox_problem
 from newsletter.schedule import SendCalendar, slot_of
 from newsletter.store.engine import display_url
@@ -95,6 +99,8 @@ class Daemon:
         self._watching_since: datetime | None = None
         self._app: Newsletter | None = None
         self._inbox_problem: str | None = None  # logged once when it appears, once when fixed
+        # [[source]] fetching and the stale alert (newsletter/fetch/run.py).
+        self.sources = SourceJobs(settings, started=clock())
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -109,6 +115,7 @@ class Daemon:
         return self
 
     def __exit__(self, *_: object) -> None:
+        self.sources.close()
         if self._app is not None:
             self._app.close()
             self._app = None
@@ -178,6 +185,26 @@ class Daemon:
             name="subscriber refresh",
         )
         self.scheduler.add_job(self.tick, self.tick_trigger(), id="send", name="send tick")
+        for source in self.settings.source:  # interval sources fetch at start, then every N
+            self.scheduler.add_job(
+                self.fetch_source,
+                source_trigger(source, self.settings.timezone),
+                args=[source.name],
+                id=f"source:{source.name}",
+                name=f"fetch {source.name}",
+                **({"next_run_time": self.clock()} if source.every_minutes else {}),
+            )
+
+    def fetch_source(self, name: str) -> None:
+        """Fetch one [[source]] into the inbox and ingest it (the feeds refreshed when it
+        brought papers: the next inbox scan finds the file already recorded), then apply the
+        stale rule."""
+        result = self.sources.fetch(self.app, name, self.clock())
+        if result.papers_new:
+            try:
+                self.app.write_feeds()
+            except OSError as exc:  # as in scan_inbox: the next run tries again
+                log.error("feeds not written to %s: %s", self.settings.feeds_dir.resolve(), exc)
 
     def request_stop(self, *_: Any) -> None:
         """Signal handler: only set a flag. Taking the scheduler's or an executor's locks here

@@ -36,6 +36,9 @@ class ParsedPaper:
     arxiv_id: str | None = None
     url: str | None = None
     line: int | None = None  # 1-based line of the entry's title, for error messages
+    # The arXiv version the entry names (2 for ``2509.04664v2``), None when it names none:
+    # an entry naming a version is that version's text (newsletter/store/rows.py ``merged``).
+    arxiv_version: int | None = None
 
 
 @dataclass(frozen=True)
@@ -358,6 +361,20 @@ class IssueContent:
     papers: tuple[ScoredPaper, ...]
     profile: Profile
     created_at: datetime  # timezone-aware; the email's Date header
+    # For an issue without papers: how many papers were new since the subscriber's previous
+    # issue, which the email tells its reader (None: not known, e.g. a preview).
+    quiet: QuietSpell | None = None
+
+
+@dataclass(frozen=True)
+class QuietSpell:
+    """Why an issue is empty: ``new_papers`` papers were first seen since ``since_issue``
+    (the subscriber's previous issue's planning time; None: they have had no issue before,
+    and the count runs from their sign-up) and none of them matched the profile. Zero: no new
+    paper at all arrived (a quiet day, or sources that stopped: ``newsletter status``)."""
+
+    new_papers: int
+    since_issue: datetime | None
 
 
 @dataclass(frozen=True)

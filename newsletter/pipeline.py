@@ -32,6 +32,7 @@ from newsletter.domain import (
     Judgment,
     Paper,
     Profile,
+    QuietSpell,
     RenderedIssue,
     ScoredPaper,
     SiteInfo,
@@ -213,11 +214,19 @@ class Delivery:
 
 
 def issue_content(store: Store, issue: IssueRecord, sub: Subscriber) -> IssueContent:
-    """What the renderer needs for a planned issue: its papers in order and the profile."""
-    return _content(issue, sub, store.issue_papers(issue.id))
+    """What the renderer needs for a planned issue: its papers in order and the profile, and
+    for an empty issue (``send_when_empty``) why it is empty."""
+    papers = store.issue_papers(issue.id)
+    quiet = None if papers else store.quiet_spells([issue.id]).get(issue.id)
+    return _content(issue, sub, papers, quiet)
 
 
-def _content(issue: IssueRecord, sub: Subscriber, papers: Sequence[ScoredPaper]) -> IssueContent:
+def _content(
+    issue: IssueRecord,
+    sub: Subscriber,
+    papers: Sequence[ScoredPaper],
+    quiet: QuietSpell | None = None,
+) -> IssueContent:
     from newsletter.profile import parse_profile
 
     return IssueContent(
@@ -226,6 +235,7 @@ def _content(issue: IssueRecord, sub: Subscriber, papers: Sequence[ScoredPaper])
         papers=tuple(papers),
         profile=parse_profile(sub.profile, who=f"subscriber {sub.email}", strict=False),
         created_at=issue.created_at,
+        quiet=quiet,
     )
 
 
@@ -254,7 +264,8 @@ def _render_batch(
     stop: threading.Event,
     workers: _Workers | None = None,
 ) -> list[Rendered]:
-    """Render one batch: its papers in one query, then each message in memory.
+    """Render one batch: its papers in one query (and, for its empty issues, why they are
+    empty: :meth:`~newsletter.store.Store.quiet_spells`), then each message in memory.
 
     Runs in the render-ahead thread while the previous batch is being sent: rendering is
     CPU work and SMTP mostly waiting for replies, so the two overlap; with ``workers`` (once
@@ -265,11 +276,15 @@ def _render_batch(
     (in-process) or one batch (workers) at most.
     """
     papers = store.issues_papers([issue.id for issue, _ in due])
+    empty = [issue.id for issue, _ in due if not papers[issue.id]]
+    quiet = store.quiet_spells(empty) if empty else {}
     pool = workers.pool if workers is not None else None
     if pool is not None and pool.ready and not stop.is_set():
         from newsletter.render_pool import RenderPoolBroken
 
-        contents = [_content(issue, sub, papers[issue.id]) for issue, sub in due]
+        contents = [
+            _content(issue, sub, papers[issue.id], quiet.get(issue.id)) for issue, sub in due
+        ]
         try:
             results = pool.render(contents)
         except RenderPoolBroken as exc:
@@ -288,7 +303,7 @@ def _render_batch(
         if stop.is_set():
             break
         try:
-            rendered = renderer.render(_content(issue, sub, papers[issue.id]))
+            rendered = renderer.render(_content(issue, sub, papers[issue.id], quiet.get(issue.id)))
         except Exception as exc:  # noqa: BLE001 - a rendering failure counts for its issue only
             out.append(Rendered(issue, sub, None, exc))
         else:

@@ -37,6 +37,7 @@ from newsletter.domain import (
     Paper,
     Profile,
     ProfileTerm,
+    QuietSpell,
     RenderedIssue,
     ScoredPaper,
     SiteInfo,
@@ -128,11 +129,18 @@ class _Layout:
     cards: list[Markup]  # the cards of the first len(cards) papers
 
 
-def _count_line(n_total: int, n_shown: int) -> str:
+def _count_line(n_total: int, n_shown: int, quiet: QuietSpell | None = None) -> str:
     """ "Here are 3 papers matching your profile." or, when the email holds fewer than the
-    issue, "19 of 50 papers here; 31 more in the full issue on the web."."""
+    issue, "19 of 50 papers here; 31 more in the full issue on the web.". An empty issue
+    (``send_when_empty``) says why it is empty when ``quiet`` tells: no new paper at all
+    arrived since the previous issue, or some did and none matched the profile."""
     if not n_total:
-        return "No new papers matched your profile for this issue."
+        if quiet is None:
+            return "No new papers matched your profile for this issue."
+        since = "your last issue" if quiet.since_issue else "you subscribed"
+        if not quiet.new_papers:
+            return f"No new papers at all since {since}."
+        return f"{plural(quiet.new_papers, 'new paper')} since {since}, none matching your profile."
     if n_shown >= n_total:
         if n_total == 1:
             return "Here is 1 paper matching your profile."
@@ -495,12 +503,12 @@ class EmailRenderer:
         frame = self._frame(issue)
         values = self._shell_values(issue, frame, page=False)
         n_total = len(issue.papers)
-        count_reserve = escape(_count_line(n_total, 0))
+        count_reserve = escape(_count_line(n_total, 0, issue.quiet))
         values["count"] = count_reserve
         layout = self._fit(issue, frame, values)
         n_shown = len(layout.cards)
         n_more = n_total - n_shown
-        values["count"] = escape(_count_line(n_total, n_shown))
+        values["count"] = escape(_count_line(n_total, n_shown, issue.quiet))
         more_label = plural(n_more, "more paper") if n_more else ""
         if n_total:
             values["toc"] = self._fragment("toc").fill({"items": Markup("".join(layout.items))})
@@ -669,7 +677,7 @@ class EmailRenderer:
             subject=frame.subject,
             issue_date=frame.issue_date,
             greeting=_wrap(frame.greeting) if frame.greeting else "",
-            count=_wrap(_count_line(n_total, n_shown)),
+            count=_wrap(_count_line(n_total, n_shown, issue.quiet)),
             toc=toc,
             cards=cards,
             more_label=more_label,

@@ -7,7 +7,7 @@ the stored messages, whatever the number of issues.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
@@ -189,6 +189,21 @@ class DaemonInfo:
 
 
 @dataclass(frozen=True)
+class SourceLine:
+    """One configured ``[[source]]``'s health (times in the deployment's local time): when it
+    last answered, its last error and when, failures in a row, when it last brought a new
+    paper: why there may be no email today."""
+
+    name: str
+    kind: str
+    last_success: datetime | None
+    last_error: str | None
+    last_error_at: datetime | None
+    consecutive_failures: int
+    last_new_paper: datetime | None
+
+
+@dataclass(frozen=True)
 class TodayCounts:
     """The issues of today's slot (the deployment's local date): ``due`` is every issue
     planned for it so far, then by state (``failed`` includes those of unknown outcome)."""
@@ -219,6 +234,7 @@ class StatusReport:
     today: TodayCounts | None = None
     timezone: str = "UTC"  # settings.timezone: the zone of the times above
     suppressed: int = 0  # subscribers suppressed by bounces or complaints
+    sources: tuple[SourceLine, ...] = ()  # the configured [[source]] tables, in their order
 
 
 def build_status(store: Store, now: datetime, settings: Settings) -> StatusReport:
@@ -313,7 +329,32 @@ def build_status(store: Store, now: datetime, settings: Settings) -> StatusRepor
             failed=todays.get(IssueState.FAILED, 0) + todays.get(IssueState.UNKNOWN, 0),
         ),
         timezone=settings.timezone,
+        sources=source_lines(store, settings, local),
     )
+
+
+def source_lines(
+    store: Store, settings: Settings, local: Callable[[datetime | None], datetime | None]
+) -> tuple[SourceLine, ...]:
+    """The configured sources' health (one query); a source never fetched has no times."""
+    if not settings.source:
+        return ()
+    healths = store.source_healths()
+    lines = []
+    for source in settings.source:
+        h = healths.get(source.name)
+        lines.append(
+            SourceLine(
+                name=source.name,
+                kind=str(source.kind),
+                last_success=local(h.last_success_at) if h else None,
+                last_error=h.last_error if h else None,
+                last_error_at=local(h.last_error_at) if h else None,
+                consecutive_failures=h.consecutive_failures if h else 0,
+                last_new_paper=local(h.last_new_paper_at) if h else None,
+            )
+        )
+    return tuple(lines)
 
 
 def next_send(sub: Subscriber, now: datetime) -> str | None:

@@ -386,9 +386,11 @@ def test_version_suffixes_are_one_paper(store: Store, tmp_path: Path) -> None:
     report = _ingest(store, tmp_path / "v3.json", json.dumps(v3))
     assert (report.papers_new, report.papers_merged) == (0, 1)
     (paper,) = store.papers()
+    # A newer version's title and abstract replace the stored ones (issue 18;
+    # tests/test_versions.py).
     assert (paper.key, paper.title, paper.abstract) == (
         "arxiv:2509.04664",
-        "Old Title",
+        "A Renamed Title",
         "A revised abstract.",
     )
 

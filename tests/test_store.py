@@ -35,6 +35,8 @@ def test_migrations_create_exactly_the_models(store: Store) -> None:
         "paper_embeddings",
         "papers",
         "sent_log",
+        "source_health",
+        "stale_alerts",
         "subscribers",
     ]
     with store.engine.connect() as conn:

@@ -11,6 +11,7 @@ from newsletter.cli import (  # noqa: F401  (registers commands)
     bounces,
     doctor,
     feedback,
+    fetch,
     rank,
     run,
     semantic,

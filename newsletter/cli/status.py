@@ -32,7 +32,8 @@ def status(ctx: Context, as_json: bool, now_text: str | None) -> None:
     ingest, and the issues of today's slot (due, sent, pending, failed), in the local time
     of `timezone`; --json gives every time in ISO 8601. Pending issues show their attempts,
     the last server reply and when they are retried; failed ones why they failed
-    (`newsletter retry` puts them back in line). With workers (queue.broker_url), how many
+    (`newsletter retry` puts them back in line). Each [[source]]'s last success, last new
+    paper, failures in a row and last error. With workers (queue.broker_url), how many
     issues are queued and being sent. Last, the configuration in use: settings file,
     database, inbox, outbox, feeds, mailer and delivery.
 
@@ -105,6 +106,18 @@ def status(ctx: Context, as_json: bool, now_text: str | None) -> None:
             f"next send: {s.next_send or '-'}"
             + (f"; suppressed: {s.suppressed}" if s.suppressed else "")
         )
+    if report.sources:
+        click.echo("sources:")
+    for src in report.sources:
+        line = (
+            f"  {src.name:<16} last success: {_when(src.last_success)}; last new paper: "
+            f"{_when(src.last_new_paper)}"
+        )
+        if src.consecutive_failures:
+            line += f"; {src.consecutive_failures} failure(s) in a row"
+        if src.last_error:
+            line += f"; last error ({_when(src.last_error_at)}): {src.last_error}"
+        click.echo(line)
     config = report.config
     click.echo("configuration:")
     click.echo(

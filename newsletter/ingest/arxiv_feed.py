@@ -1,10 +1,12 @@
 """Parser for arXiv feeds: the API's Atom export and the RSS 2.0 listing feeds.
 
 feedparser does the XML; this module maps entries to papers: the arXiv id (version stripped)
-from the entry id, guid or link; title; abstract (RSS descriptions start with
-``arXiv:2509.04664v1 Announce Type: new Abstract:``, which is removed); authors (Atom
-``<author>`` elements, or RSS ``dc:creator`` as one comma-separated string); published date;
-link. The feed's own date is the digest date.
+from the entry id, guid or link, and the version it names (from those, or from the RSS
+description's ``arXiv:2509.04664v2`` prefix; the store keeps the text of the latest version it
+reads); title; abstract (RSS descriptions start with ``arXiv:2509.04664v1 Announce Type: new
+Abstract:``, which is removed); authors (Atom ``<author>`` elements, or RSS ``dc:creator`` as
+one comma-separated string); published date; link. The feed's own date is the digest date. A
+paper cross-listed in several categories is one entry per listing, the same id: one paper.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import feedparser
 
 from newsletter.domain import ParsedDigest, ParsedPaper
 from newsletter.errors import ParseError
-from newsletter.ingest.identity import normalize_arxiv_id
+from newsletter.ingest.identity import arxiv_version, normalize_arxiv_id
 from newsletter.ingest.text import squash_spaces
 from newsletter.limits import (
     MAX_ABSTRACT_CHARS,
@@ -36,6 +38,7 @@ _ARXIV_IN = re.compile(
     re.I,
 )
 _RSS_PREFIX = re.compile(r"^\s*arXiv:\S+\s+Announce Type:\s*\S+\s*(?:Abstract:\s*)?", re.I)
+_RSS_VERSION = re.compile(r"\s*arXiv:(\S+)\s+Announce Type:", re.I)
 _AUTHOR_SPLIT = re.compile(r"\s*,\s*|\s+and\s+")
 
 
@@ -73,12 +76,17 @@ def parse(text: str, *, name: str, today: date) -> ParsedDigest:
 
 
 def _paper(entry: Any, title: str) -> ParsedPaper:
-    arxiv_id = None
+    arxiv_id = version = None
     for candidate in (entry.get("id"), entry.get("guid"), entry.get("link")):
         match = _ARXIV_IN.search(str(candidate or ""))
         if match and (arxiv_id := normalize_arxiv_id(match.group(1))):
+            version = arxiv_version(match.group(1))
             break
     summary = str(entry.get("summary") or "")
+    if version is None and arxiv_id:  # RSS: the version is in "arXiv:2509.04664v2 Announce…"
+        prefix = _RSS_VERSION.match(summary)
+        if prefix and normalize_arxiv_id(prefix.group(1)) == arxiv_id:
+            version = arxiv_version(prefix.group(1))
     summary = squash_spaces(_RSS_PREFIX.sub("", summary, count=1), MAX_ABSTRACT_CHARS)
     authors = _authors(entry)
     # Values are kept one character past each limit: newsletter.ingest cuts them and says so;
@@ -90,6 +98,7 @@ def _paper(entry: Any, title: str) -> ParsedPaper:
         author_count=len(authors) or None,
         published=_date(_raw(entry, "published_parsed") or _raw(entry, "updated_parsed")),
         arxiv_id=arxiv_id,
+        arxiv_version=version,
         url=f"https://arxiv.org/abs/{arxiv_id}"
         if arxiv_id
         else (str(entry.get("link") or "") or None),

@@ -21,7 +21,7 @@ from typing import Any
 
 from newsletter.domain import ParsedDigest, ParsedPaper
 from newsletter.errors import ParseError
-from newsletter.ingest.identity import normalize_arxiv_id
+from newsletter.ingest.identity import arxiv_version, normalize_arxiv_id
 from newsletter.ingest.text import squash_spaces
 from newsletter.limits import (
     MAX_ABSTRACT_CHARS,
@@ -84,6 +84,7 @@ def _paper(item: Any) -> ParsedPaper | None:
         return None
     raw_id = _text(paper.get("id"))
     arxiv_id = normalize_arxiv_id(raw_id) if raw_id else None
+    version = arxiv_version(raw_id) if arxiv_id else None  # "2509.04664v2": rarely given
     raw_authors = paper.get("authors")
     names = (
         _text(a.get("name")) if isinstance(a, Mapping) else _text(a)
@@ -100,6 +101,7 @@ def _paper(item: Any) -> ParsedPaper | None:
         published=_date(paper.get("publishedAt")) or _date(item.get("publishedAt")),
         upvotes=_int(paper.get("upvotes")) if "upvotes" in paper else _int(item.get("upvotes")),
         arxiv_id=arxiv_id,
+        arxiv_version=version,
         url=f"https://arxiv.org/abs/{arxiv_id}" if arxiv_id else None,
     )
 

@@ -16,7 +16,8 @@ many issues in one transaction. The methods are grouped by subject in mixins:
 * :mod:`~newsletter.store.embeddings`: papers' sentence embeddings (optional semantic matching);
 * :mod:`~newsletter.store.state`: the daemon's identity, heartbeat and last scan, and the
   delivery counters (``status``, ``/metrics``);
-* :mod:`~newsletter.store.bounces`: bounces, complaints and suppressed subscribers.
+* :mod:`~newsletter.store.bounces`: bounces, complaints and suppressed subscribers;
+* :mod:`~newsletter.store.sources`: the fetched sources' health and validators, the stale alert.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from newsletter.store.issues import (
 )
 from newsletter.store.papers import DigestKnown, KeyedPaper, MergeCounts, PaperQueries
 from newsletter.store.queue import PublishedSettings, QueueCounts, QueueQueries, ToEnqueue
+from newsletter.store.sources import SourceHealth, SourceQueries
 from newsletter.store.state import DaemonState, MetricsSnapshot, StateQueries
 from newsletter.store.subscribers import ConfirmationRequest, SubscriberQueries
 
@@ -64,6 +66,7 @@ __all__ = [
     "PublishedSettings",
     "QueueCounts",
     "SentIssue",
+    "SourceHealth",
     "StoredVector",
     "Store",
     "Suppression",
@@ -82,5 +85,6 @@ class Store(
     EmbeddingQueries,
     StateQueries,
     BounceQueries,
+    SourceQueries,
 ):
     """The database: ``Store(url)``, then :meth:`migrate` (the first run creates the schema)."""

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from itertools import accumulate
 
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.exc import DataError, IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from newsletter.domain import (
     DigestRecord,
@@ -19,12 +21,13 @@ from newsletter.domain import (
     FeedWindow,
     Paper,
     ParsedPaper,
+    QuietSpell,
 )
 from newsletter.errors import DataRejected, StorageError
 from newsletter.store import rows
 from newsletter.store.embeddings import forget_embeddings
 from newsletter.store.engine import BATCH, StoreBase, chunks
-from newsletter.store.schema import DigestFileRow, PaperRow
+from newsletter.store.schema import DigestFileRow, IssueRow, PaperRow, SubscriberRow
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +186,10 @@ class PaperQueries(StoreBase):
     def _merge_papers(
         self, s: Session, papers: Sequence[KeyedPaper], seen_at: datetime
     ) -> MergeCounts:
-        """Insert unseen papers; merge known ones keeping the richer value of each field.
+        """Insert unseen papers; merge known ones keeping the richer value of each field, and
+        the title and abstract of an entry naming its arXiv version (``rows.merged``): a new
+        version of a stored paper updates it and stays the same paper (same first sighting,
+        never a candidate again for those who got it).
 
         Counts are per distinct paper: ``new`` papers created by this file, ``merged`` papers
         that were stored before it. A paper listed twice in one file is one paper.
@@ -201,6 +207,7 @@ class PaperQueries(StoreBase):
         created: set[int] = set()
         merged: set[int] = set()
         retext: set[int] = set()  # stored papers whose text changed: embedded again
+        versions: dict[int, int] = {}  # id(row) -> the highest arXiv version read in this file
         for kp in papers:
             row = index.find(kp)
             if row is None:
@@ -215,16 +222,20 @@ class PaperQueries(StoreBase):
                 created.add(id(row))
             else:
                 current = rows.parsed_from_row(row)
-                richer = rows.richer(current, kp.paper)
-                if richer != current:
-                    for name, value in rows.paper_values(richer).items():
+                after = rows.merged(current, kp.paper, newer_than=versions.get(id(row)))
+                if after != current:
+                    for name, value in rows.paper_values(after).items():
                         setattr(row, name, value)
                     row.updated_at = seen_at
-                    changed = (richer.title, richer.abstract) != (current.title, current.abstract)
+                    if after.title != current.title and kp.title_key:
+                        row.title_key = kp.title_key  # a renamed version: found by its new title
+                    changed = (after.title, after.abstract) != (current.title, current.abstract)
                     if changed and row.id is not None:
                         retext.add(row.id)
                 if id(row) not in created:
                     merged.add(id(row))
+            if kp.paper.arxiv_version is not None:
+                versions[id(row)] = max(versions.get(id(row), 0), kp.paper.arxiv_version)
             index.add(row)
         s.flush()
         if retext:
@@ -253,6 +264,57 @@ class PaperQueries(StoreBase):
                 for r in s.scalars(select(PaperRow).where(PaperRow.id.in_(chunk))):
                     out[r.id] = rows.paper(r)
             return out
+
+    # ------------------------------------------------------------------ empty issues
+
+    def quiet_spells(self, issue_ids: Sequence[int]) -> dict[int, QuietSpell]:
+        """Why these issues (planned without papers) are empty: per issue, how many papers
+        were first seen after the subscriber's previous issue was planned (the latest issue of
+        an earlier slot), or, before their first issue, since they signed up, up to this
+        issue's planning. Two queries per :data:`BATCH` issues, then one over the papers'
+        distinct first sightings (one per ingest, so few) counted here."""
+        earlier = aliased(IssueRow)
+        previous = (
+            select(func.max(earlier.created_at))
+            .where(
+                earlier.subscriber_id == IssueRow.subscriber_id,
+                earlier.slot_date < IssueRow.slot_date,
+            )
+            .correlate(IssueRow)
+            .scalar_subquery()
+        )
+        bounds: dict[int, tuple[datetime | None, datetime, datetime]] = {}
+        with self._read() as s:
+            for chunk in chunks(list(issue_ids), BATCH):
+                found = s.execute(
+                    select(IssueRow.id, previous, SubscriberRow.created_at, IssueRow.created_at)
+                    .join(SubscriberRow, SubscriberRow.id == IssueRow.subscriber_id)
+                    .where(IssueRow.id.in_(chunk))
+                )
+                for issue_id, since, joined, until in found:
+                    bounds[issue_id] = (since, joined, until)
+            if not bounds:
+                return {}
+            lowest = min(since or joined for since, joined, _ in bounds.values())
+            highest = max(until for _, _, until in bounds.values())
+            sightings = s.execute(
+                select(PaperRow.first_seen_at, func.count())
+                .where(PaperRow.first_seen_at >= lowest, PaperRow.first_seen_at <= highest)
+                .group_by(PaperRow.first_seen_at)
+                .order_by(PaperRow.first_seen_at)
+            ).all()
+        times = [seen for seen, _ in sightings]
+        before = [0, *accumulate(int(n) for _, n in sightings)]  # papers seen before times[i]
+        out: dict[int, QuietSpell] = {}
+        for issue_id, (last, joined, until) in bounds.items():
+            # After the previous issue's planning (its own candidates included those seen at
+            # that instant); from the sign-up on, the sign-up's instant included.
+            start = bisect_right(times, last) if last else bisect_left(times, joined)
+            end = bisect_right(times, until)
+            out[issue_id] = QuietSpell(
+                new_papers=max(before[end] - before[start], 0), since_issue=last
+            )
+        return out
 
     # ------------------------------------------------------------------ feeds
 

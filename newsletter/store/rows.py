@@ -1,4 +1,4 @@
-"""Conversions between ORM rows and the domain dataclasses, and the paper merge rule.
+"""Conversions between ORM rows and the domain dataclasses, and the paper merge rules.
 
 Kept apart from :mod:`newsletter.store` so that the session-handling code reads as a list of
 units of work.
@@ -7,6 +7,7 @@ units of work.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import time
 from typing import Any
 
@@ -46,6 +47,28 @@ def richer(old: ParsedPaper, new: ParsedPaper) -> ParsedPaper:
         upvotes=max((u for u in (old.upvotes, new.upvotes) if u is not None), default=None),
         arxiv_id=first(old.arxiv_id, new.arxiv_id),
         url=first(old.url, new.url),
+    )
+
+
+def merged(old: ParsedPaper, new: ParsedPaper, *, newer_than: int | None = None) -> ParsedPaper:
+    """The stored paper after another sighting: :func:`richer`, except that an entry naming
+    its arXiv version (``2509.04664v2``) of a paper stored under that arXiv id is that
+    version's text, so its title and abstract (when it has one) replace the stored ones: a
+    revised paper reads as revised. Entries are read in the order they arrive (an inbox scan
+    reads its files in name order); ``newer_than``, the highest version already read in
+    the same file, keeps an older version listed after it from undoing it. The version itself
+    is not stored: an old file dropped in the inbox after a newer one would bring its text
+    back."""
+    kept = richer(old, new)
+    version = new.arxiv_version
+    if version is None or old.arxiv_id is None:  # a scrape matched by title: no version read
+        return kept
+    if newer_than is not None and version < newer_than:  # an older version's text: not kept
+        return replace(kept, title=old.title, abstract=old.abstract)
+    return replace(
+        kept,
+        title=new.title or kept.title,
+        abstract=new.abstract if new.abstract.strip() else kept.abstract,
     )
 
 

@@ -266,6 +266,34 @@ class BounceRow(Base):
     received_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
+class SourceHealthRow(Base):
+    """One source of ``newsletter fetch`` (newsletter/fetch): its validators for the next
+    conditional GET (the ETag and Last-Modified of ``url``'s last answer) and its health for
+    ``status``: last success, last error, failures in a row, last time it brought a new
+    paper."""
+
+    __tablename__ = "source_health"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    url: Mapped[str | None] = mapped_column(Text)
+    etag: Mapped[str | None] = mapped_column(String(1024))
+    last_modified: Mapped[str | None] = mapped_column(String(128))
+    last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_success_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_error: Mapped[str | None] = mapped_column(Text)
+    last_error_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_new_paper_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class StaleAlertRow(Base):
+    """The stale-sources alert (one row, id 1): when it was last sent, so that one stale
+    spell sends one email (sent again only after a source brought papers since)."""
+
+    __tablename__ = "stale_alerts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sent_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 def token_digest(token: str) -> str:
     """The SHA-256 (hex) under which a secret token is looked up."""
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
