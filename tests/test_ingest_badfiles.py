@@ -489,7 +489,8 @@ def test_run_once_quarantines_bad_files_beside_the_seeds(
 
     text = run_cli(env, "status")
     lines = text.stdout.splitlines()
-    assert lines[1:8] == ["quarantined files: 6", *(f"  {r}" for r in reasons)]
+    start = lines.index("quarantined files: 6")  # after the daemon, scan and papers lines
+    assert lines[start : start + 7] == ["quarantined files: 6", *(f"  {r}" for r in reasons)]
 
     # A second run: the bad files are known (unchanged), still on disk, still listed.
     second = json.loads(run_cli(env, "run", "--once", "--json").stdout)
